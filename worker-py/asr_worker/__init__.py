@@ -1,0 +1,1 @@
+"""ASR worker: Fun-ASR-Nano behind the asr.v1 gRPC contract, batched across streams."""

@@ -1,0 +1,78 @@
+"""The interface between the scheduler and a speech recognition engine.
+
+The scheduler is the only caller: it hands an engine a batch of decode requests
+gathered from many sessions and calls `decode_batch` on its single executor
+thread, so engines need no locking and may keep device state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Protocol, Sequence
+
+import numpy as np
+
+#: Sample rate every engine receives audio at; sessions resample to it.
+MODEL_SAMPLE_RATE = 16_000
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """What a session asks of the model, mapped from StreamingConfig."""
+
+    #: Phrases to prefer (Fun-ASR-Nano puts them into its prompt).
+    hotwords: tuple[str, ...] = ()
+    #: Model language name ("中文", "英文", ...) or None to let the model decide.
+    language: str | None = None
+    #: Inverse text normalization.
+    itn: bool = True
+
+
+@dataclass(frozen=True)
+class DecodeRequest:
+    """One utterance (a segment or the open part of one) to transcribe."""
+
+    #: Mono float32 samples in [-1, 1] at MODEL_SAMPLE_RATE.
+    audio: np.ndarray
+    options: DecodeOptions
+    #: "final" decodes a closed segment; "partial" a hypothesis of an open one
+    #: (engines may decode partials more cheaply, e.g. with fewer new tokens).
+    kind: Literal["final", "partial"] = "final"
+
+
+@dataclass(frozen=True)
+class TokenTime:
+    """A token and its time span in ms, relative to the request's first sample."""
+
+    text: str
+    start_ms: int
+    end_ms: int
+
+
+@dataclass(frozen=True)
+class DecodeResult:
+    """The transcript of one DecodeRequest."""
+
+    text: str
+    tokens: tuple[TokenTime, ...] = field(default_factory=tuple)
+
+
+class Engine(Protocol):
+    """A speech recognizer that decodes batches of utterances."""
+
+    #: Short name reported in LoadReport.engine ("funasr-nano", "fake").
+    name: str
+
+    def warmup(self) -> None:
+        """Run a representative decode so the first real request is not slow.
+
+        Called once before the worker reports SERVING.
+        """
+
+    def decode_batch(self, requests: Sequence[DecodeRequest]) -> list[DecodeResult]:
+        """Transcribe every request; return exactly one result per request, in order.
+
+        Raises on failure; the scheduler fans the exception out to every
+        member of the batch. Called only from the scheduler's executor thread.
+        """
+        ...
