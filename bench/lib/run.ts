@@ -1,0 +1,187 @@
+/**
+ * Runs one load: N sessions against one target, real-time paced, staggered,
+ * bounded in time; returns traces, metrics and server process usage.
+ */
+import { frames as splitFrames, loadAudio } from "./audio.js";
+import { summarize, traceMetrics, segmentsOf, type Reference, type Summary, type TraceMetrics } from "./metrics.js";
+import { Pacer } from "./pacer.js";
+import { ProcSampler, type ProcUsage } from "./proc.js";
+import { GrpcPool, GrpcSession, RecognitionMode, WsSession, type BenchSession, type Trace } from "./sessions.js";
+
+export interface LoadOptions {
+  /** ws://host:port[/path] (gateway) or grpc://host:port (worker). */
+  target: string;
+  streams: number;
+  files: string[];
+  /** Times each session plays its file back to back before end of input. */
+  loops: number;
+  frameMs: number;
+  /** Sessions start evenly spread over this many ms. */
+  rampMs: number;
+  /** 1 = real time; 2 = twice as fast; 0 = as fast as possible. */
+  pace: number;
+  /** gRPC channels for direct runs (the gateway uses one per worker). */
+  channels: number;
+  partialIntervalMs: number;
+  stopTimeoutMs: number;
+  /** Hard bound on the whole run. */
+  maxSeconds: number;
+  pids: { pid: number; label: string }[];
+  /** For ws targets: segmentation from a direct run of the same files. */
+  reference?: Reference;
+  quiet?: boolean;
+}
+
+export const DEFAULTS: Omit<LoadOptions, "target" | "streams"> = {
+  files: [],
+  loops: 1,
+  frameMs: 60,
+  rampMs: 3000,
+  pace: 1,
+  channels: 1,
+  partialIntervalMs: 600,
+  stopTimeoutMs: 30_000,
+  maxSeconds: 600,
+  pids: [],
+};
+
+export interface LoadResult {
+  target: string;
+  path: "ws" | "grpc";
+  options: Omit<LoadOptions, "reference" | "pids">;
+  summary: Summary;
+  procs: ProcUsage[];
+  loadgenCores: number;
+  traces: Trace[];
+  metrics: TraceMetrics[];
+}
+
+interface Prepared {
+  name: string;
+  frames: Buffer[];
+  audioMs: number;
+}
+
+function prepare(files: string[], loops: number, frameMs: number): Prepared[] {
+  return loadAudio(files).map((a) => {
+    const one = splitFrames(a, frameMs);
+    const fr: Buffer[] = [];
+    for (let l = 0; l < loops; l++) fr.push(...one);
+    return { name: a.name, frames: fr, audioMs: a.durationMs * loops };
+  });
+}
+
+function makeSession(o: LoadOptions, idx: number, p: Prepared, pool: GrpcPool | undefined): BenchSession {
+  if (o.target.startsWith("ws://") || o.target.startsWith("wss://")) {
+    return new WsSession(idx, p.name, o.frameMs, p.frames.length, p.audioMs, {
+      url: o.target,
+      mode: "2pass",
+      chunkSize: [5, Math.round(o.partialIntervalMs / 60), 5],
+      itn: true,
+      hotwords: "",
+      connectTimeoutMs: 10_000,
+    });
+  }
+  return new GrpcSession(idx, p.name, o.frameMs, p.frames.length, p.audioMs, pool!.pick(), {
+    partialIntervalMs: o.partialIntervalMs,
+    mode: RecognitionMode.RECOGNITION_MODE_TWO_PASS,
+  });
+}
+
+const log = (o: { quiet?: boolean }, msg: string): void => {
+  if (!o.quiet) process.stderr.write(`[load] ${msg}\n`);
+};
+
+export async function runLoad(o: LoadOptions): Promise<LoadResult> {
+  const files = o.files.length ? o.files : (await import("./audio.js")).DEFAULT_FILES;
+  const prepared = prepare(files, o.loops, o.frameMs);
+  const isWs = o.target.startsWith("ws");
+  const pool = isWs ? undefined : new GrpcPool(o.target.replace(/^grpc:\/\//, ""), o.channels);
+  const pacer = new Pacer();
+  const sampler = new ProcSampler(o.pids);
+  const sessions: BenchSession[] = [];
+  const cpu0 = process.cpuUsage();
+  const wall0 = performance.now();
+  sampler.start();
+  const deadline = wall0 + o.maxSeconds * 1000;
+  log(o, `${o.streams} sessions -> ${o.target} (${files.length} files, ramp ${o.rampMs} ms, pace ${o.pace || "max"})`);
+
+  const done: Promise<void>[] = [];
+  for (let i = 0; i < o.streams; i++) {
+    const p = prepared[i % prepared.length]!;
+    const s = makeSession(o, i, p, pool);
+    sessions.push(s);
+    const startAt = wall0 + (o.streams > 1 ? (i * o.rampMs) / o.streams : 0);
+    done.push(
+      new Promise<void>((resolve) => {
+        const begin = async (): Promise<void> => {
+          try {
+            await s.open();
+          } catch {
+            resolve();
+            return;
+          }
+          const first = Math.max(performance.now(), startAt);
+          const period = o.pace > 0 ? o.frameMs / o.pace : 0;
+          pacer.add(first, (now, due) => {
+            // Frame index from the schedule, so one late wake-up does not shift the timeline.
+            const j = period > 0 ? Math.round((due - first) / period) : (s.trace.sentAt.findIndex(Number.isNaN) as number);
+            const fr = p.frames[j];
+            if (fr === undefined || now > deadline) {
+              s.stop(o.stopTimeoutMs).then(() => {
+                s.close();
+                resolve();
+              });
+              return null;
+            }
+            s.sendFrame(j, fr, now);
+            if (j === 0 && period > 0) s.trace.t0 = first; // audio clock origin = scheduled first frame
+            return period > 0 ? first + (j + 1) * period : now;
+          });
+        };
+        setTimeout(() => void begin(), Math.max(0, startAt - performance.now()));
+      }),
+    );
+  }
+  await Promise.all(done);
+  const procs = sampler.stop();
+  const wallSeconds = (performance.now() - wall0) / 1000;
+  const c = process.cpuUsage(cpu0);
+  pool?.close();
+  const traces = sessions.map((s) => s.trace);
+  const metrics = traces.map((t) => traceMetrics(t, o.reference));
+  const summary = summarize(traces, metrics, pacer.lateness, wallSeconds);
+  log(o, `done in ${wallSeconds.toFixed(1)} s, ${summary.sessionsWithErrors} sessions with errors`);
+  const { reference: _r, pids: _p, ...options } = o;
+  return {
+    target: o.target,
+    path: isWs ? "ws" : "grpc",
+    options,
+    summary,
+    procs,
+    loadgenCores: (c.user + c.system) / 1e6 / wallSeconds,
+    traces,
+    metrics,
+  };
+}
+
+/** Segmentation of each file from one unpaced direct session per file (deterministic VAD). */
+export async function calibrate(worker: string, files: string[], loops: number, frameMs: number): Promise<Reference> {
+  const r = await runLoad({
+    ...DEFAULTS,
+    target: `grpc://${worker.replace(/^grpc:\/\//, "")}`,
+    streams: files.length,
+    files,
+    loops,
+    frameMs,
+    rampMs: 0,
+    pace: 0,
+    quiet: true,
+  });
+  const ref: Reference = new Map();
+  for (const t of r.traces) {
+    if (t.errors.length) throw new Error(`calibration of ${t.file} failed: ${t.errors.join("; ")}`);
+    ref.set(t.file, segmentsOf(t));
+  }
+  return ref;
+}

@@ -1,0 +1,365 @@
+/**
+ * One benchmark session = one client stream, either a FunASR WebSocket session
+ * through the gateway or a direct asr.v1 StreamingRecognize call to a worker.
+ * Both record the same Trace: when every frame was sent and when every result
+ * arrived, so that metrics are computed identically for both paths.
+ */
+import { credentials, type ClientDuplexStream } from "@grpc/grpc-js";
+import WebSocket from "ws";
+import {
+  AsrClient,
+  ControlType,
+  RecognitionMode,
+  type StreamingRecognizeRequest,
+  type StreamingRecognizeResponse,
+} from "../../gateway/src/gen/asr/v1/asr.js";
+
+export type EventKind = "partial" | "final" | "start" | "end" | "ack" | "error";
+
+export interface TraceEvent {
+  t: number; // performance.now() ms at receipt
+  kind: EventKind;
+  seg?: number; // direct only (segment id)
+  audioEndMs?: number; // partial: audio covered (direct only)
+  startMs?: number; // final (direct only)
+  endMs?: number; // final (direct only); speech event offset for start/end
+  reason?: number; // final endpoint reason (direct only)
+  textLen?: number;
+  isFinal?: boolean; // ws: is_final flag
+  afterStop?: boolean;
+}
+
+export interface Trace {
+  idx: number;
+  file: string;
+  path: "ws" | "grpc";
+  frameMs: number;
+  audioMs: number;
+  /** Time the first frame was due (the session's audio clock origin). */
+  t0: number;
+  /** Send time of frame j (audio [j*frameMs, (j+1)*frameMs)). */
+  sentAt: Float64Array;
+  events: TraceEvent[];
+  connectMs?: number;
+  stopAt?: number;
+  ackAt?: number;
+  closedAt?: number;
+  errors: string[];
+  maxBufferedBytes: number;
+}
+
+export interface BenchSession {
+  readonly trace: Trace;
+  /** Opens the stream and sends the config. */
+  open(): Promise<void>;
+  sendFrame(j: number, frame: Buffer, now: number): void;
+  /** End of input; resolves when the end-of-input acknowledgement (or close/timeout) came. */
+  stop(timeoutMs: number): Promise<void>;
+  close(): void;
+}
+
+function newTrace(idx: number, file: string, path: "ws" | "grpc", frameMs: number, nFrames: number, audioMs: number): Trace {
+  return {
+    idx,
+    file,
+    path,
+    frameMs,
+    audioMs,
+    t0: 0,
+    sentAt: new Float64Array(nFrames).fill(Number.NaN),
+    events: [],
+    errors: [],
+    maxBufferedBytes: 0,
+  };
+}
+
+// ---------------------------------------------------------------- WebSocket
+
+export interface WsOptions {
+  url: string;
+  mode: "2pass" | "online" | "offline";
+  chunkSize: [number, number, number];
+  itn: boolean;
+  hotwords: string;
+  connectTimeoutMs: number;
+}
+
+export class WsSession implements BenchSession {
+  readonly trace: Trace;
+  private ws: WebSocket | undefined;
+  private stopped = false;
+  private ackResolve: (() => void) | undefined;
+
+  constructor(idx: number, file: string, frameMs: number, nFrames: number, audioMs: number, private readonly opt: WsOptions) {
+    this.trace = newTrace(idx, file, "ws", frameMs, nFrames, audioMs);
+  }
+
+  open(): Promise<void> {
+    const t = performance.now();
+    return new Promise((resolve, reject) => {
+      const ws = new WebSocket(this.opt.url, { perMessageDeflate: false, handshakeTimeout: this.opt.connectTimeoutMs });
+      this.ws = ws;
+      ws.binaryType = "nodebuffer";
+      ws.on("open", () => {
+        this.trace.connectMs = performance.now() - t;
+        ws.send(
+          JSON.stringify({
+            mode: this.opt.mode,
+            wav_name: `bench-${this.trace.idx}`,
+            wav_format: "pcm",
+            audio_fs: 16000,
+            is_speaking: true,
+            chunk_size: this.opt.chunkSize,
+            chunk_interval: 10,
+            itn: this.opt.itn,
+            hotwords: this.opt.hotwords,
+          }),
+        );
+        resolve();
+      });
+      ws.on("message", (data, isBinary) => this.onMessage(data as Buffer, isBinary));
+      ws.on("error", (err) => {
+        this.trace.errors.push(`ws error: ${err.message}`);
+        reject(err);
+        this.ackResolve?.();
+      });
+      ws.on("close", (code, reason) => {
+        this.trace.closedAt = performance.now();
+        if (!this.stopped || this.trace.ackAt === undefined) {
+          if (!(this.stopped && this.trace.ackAt !== undefined)) {
+            this.trace.errors.push(`ws closed early: ${code} ${reason.toString()}`);
+          }
+        }
+        this.ackResolve?.();
+      });
+    });
+  }
+
+  private onMessage(data: Buffer, isBinary: boolean): void {
+    const t = performance.now();
+    if (isBinary) {
+      this.trace.errors.push("unexpected binary message");
+      return;
+    }
+    let m: Record<string, unknown>;
+    try {
+      m = JSON.parse(data.toString("utf8")) as Record<string, unknown>;
+    } catch {
+      this.trace.errors.push("non-JSON message");
+      return;
+    }
+    const afterStop = this.stopped;
+    const text = typeof m.text === "string" ? m.text : "";
+    if (m.error !== undefined) {
+      this.trace.events.push({ t, kind: "error", afterStop });
+      this.trace.errors.push(`server error: ${JSON.stringify(m.error)}`);
+    }
+    if (m.is_end === true) {
+      this.trace.events.push({ t, kind: "ack", afterStop });
+      this.trace.ackAt = t;
+      this.ackResolve?.();
+      return;
+    }
+    const mode = m.mode;
+    if (mode === "2pass-online" || mode === "online") {
+      this.trace.events.push({ t, kind: "partial", textLen: text.length, isFinal: m.is_final === true, afterStop });
+    } else if (mode === "2pass-offline" || mode === "offline") {
+      this.trace.events.push({ t, kind: "final", textLen: text.length, isFinal: m.is_final === true, afterStop });
+    }
+  }
+
+  sendFrame(j: number, frame: Buffer, now: number): void {
+    const ws = this.ws;
+    if (!ws || ws.readyState !== WebSocket.OPEN) return;
+    if (j === 0) this.trace.t0 = now;
+    ws.send(frame);
+    this.trace.sentAt[j] = now;
+    if (ws.bufferedAmount > this.trace.maxBufferedBytes) this.trace.maxBufferedBytes = ws.bufferedAmount;
+  }
+
+  stop(timeoutMs: number): Promise<void> {
+    const ws = this.ws;
+    this.stopped = true;
+    if (!ws || ws.readyState !== WebSocket.OPEN) return Promise.resolve();
+    this.trace.stopAt = performance.now();
+    ws.send(JSON.stringify({ is_speaking: false, is_end: true }));
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => {
+        this.trace.errors.push(`no end-of-input acknowledgement within ${timeoutMs} ms`);
+        resolve();
+      }, timeoutMs);
+      this.ackResolve = () => {
+        clearTimeout(timer);
+        resolve();
+      };
+      if (this.trace.ackAt !== undefined) this.ackResolve();
+    });
+  }
+
+  close(): void {
+    this.stopped = true;
+    try {
+      this.ws?.close(1000);
+    } catch {
+      /* already closed */
+    }
+  }
+}
+
+// ---------------------------------------------------------------- gRPC
+
+export interface GrpcOptions {
+  partialIntervalMs: number;
+  mode: RecognitionMode;
+}
+
+/** A pool of channels to one worker; sessions are spread round-robin. */
+export class GrpcPool {
+  private clients: AsrClient[] = [];
+  private next = 0;
+  constructor(address: string, channels: number) {
+    for (let i = 0; i < channels; i++) {
+      // A distinct option per client forces a distinct channel (grpc-js shares identical ones).
+      this.clients.push(
+        new AsrClient(address, credentials.createInsecure(), {
+          "bench.channel": i,
+          "grpc.max_receive_message_length": 8 << 20,
+        } as Record<string, unknown>),
+      );
+    }
+  }
+  pick(): AsrClient {
+    const c = this.clients[this.next % this.clients.length]!;
+    this.next++;
+    return c;
+  }
+  close(): void {
+    for (const c of this.clients) c.close();
+  }
+}
+
+export class GrpcSession implements BenchSession {
+  readonly trace: Trace;
+  private call: ClientDuplexStream<StreamingRecognizeRequest, StreamingRecognizeResponse> | undefined;
+  private stopped = false;
+  private ackResolve: (() => void) | undefined;
+  private ended = false;
+
+  constructor(
+    idx: number,
+    file: string,
+    frameMs: number,
+    nFrames: number,
+    audioMs: number,
+    private readonly client: AsrClient,
+    private readonly opt: GrpcOptions,
+  ) {
+    this.trace = newTrace(idx, file, "grpc", frameMs, nFrames, audioMs);
+  }
+
+  open(): Promise<void> {
+    const t = performance.now();
+    const call = this.client.streamingRecognize();
+    this.call = call;
+    call.on("data", (r: StreamingRecognizeResponse) => this.onResponse(r));
+    call.on("error", (err: Error & { code?: number }) => {
+      if (!(this.stopped && this.trace.ackAt !== undefined)) this.trace.errors.push(`grpc status ${err.code}: ${err.message}`);
+      this.ended = true;
+      this.ackResolve?.();
+    });
+    call.on("end", () => {
+      this.ended = true;
+      this.trace.closedAt = performance.now();
+      this.ackResolve?.();
+    });
+    call.write({
+      streamingRequest: {
+        $case: "config",
+        value: {
+          sessionId: `bench-${this.trace.idx}`,
+          wavName: `bench-${this.trace.idx}`,
+          mode: this.opt.mode,
+          sampleRateHz: 16000,
+          hotwords: [],
+          itn: true,
+          language: "",
+          partialIntervalMs: this.opt.partialIntervalMs,
+        },
+      },
+    });
+    this.trace.connectMs = performance.now() - t;
+    return Promise.resolve();
+  }
+
+  private onResponse(r: StreamingRecognizeResponse): void {
+    const t = performance.now();
+    const afterStop = this.stopped;
+    const x = r.streamingResponse;
+    if (!x) return;
+    switch (x.$case) {
+      case "partial":
+        this.trace.events.push({ t, kind: "partial", seg: x.value.segmentId, audioEndMs: x.value.audioEndMs, textLen: x.value.delta.length, afterStop });
+        break;
+      case "final":
+        this.trace.events.push({
+          t,
+          kind: "final",
+          seg: x.value.segmentId,
+          startMs: x.value.startMs,
+          endMs: x.value.endMs,
+          reason: x.value.reason,
+          textLen: x.value.text.length,
+          afterStop,
+        });
+        break;
+      case "speechEvent":
+        this.trace.events.push({ t, kind: x.value.type === 1 ? "start" : "end", seg: x.value.segmentId, endMs: x.value.offsetMs, afterStop });
+        break;
+      case "endOfInput":
+        this.trace.events.push({ t, kind: "ack", afterStop });
+        this.trace.ackAt = t;
+        this.ackResolve?.();
+        break;
+      case "error":
+        this.trace.events.push({ t, kind: "error", afterStop });
+        this.trace.errors.push(`worker error ${x.value.code}: ${x.value.message}`);
+        break;
+    }
+  }
+
+  sendFrame(j: number, frame: Buffer, now: number): void {
+    if (!this.call || this.ended) return;
+    if (j === 0) this.trace.t0 = now;
+    this.call.write({ streamingRequest: { $case: "audio", value: { pcm16le: frame, sampleRateHz: 0 } } });
+    this.trace.sentAt[j] = now;
+  }
+
+  stop(timeoutMs: number): Promise<void> {
+    this.stopped = true;
+    if (!this.call || this.ended) return Promise.resolve();
+    this.trace.stopAt = performance.now();
+    this.call.write({ streamingRequest: { $case: "control", value: { type: ControlType.CONTROL_TYPE_END_OF_INPUT } } });
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => {
+        this.trace.errors.push(`no end-of-input acknowledgement within ${timeoutMs} ms`);
+        resolve();
+      }, timeoutMs);
+      this.ackResolve = () => {
+        clearTimeout(timer);
+        resolve();
+      };
+      if (this.trace.ackAt !== undefined || this.ended) this.ackResolve();
+    });
+  }
+
+  close(): void {
+    this.stopped = true;
+    if (this.call && !this.ended) {
+      this.call.end();
+      // Give the worker a moment to close with OK; then cancel.
+      setTimeout(() => this.call?.cancel(), 2000).unref();
+    }
+  }
+}
+
+export { RecognitionMode };
