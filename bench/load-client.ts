@@ -34,6 +34,8 @@ const { values } = parseArgs({
     "reference-worker": { type: "string" },
     pid: { type: "string", multiple: true, default: [] },
     json: { type: "string" },
+    tag: { type: "string", default: "bench" },
+    "uplink-trace": { type: "string" },
     help: { type: "boolean", default: false },
   },
 });
@@ -76,6 +78,8 @@ const result = await runLoad({
   maxSeconds: Number(values["max-seconds"]),
   pids,
   reference,
+  tag: values.tag,
+  uplinkTrace: values["uplink-trace"],
 });
 printSummary(result);
 if (values.json) {

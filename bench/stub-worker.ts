@@ -9,6 +9,7 @@
  * prints `LISTENING host:port`.
  */
 import { Server, ServerCredentials, status, type ServerDuplexStream, type ServerWritableStream } from "@grpc/grpc-js";
+import { appendFileSync } from "node:fs";
 import { parseArgs } from "node:util";
 import {
   AsrService,
@@ -34,12 +35,14 @@ const { values } = parseArgs({
     "partial-ms": { type: "string", default: "600" },
     "hangover-ms": { type: "string", default: "600" },
     threshold: { type: "string", default: "300" },
+    "trace-file": { type: "string" },
   },
 });
 const COST = Number(values["cost-ms"]);
 const PARTIAL = Number(values["partial-ms"]);
 const HANGOVER = Number(values["hangover-ms"]);
 const THRESH = Number(values.threshold);
+const TRACE = values["trace-file"];
 const WIN = 960; // samples = 60 ms at 16 kHz
 let active = 0;
 
@@ -57,6 +60,10 @@ function handle(call: Call): void {
   let lastSpeech = 0;
   let nextPartial = 0;
   let closed = false;
+  // Per-frame uplink trace: [bytes received so far, epoch ms at receipt].
+  let wavName = "";
+  let bytesIn = 0;
+  const recv: number[] = [];
   const send = (r: StreamingRecognizeResponse): void => {
     if (!closed) call.write(r);
   };
@@ -81,6 +88,7 @@ function handle(call: Call): void {
     if (r.$case === "config") {
       configured = true;
       rate = r.value.sampleRateHz || 16000;
+      wavName = r.value.wavName;
       return;
     }
     if (!configured) {
@@ -89,6 +97,10 @@ function handle(call: Call): void {
       return;
     }
     if (r.$case === "audio") {
+      if (TRACE) {
+        bytesIn += r.value.pcm16le.length;
+        recv.push(bytesIn, performance.timeOrigin + performance.now());
+      }
       pending = Buffer.concat([pending, r.value.pcm16le]);
       const win = (WIN * rate) / 16000;
       while (pending.length >= win * 2) {
@@ -139,7 +151,10 @@ function handle(call: Call): void {
   call.on("cancelled", () => {
     closed = true;
   });
-  call.on("close", () => active--);
+  call.on("close", () => {
+    active--;
+    if (TRACE && wavName) appendFileSync(TRACE, JSON.stringify({ wav_name: wavName, recv }) + "\n");
+  });
   call.on("error", () => {
     closed = true;
   });

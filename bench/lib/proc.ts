@@ -37,6 +37,8 @@ export interface ProcUsage {
   rssStartMiB: number;
   rssPeakMiB: number;
   rssEndMiB: number;
+  /** Cores over the steady window when every session is active (set by runLoad). */
+  steadyCores?: number | null;
 }
 
 /** Samples a set of pids every `everyMs` between start() and stop(). */
@@ -44,6 +46,7 @@ export class ProcSampler {
   private first = new Map<number, ProcSnapshot>();
   private last = new Map<number, ProcSnapshot>();
   private peak = new Map<number, number>();
+  private series = new Map<number, ProcSnapshot[]>();
   private timer: NodeJS.Timeout | undefined;
 
   constructor(
@@ -55,6 +58,7 @@ export class ProcSampler {
     for (const { pid } of this.pids) {
       const s = snapshot(pid);
       if (s) {
+        this.series.set(pid, [s]);
         this.first.set(pid, s);
         this.last.set(pid, s);
         this.peak.set(pid, s.rssKiB);
@@ -68,9 +72,19 @@ export class ProcSampler {
     for (const { pid } of this.pids) {
       const s = snapshot(pid);
       if (!s) continue;
+      this.series.get(pid)?.push(s);
       this.last.set(pid, s);
       this.peak.set(pid, Math.max(this.peak.get(pid) ?? 0, s.rssKiB));
     }
+  }
+
+  /** CPU cores used by `pid` between two times (nearest samples inside the window). */
+  coresBetween(pid: number, tA: number, tB: number): number | null {
+    const s = (this.series.get(pid) ?? []).filter((x) => x.t >= tA && x.t <= tB);
+    if (s.length < 2) return null;
+    const a = s[0]!;
+    const b = s[s.length - 1]!;
+    return (b.cpuSec - a.cpuSec) / ((b.t - a.t) / 1000);
   }
 
   stop(): ProcUsage[] {

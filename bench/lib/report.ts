@@ -16,6 +16,7 @@ export function printSummary(r: LoadResult, out: (s: string) => void = (s) => pr
   out(`  first update after first audio    ${d(s.firstUpdateMs)}`);
   out(`  response lag (partials)           ${d(s.lagMs)}; max per-client p95 ${fmt(s.lagP95MaxPerClientMs)}`);
   out(`  load generator pacing lateness    ${d(s.pacerLatenessMs)}; loadgen ${r.loadgenCores.toFixed(2)} cores`);
+  if (r.uplinkMs) out(`  uplink per frame (send -> worker)   ${d(r.uplinkMs)}`);
   out(`  partials ${s.partials}, finals ${s.finals}, segment mismatches ${s.segmentMismatches}, sessions with errors ${s.sessionsWithErrors}`);
   for (const p of r.procs) {
     out(

@@ -6,7 +6,8 @@ import { frames as splitFrames, loadAudio } from "./audio.js";
 import { summarize, traceMetrics, segmentsOf, type Reference, type Summary, type TraceMetrics } from "./metrics.js";
 import { Pacer } from "./pacer.js";
 import { ProcSampler, type ProcUsage } from "./proc.js";
-import { GrpcPool, GrpcSession, RecognitionMode, WsSession, type BenchSession, type Trace } from "./sessions.js";
+import { GrpcPool, GrpcSession, RecognitionMode, WsSession, setTag, type BenchSession, type Trace } from "./sessions.js";
+import { dist, type Dist } from "./stats.js";
 
 export interface LoadOptions {
   /** ws://host:port[/path] (gateway) or grpc://host:port (worker). */
@@ -30,6 +31,10 @@ export interface LoadOptions {
   /** For ws targets: segmentation from a direct run of the same files. */
   reference?: Reference;
   quiet?: boolean;
+  /** wav_name prefix, unique per run when a worker trace file is shared. */
+  tag?: string;
+  /** A worker receipt trace file (stub worker) to compute per-frame uplink latency. */
+  uplinkTrace?: string;
 }
 
 export const DEFAULTS: Omit<LoadOptions, "target" | "streams"> = {
@@ -54,6 +59,10 @@ export interface LoadResult {
   loadgenCores: number;
   traces: Trace[];
   metrics: TraceMetrics[];
+  /** Client send -> worker receipt per frame (only with uplinkTrace). */
+  uplinkMs?: Dist;
+  /** Keyed per-segment latencies, for pairing a gateway run with a direct run. */
+  keyed: { firstPartial: Record<string, number>; finalAfterSpeechEnd: Record<string, number> };
 }
 
 interface Prepared {
@@ -62,12 +71,19 @@ interface Prepared {
   audioMs: number;
 }
 
+/** Files as "name" or "name*K" (K plays back to back, times the global loops). */
 function prepare(files: string[], loops: number, frameMs: number): Prepared[] {
-  return loadAudio(files).map((a) => {
+  const specs = files.map((f) => {
+    const m = /^(.*)\*(\d+)$/.exec(f);
+    return m ? { name: m[1]!, k: Number(m[2]) } : { name: f, k: 1 };
+  });
+  const audio = loadAudio(specs.map((s) => s.name));
+  return audio.map((a, i) => {
+    const k = specs[i]!.k * loops;
     const one = splitFrames(a, frameMs);
     const fr: Buffer[] = [];
-    for (let l = 0; l < loops; l++) fr.push(...one);
-    return { name: a.name, frames: fr, audioMs: a.durationMs * loops };
+    for (let l = 0; l < k; l++) fr.push(...one);
+    return { name: files[i]!, frames: fr, audioMs: a.durationMs * k };
   });
 }
 
@@ -96,6 +112,7 @@ export async function runLoad(o: LoadOptions): Promise<LoadResult> {
   const files = o.files.length ? o.files : (await import("./audio.js")).DEFAULT_FILES;
   const prepared = prepare(files, o.loops, o.frameMs);
   const isWs = o.target.startsWith("ws");
+  setTag(o.tag ?? "bench");
   const pool = isWs ? undefined : new GrpcPool(o.target.replace(/^grpc:\/\//, ""), o.channels);
   const pacer = new Pacer();
   const sampler = new ProcSampler(o.pids);
@@ -144,7 +161,12 @@ export async function runLoad(o: LoadOptions): Promise<LoadResult> {
     );
   }
   await Promise.all(done);
+  // Steady window: every session has started (ramp over) and none has finished yet.
+  const minDur = Math.min(...prepared.slice(0, o.streams).map((p) => p.audioMs)) / (o.pace > 0 ? o.pace : Infinity);
+  const tA = wall0 + o.rampMs + 1000;
+  const tB = wall0 + minDur - 1000;
   const procs = sampler.stop();
+  for (const p of procs) p.steadyCores = tB - tA >= 3000 ? sampler.coresBetween(p.pid, tA, tB) : null;
   const wallSeconds = (performance.now() - wall0) / 1000;
   const c = process.cpuUsage(cpu0);
   pool?.close();
@@ -152,8 +174,20 @@ export async function runLoad(o: LoadOptions): Promise<LoadResult> {
   const metrics = traces.map((t) => traceMetrics(t, o.reference));
   const summary = summarize(traces, metrics, pacer.lateness, wallSeconds);
   log(o, `done in ${wallSeconds.toFixed(1)} s, ${summary.sessionsWithErrors} sessions with errors`);
+  let uplinkMs: Dist | undefined;
+  if (o.uplinkTrace) {
+    const u = await uplinkLatencies(traces, o.uplinkTrace);
+    uplinkMs = dist(u.lat);
+    log(o, `uplink trace: ${u.matched}/${traces.length} sessions matched`);
+  }
+  const keyed = {
+    firstPartial: Object.fromEntries(metrics.flatMap((m) => [...m.firstPartial])),
+    finalAfterSpeechEnd: Object.fromEntries(metrics.flatMap((m) => [...m.finalAfterSpeechEnd])),
+  };
   const { reference: _r, pids: _p, ...options } = o;
   return {
+    uplinkMs,
+    keyed,
     target: o.target,
     path: isWs ? "ws" : "grpc",
     options,
@@ -184,4 +218,43 @@ export async function calibrate(worker: string, files: string[], loops: number, 
     ref.set(t.file, segmentsOf(t));
   }
   return ref;
+}
+
+/**
+ * Per-frame uplink latency: client send time of each frame -> the worker's
+ * receipt of the chunk that completed it, joined by wav_name and byte offset
+ * (works whatever re-chunking happens in between). Needs a worker that writes
+ * receipt traces (bench/stub-worker.ts --trace-file). Both processes use
+ * performance.timeOrigin + performance.now(), one machine, one clock.
+ */
+export async function uplinkLatencies(traces: Trace[], traceFile: string, waitMs = 5000): Promise<{ lat: number[]; matched: number }> {
+  const { readFileSync, existsSync } = await import("node:fs");
+  const want = new Map(traces.map((t) => [t.wavName, t]));
+  const deadline = performance.now() + waitMs;
+  let lines: string[] = [];
+  for (;;) {
+    lines = existsSync(traceFile) ? readFileSync(traceFile, "utf8").split("\n").filter(Boolean) : [];
+    const seen = lines.filter((l) => want.has((JSON.parse(l) as { wav_name: string }).wav_name)).length;
+    if (seen >= traces.length || performance.now() > deadline) break;
+    await new Promise((r) => setTimeout(r, 250));
+  }
+  const lat: number[] = [];
+  let matched = 0;
+  const origin = performance.timeOrigin;
+  for (const l of lines) {
+    const rec = JSON.parse(l) as { wav_name: string; recv: number[] };
+    const t = want.get(rec.wav_name);
+    if (!t) continue;
+    matched++;
+    let k = 0;
+    let end = 0;
+    for (let j = 0; j < t.sentAt.length; j++) {
+      if (Number.isNaN(t.sentAt[j]!)) break;
+      end += t.frameBytes[j]!;
+      while (k < rec.recv.length && rec.recv[k]! < end) k += 2;
+      if (k >= rec.recv.length) break;
+      lat.push(rec.recv[k + 1]! - (origin + t.sentAt[j]!));
+    }
+  }
+  return { lat, matched };
 }

@@ -31,6 +31,10 @@ export interface TraceEvent {
 
 export interface Trace {
   idx: number;
+  /** wav_name sent in the config (`${tag}-${idx}`). */
+  wavName: string;
+  /** Byte length of each frame sent (for joining with worker-side receipt traces). */
+  frameBytes: Uint32Array;
   file: string;
   path: "ws" | "grpc";
   frameMs: number;
@@ -58,9 +62,16 @@ export interface BenchSession {
   close(): void;
 }
 
+export let TAG = "bench";
+export function setTag(tag: string): void {
+  TAG = tag;
+}
+
 function newTrace(idx: number, file: string, path: "ws" | "grpc", frameMs: number, nFrames: number, audioMs: number): Trace {
   return {
     idx,
+    wavName: `${TAG}-${idx}`,
+    frameBytes: new Uint32Array(nFrames),
     file,
     path,
     frameMs,
@@ -105,7 +116,7 @@ export class WsSession implements BenchSession {
         ws.send(
           JSON.stringify({
             mode: this.opt.mode,
-            wav_name: `bench-${this.trace.idx}`,
+            wav_name: this.trace.wavName,
             wav_format: "pcm",
             audio_fs: 16000,
             is_speaking: true,
@@ -174,6 +185,7 @@ export class WsSession implements BenchSession {
     if (j === 0) this.trace.t0 = now;
     ws.send(frame);
     this.trace.sentAt[j] = now;
+    this.trace.frameBytes[j] = frame.length;
     if (ws.bufferedAmount > this.trace.maxBufferedBytes) this.trace.maxBufferedBytes = ws.bufferedAmount;
   }
 
@@ -276,8 +288,8 @@ export class GrpcSession implements BenchSession {
       streamingRequest: {
         $case: "config",
         value: {
-          sessionId: `bench-${this.trace.idx}`,
-          wavName: `bench-${this.trace.idx}`,
+          sessionId: this.trace.wavName,
+          wavName: this.trace.wavName,
           mode: this.opt.mode,
           sampleRateHz: 16000,
           hotwords: [],
@@ -332,6 +344,7 @@ export class GrpcSession implements BenchSession {
     if (j === 0) this.trace.t0 = now;
     this.call.write({ streamingRequest: { $case: "audio", value: { pcm16le: frame, sampleRateHz: 0 } } });
     this.trace.sentAt[j] = now;
+    this.trace.frameBytes[j] = frame.length;
   }
 
   stop(timeoutMs: number): Promise<void> {

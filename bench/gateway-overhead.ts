@@ -1,0 +1,239 @@
+/**
+ * Gateway overhead: the same paced load, direct to a worker and through the
+ * gateway, in ONE run, at several stream counts. Reports the latency the
+ * gateway adds per frame and per result, its CPU (streams per core) and its
+ * memory per session.
+ *
+ *   npm run bench:gateway -- --ns 100,500,1000,2000 [--worker python|stub] [--pin gateway=0,worker=1,load=1]
+ *   npm run bench:gateway -- --ns 20 --worker stub            # smoke run
+ *
+ * Added latency is measured two ways:
+ *  - per result: for every final (and first partial) the latency from sending
+ *    the audio that completed the segment (started it) to receiving the result,
+ *    via gateway minus direct, compared at the same quantile and also paired
+ *    event by event (same session index, same segment, same schedule);
+ *  - per frame, uplink (stub worker only, which records receipt times):
+ *    client send -> worker receipt of each 60 ms frame, via gateway minus direct.
+ */
+import { mkdirSync, rmSync, writeFileSync } from "node:fs";
+import path from "node:path";
+import { parseArgs } from "node:util";
+import os from "node:os";
+import { REPO_ROOT } from "./lib/audio.js";
+import { printSummary } from "./lib/report.js";
+import { calibrate, DEFAULTS, runLoad, type LoadResult } from "./lib/run.js";
+import { pinned, pinSelf, spawnListening, startGateway, waitServing, type Server } from "./lib/procs.js";
+import { dist, fmt, percentile } from "./lib/stats.js";
+
+const { values } = parseArgs({
+  options: {
+    ns: { type: "string", default: "100,500,1000,2000" },
+    worker: { type: "string", default: "python" },
+    files: { type: "string", default: "synth/three_utterances.wav,zh/binhai.wav*4,zh/damo.wav*4,zh/long.wav*3,zh/mid.wav*4" },
+    "ramp-ms": { type: "string", default: "5000" },
+    "fake-base-ms": { type: "string", default: "5" },
+    "fake-per-item-ms": { type: "string", default: "0.1" },
+    "max-batch-size": { type: "string", default: "64" },
+    "batch-window-ms": { type: "string", default: "5" },
+    "worker-arg": { type: "string", multiple: true, default: [] },
+    "gateway-env": { type: "string", multiple: true, default: [] },
+    channels: { type: "string", default: "1" },
+    pin: { type: "string", default: "" },
+    out: { type: "string" },
+    "max-seconds": { type: "string", default: "120" },
+  },
+});
+
+const ns = values.ns.split(",").map(Number);
+const files = values.files.split(",");
+const pins = Object.fromEntries(
+  values.pin
+    .split(",")
+    .filter(Boolean)
+    .map((kv) => kv.split("=") as [string, string]),
+) as Record<string, string>;
+const log = (s: string): void => void process.stderr.write(`[overhead] ${s}\n`);
+const stamp = new Date().toISOString().replace(/[:.]/g, "-");
+const outDir = path.join(REPO_ROOT, "bench-results");
+mkdirSync(outDir, { recursive: true });
+const outFile = values.out ?? path.join(outDir, `gateway-overhead-${stamp}.json`);
+const traceFile = path.join(outDir, `uplink-${stamp}.jsonl`);
+
+async function startWorker(): Promise<Server> {
+  if (values.worker === "stub") {
+    const [cmd, args] = pinned(pins.worker, process.execPath, [
+      "--import",
+      "tsx",
+      "bench/stub-worker.ts",
+      "--listen",
+      "127.0.0.1:0",
+      "--cost-ms",
+      String(Number(values["fake-base-ms"]) + Number(values["fake-per-item-ms"])),
+      "--trace-file",
+      traceFile,
+    ]);
+    return spawnListening("stub worker", cmd, args);
+  }
+  const py = path.join(REPO_ROOT, "worker-py/.venv/bin/python");
+  const [cmd, args] = pinned(pins.worker, py, [
+    "-m",
+    "asr_worker",
+    "serve",
+    "--listen",
+    "127.0.0.1:0",
+    "--engine",
+    "fake",
+    "--fake-base-ms",
+    values["fake-base-ms"],
+    "--fake-per-item-ms",
+    values["fake-per-item-ms"],
+    "--max-batch-size",
+    values["max-batch-size"],
+    "--batch-window-ms",
+    values["batch-window-ms"],
+    ...(values["worker-arg"] as string[]).flatMap((a) => a.split(" ")),
+  ]);
+  const env = { PYTHONPATH: path.join(REPO_ROOT, "worker-py") };
+  return spawnListening("worker", cmd, args, env);
+}
+
+interface Row {
+  n: number;
+  direct: Omit<LoadResult, "traces" | "metrics" | "keyed">;
+  gateway: Omit<LoadResult, "traces" | "metrics" | "keyed">;
+  added: Record<string, number | null>;
+}
+
+function paired(a: Record<string, number>, b: Record<string, number>): number[] {
+  const out: number[] = [];
+  for (const [k, v] of Object.entries(b)) {
+    const d = a[k];
+    if (d !== undefined) out.push(v - d);
+  }
+  return out;
+}
+
+const strip = (r: LoadResult): Row["direct"] => {
+  const { traces: _t, metrics: _m, keyed: _k, ...rest } = r;
+  return rest;
+};
+
+async function main(): Promise<void> {
+  pinSelf(pins.load);
+  rmSync(traceFile, { force: true });
+  log(`starting ${values.worker} worker${pins.worker ? ` on cpu ${pins.worker}` : ""}`);
+  const worker = await startWorker();
+  await waitServing(worker.address);
+  const gwEnv = Object.fromEntries((values["gateway-env"] as string[]).map((kv) => kv.split("=", 2) as [string, string]));
+  log(`worker ${worker.address} SERVING; starting gateway${pins.gateway ? ` on cpu ${pins.gateway}` : ""}`);
+  const gateway = await startGateway(worker.address, pins.gateway, gwEnv);
+  log(`gateway ${gateway.address} ready`);
+  const rows: Row[] = [];
+  try {
+    const reference = await calibrate(worker.address, files, 1, 60);
+    for (const n of ns) {
+      const common = {
+        ...DEFAULTS,
+        streams: n,
+        files,
+        rampMs: Number(values["ramp-ms"]),
+        channels: Number(values.channels),
+        maxSeconds: Number(values["max-seconds"]),
+        uplinkTrace: values.worker === "stub" ? traceFile : undefined,
+      };
+      log(`N=${n}: direct`);
+      const direct = await runLoad({
+        ...common,
+        target: `grpc://${worker.address}`,
+        tag: `d${n}`,
+        pids: [{ pid: worker.pid, label: "worker" }],
+      });
+      printSummary(direct, (s) => process.stderr.write(s + "\n"));
+      await new Promise((r) => setTimeout(r, 3000));
+      log(`N=${n}: via gateway`);
+      const gw = await runLoad({
+        ...common,
+        target: `ws://${gateway.address}`,
+        tag: `g${n}`,
+        reference,
+        pids: [
+          { pid: gateway.pid, label: "gateway" },
+          { pid: worker.pid, label: "worker" },
+        ],
+      });
+      printSummary(gw, (s) => process.stderr.write(s + "\n"));
+      const pf = paired(direct.keyed.finalAfterSpeechEnd, gw.keyed.finalAfterSpeechEnd);
+      const pp = paired(direct.keyed.firstPartial, gw.keyed.firstPartial);
+      const q = (a: number | null, b: number | null): number | null => (a === null || b === null ? null : a - b);
+      const gwProc = gw.procs.find((p) => p.label === "gateway");
+      const gwCores = gwProc?.steadyCores ?? gwProc?.cores ?? null;
+      rows.push({
+        n,
+        direct: strip(direct),
+        gateway: strip(gw),
+        added: {
+          finalP50: q(gw.summary.finalAfterSpeechEndMs.p50, direct.summary.finalAfterSpeechEndMs.p50),
+          finalP99: q(gw.summary.finalAfterSpeechEndMs.p99, direct.summary.finalAfterSpeechEndMs.p99),
+          finalPairedP50: percentile(pf, 50),
+          finalPairedP99: percentile(pf, 99),
+          firstPartialP50: q(gw.summary.firstPartialMs.p50, direct.summary.firstPartialMs.p50),
+          firstPartialP99: q(gw.summary.firstPartialMs.p99, direct.summary.firstPartialMs.p99),
+          firstPartialPairedP50: percentile(pp, 50),
+          firstPartialPairedP99: percentile(pp, 99),
+          uplinkP50: direct.uplinkMs && gw.uplinkMs ? q(gw.uplinkMs.p50, direct.uplinkMs.p50) : null,
+          uplinkP99: direct.uplinkMs && gw.uplinkMs ? q(gw.uplinkMs.p99, direct.uplinkMs.p99) : null,
+          ratioFinalP99: gw.summary.finalAfterSpeechEndMs.p99 && direct.summary.finalAfterSpeechEndMs.p99 ? gw.summary.finalAfterSpeechEndMs.p99 / direct.summary.finalAfterSpeechEndMs.p99 : null,
+          gatewayCores: gwCores,
+          streamsPerGatewayCore: gwCores ? n / gwCores : null,
+          gatewayRssPerSessionKiB: gwProc ? ((gwProc.rssPeakMiB - gwProc.rssStartMiB) * 1024) / n : null,
+          gatewayRssPeakMiB: gwProc?.rssPeakMiB ?? null,
+          pairedFinals: pf.length,
+        },
+      });
+      writeFileSync(outFile, JSON.stringify({ machine: machine(), args: values, rows }, null, 2));
+      await new Promise((r) => setTimeout(r, 3000));
+    }
+  } finally {
+    await gateway.stop();
+    await worker.stop();
+  }
+  printTable(rows);
+  log(`results: ${outFile}`);
+}
+
+function machine(): Record<string, unknown> {
+  return {
+    date: new Date().toISOString(),
+    nproc: os.cpus().length,
+    cpu: os.cpus()[0]?.model,
+    memGiB: +(os.totalmem() / 2 ** 30).toFixed(1),
+    node: process.version,
+    loadavg: os.loadavg(),
+  };
+}
+
+function printTable(rows: Row[]): void {
+  const o = (s: string): void => void process.stdout.write(s + "\n");
+  o(`machine: ${JSON.stringify(machine())}`);
+  o(`worker: ${values.worker}, fake cost ${values["fake-base-ms"]} ms + ${values["fake-per-item-ms"]} ms/item, pin: ${values.pin || "none"}`);
+  o("");
+  o("| N | final after speech end p50/p99 direct (ms) | via gateway (ms) | added p50/p99 (ms) | added paired p50/p99 (ms) | first partial added p50/p99 (ms) | uplink/frame added p50/p99 (ms) | p99 ratio | gateway cores | streams/gateway core | gateway RSS/session (KiB) | errors direct/gw | loadgen lateness p99 (ms) |");
+  o("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+  for (const r of rows) {
+    const d = r.direct.summary;
+    const g = r.gateway.summary;
+    const a = r.added;
+    o(
+      `| ${r.n} | ${fmt(d.finalAfterSpeechEndMs.p50)} / ${fmt(d.finalAfterSpeechEndMs.p99)} | ${fmt(g.finalAfterSpeechEndMs.p50)} / ${fmt(g.finalAfterSpeechEndMs.p99)}` +
+        ` | ${fmt(a.finalP50)} / ${fmt(a.finalP99)} | ${fmt(a.finalPairedP50)} / ${fmt(a.finalPairedP99)} | ${fmt(a.firstPartialP50)} / ${fmt(a.firstPartialP99)}` +
+        ` | ${fmt(a.uplinkP50, 2)} / ${fmt(a.uplinkP99, 2)} | ${fmt(a.ratioFinalP99, 3)} | ${fmt(a.gatewayCores, 3)} | ${fmt(a.streamsPerGatewayCore, 0)} | ${fmt(a.gatewayRssPerSessionKiB, 1)}` +
+        ` | ${d.sessionsWithErrors}/${g.sessionsWithErrors} | ${fmt(d.pacerLatenessMs.p99)} / ${fmt(g.pacerLatenessMs.p99)} |`,
+    );
+  }
+  void dist;
+}
+
+main().catch((e: unknown) => {
+  process.stderr.write(`gateway-overhead: ${e instanceof Error ? e.stack : String(e)}\n`);
+  process.exit(1);
+});
