@@ -19,6 +19,7 @@
 #   TORCH_INDEX_URL  optional index for torch alone, e.g. https://download.pytorch.org/whl/cpu
 #                    or .../whl/cu128 (older NVIDIA drivers)
 #   PIP_EXTRA_ARGS   extra arguments for every pip install (e.g. --no-cache-dir in images)
+#   SETUP_VERBOSE=1  show pip's full output
 #
 # Idempotence: a stamp holding the hash of the inputs (requirement files, torch pin,
 # interpreter version; package-lock.json and the npm mode) is written after a
@@ -113,7 +114,9 @@ setup_python() {
     "$PYTHON" -m venv "$VENV_DIR" || die "python3 -m venv failed (Debian/Ubuntu: apt-get install python3-venv)"
   fi
   rm -f "$stamp_file"
-  local pip=("$vpy" -m pip install --disable-pip-version-check --progress-bar off "${pip_extra[@]}")
+  local quiet=(-q)
+  [ "${SETUP_VERBOSE:-0}" = 0 ] || quiet=()
+  local pip=("$vpy" -m pip install "${quiet[@]}" --disable-pip-version-check --progress-bar off "${pip_extra[@]}")
 
   log "installing torch==$TORCH_VERSION${TORCH_INDEX_URL:+ from $TORCH_INDEX_URL} ..."
   if [ -n "$TORCH_INDEX_URL" ]; then

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Starts one ASR worker in the foreground (exec: the worker itself gets SIGTERM
+# and drains). Used by the worker image's entrypoint and by scripts/run.sh.
+#
+#   scripts/start-worker.sh [extra `asr_worker serve` flags...]
+#
+# Environment (all optional):
+#   ASR_WORKER_LISTEN   HOST:PORT to bind                   (default 0.0.0.0:50051)
+#   ASR_ENGINE          funasr-nano | fake                  (default funasr-nano)
+#   ASR_DEVICE          cuda | cpu | auto                   (default auto: cuda when torch sees a GPU)
+#   MODEL_DIR           a local Fun-ASR-Nano model directory; when set, nothing is downloaded
+#   MODEL_ID            hub id                              (default FunAudioLLM/Fun-ASR-Nano-2512)
+#   MODEL_HUB           ms (ModelScope) | hf (Hugging Face) (default ms)
+#   MODEL_REVISION      hub revision                        (default: latest)
+#   MODEL_CACHE_DIR     where downloads go                  (default ./models; /models in the image)
+#   ASR_DOWNLOAD_MODEL  1: download MODEL_ID into MODEL_CACHE_DIR when it is not there yet
+#                       (first start of the image); 0: never touch the network (default 0)
+#   ASR_WORKER_ARGS     extra `serve` flags (batching, VAD, limits; see docs/worker.md)
+#   VENV_DIR            the worker venv                     (default worker-py/.venv)
+#
+# A downloaded model is remembered in MODEL_CACHE_DIR/.resolved-<hub>-<id>, so later starts
+# (container restarts) need no network.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+
+py="${VENV_DIR:-$root/worker-py/.venv}/bin/python"
+[ -x "$py" ] || { echo "start-worker: $py not found; run scripts/setup.sh first" >&2; exit 1; }
+export PYTHONPATH="$root/worker-py${PYTHONPATH:+:$PYTHONPATH}"
+
+listen="${ASR_WORKER_LISTEN:-0.0.0.0:50051}"
+engine="${ASR_ENGINE:-funasr-nano}"
+device="${ASR_DEVICE:-auto}"
+model_id="${MODEL_ID:-FunAudioLLM/Fun-ASR-Nano-2512}"
+model_hub="${MODEL_HUB:-ms}"
+cache_dir="${MODEL_CACHE_DIR:-$root/models}"
+
+log() { echo "start-worker: $*" >&2; }
+
+if [ "$device" = auto ]; then
+  if "$py" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
+    device=cuda
+  else
+    device=cpu
+  fi
+  log "ASR_DEVICE=auto -> $device"
+fi
+
+args=(serve --listen "$listen" --engine "$engine" --device "$device")
+
+if [ "$engine" != fake ]; then
+  model_dir="${MODEL_DIR:-}"
+  if [ -z "$model_dir" ]; then
+    marker="$cache_dir/.resolved-${model_hub}-${model_id//\//--}"
+    if [ -f "$marker" ] && [ -d "$(cat "$marker")" ]; then
+      model_dir="$(cat "$marker")"
+    elif [ "${ASR_DOWNLOAD_MODEL:-0}" = 1 ]; then
+      log "downloading $model_id from hub '$model_hub' into $cache_dir (first start; later starts reuse it)"
+      dl_args=(download --model-id "$model_id" --hub "$model_hub" --cache-dir "$cache_dir")
+      [ -z "${MODEL_REVISION:-}" ] || dl_args+=(--revision "$MODEL_REVISION")
+      # The download command prints the validated snapshot directory as its last stdout line.
+      model_dir="$("$py" -m asr_worker "${dl_args[@]}" | tail -n 1)"
+      [ -n "$model_dir" ] && [ -d "$model_dir" ] || { log "download did not yield a model directory"; exit 1; }
+      echo "$model_dir" >"$marker"
+    else
+      log "no model: set MODEL_DIR to a model directory, or ASR_DOWNLOAD_MODEL=1 to download $model_id"
+      log "(no hub reachable? build a random-weight smoke-test model: $py -m asr_worker tiny-model DIR)"
+      exit 1
+    fi
+  fi
+  args+=(--model-dir "$model_dir")
+  log "model $model_dir"
+fi
+
+# shellcheck disable=SC2206  # ASR_WORKER_ARGS is a flag list, split on spaces on purpose
+extra=(${ASR_WORKER_ARGS:-})
+log "exec asr_worker ${args[*]} ${extra[*]} $*"
+exec "$py" -m asr_worker "${args[@]}" "${extra[@]}" "$@"
