@@ -28,3 +28,125 @@ def shared_audio() -> Path:
 def audio_manifest(shared_audio: Path) -> dict:
     """The parsed MANIFEST.json of the shared audio."""
     return json.loads((shared_audio / "MANIFEST.json").read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-weight Fun-ASR-Nano model directory (tiny dims), built once per session."""
+    from asr_worker.models import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "fun-asr-nano-tiny", seed=0)
+
+
+# --------------------------------------------------------------------------- worker fixtures
+
+import asyncio  # noqa: E402
+import contextlib  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+
+def read_wav(path: Path) -> tuple[np.ndarray, int]:
+    """(int16 samples, sample rate) of a mono PCM WAV."""
+    import soundfile as sf
+
+    data, rate = sf.read(str(path), dtype="int16")
+    return data, rate
+
+
+@pytest.fixture(scope="session")
+def silero():
+    """The shared silero-vad weights (loaded once per test run)."""
+    import torch
+
+    torch.set_num_threads(1)
+    from asr_worker.vad import SileroVad
+
+    return SileroVad()
+
+
+@dataclass
+class RunningWorker:
+    """An in-process worker on 127.0.0.1:<port> with its parts exposed."""
+
+    address: str
+    server: object
+    service: object
+    scheduler: object
+    engine: object
+
+
+@contextlib.asynccontextmanager
+async def start_worker(silero, *, engine=None, ready: bool = True, max_streams: int = 16,
+                       max_batch_size: int = 8, batch_window_ms: float = 5.0, max_queue: int = 64,
+                       session=None):
+    """Run a real grpc.aio worker (fake engine by default) for the duration of the block."""
+    import logging
+
+    from asr_worker.engine.fake import FakeEngine
+    from asr_worker.scheduler import Scheduler
+    from asr_worker.server import AsrService, ServiceConfig, WorkerServer
+    from asr_worker.session import SessionOptions
+
+    engine = engine or FakeEngine(base_ms=2, per_item_ms=1)
+    log = logging.getLogger("asr_worker.test")
+    scheduler = Scheduler(engine, max_batch_size=max_batch_size, batch_window_ms=batch_window_ms,
+                          max_queue=max_queue)
+    service = AsrService(
+        scheduler=scheduler, vad=silero, engine_name=engine.name,
+        config=ServiceConfig(max_streams=max_streams, worker_id="test-worker",
+                             session=session or SessionOptions()),
+        logger=log,
+    )
+    server = WorkerServer(service, log)
+    port = await server.start("127.0.0.1:0")
+    await scheduler.start()
+    if ready:
+        await scheduler.warmup()
+        await server.mark_ready()
+    try:
+        yield RunningWorker(f"127.0.0.1:{port}", server, service, scheduler, engine)
+    finally:
+        await server.stop(0)
+        await scheduler.stop()
+
+
+@pytest.fixture
+async def worker(silero):
+    """A ready in-process worker with the fake engine."""
+    async with start_worker(silero) as w:
+        yield w
+
+
+@pytest.fixture
+async def stub(worker):
+    """An asr.v1.Asr stub connected to `worker`."""
+    import grpc
+
+    from asr.v1 import asr_pb2_grpc
+
+    async with grpc.aio.insecure_channel(worker.address) as channel:
+        yield asr_pb2_grpc.AsrStub(channel)
+
+
+def requests_for(pcm: bytes, *, config, chunk_bytes: int = 1920, end_of_input: bool = True):
+    """Config, audio chunks of `chunk_bytes`, optionally END_OF_INPUT."""
+    from asr.v1 import asr_pb2
+
+    out = [asr_pb2.StreamingRecognizeRequest(config=config)]
+    for i in range(0, len(pcm), chunk_bytes):
+        out.append(asr_pb2.StreamingRecognizeRequest(
+            audio=asr_pb2.AudioChunk(pcm16le=pcm[i:i + chunk_bytes])))
+    if end_of_input:
+        out.append(asr_pb2.StreamingRecognizeRequest(
+            control=asr_pb2.Control(type=asr_pb2.CONTROL_TYPE_END_OF_INPUT)))
+    return out
+
+
+async def collect(call) -> list:
+    """All responses of a streaming call."""
+    return [r async for r in call]
+
+
+_ = asyncio  # imported for fixtures' event-loop use

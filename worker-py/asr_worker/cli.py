@@ -1,0 +1,267 @@
+"""Command line and composition root of the worker.
+
+    python -m asr_worker serve --listen HOST:PORT --engine funasr-nano --model-dir DIR --device cpu|cuda
+    python -m asr_worker download [--model-id ID --hub ms|hf --cache-dir DIR]
+    python -m asr_worker tiny-model OUT_DIR
+
+`serve` is the only place where engine, scheduler, VAD and server are wired
+together. Once the port is bound it prints exactly one line `LISTENING
+<host>:<port>` to stdout (so callers using `--listen 127.0.0.1:0` learn the
+port); readiness is health SERVING, after engine warmup. Misconfiguration (bad
+option value, missing or incomplete model directory, unknown device, CUDA
+without a GPU) is reported as one line on stderr with exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import socket
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .errors import DeviceError, ModelLoadError, StartupError
+
+#: Engines `--engine` accepts. funasr-nano is the default; fake is for tests and benchmarks.
+ENGINES = ("funasr-nano", "fake")
+#: VAD backends `--vad` accepts.
+VADS = ("silero", "fsmn")
+
+
+class _Parser(argparse.ArgumentParser):
+    """ArgumentParser whose errors are one line (no usage dump) and exit 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The worker's argument parser (all subcommands)."""
+    p = _Parser(prog="asr_worker", description="Fun-ASR-Nano streaming worker (asr.v1 gRPC)")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    s = sub.add_parser("serve", help="run the gRPC worker")
+    s.add_argument("--listen", default="0.0.0.0:50051", help="HOST:PORT to bind; port 0 = any free port")
+    s.add_argument("--engine", default="funasr-nano", help="funasr-nano (default) or fake (tests/benchmarks)")
+    s.add_argument("--model-dir", type=Path, help="local Fun-ASR-Nano model directory (funasr-nano)")
+    s.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    s.add_argument("--dtype", default="auto", help="auto (bf16 on Ampere+, else fp32), bf16 or fp32")
+    s.add_argument("--max-batch-size", type=int, default=8, help="requests per engine call; 1 = batching off")
+    s.add_argument("--batch-window-ms", type=float, default=10.0,
+                   help="how long a batch waits for more requests after its first (default 10)")
+    s.add_argument("--max-streams", type=int, default=64, help="streams admitted at once (default 64)")
+    s.add_argument("--max-queue", type=int, default=0,
+                   help="pending decode requests before OVERLOADED (default 4 x max-streams)")
+    s.add_argument("--partial-interval-ms", type=int, default=600,
+                   help="default partial cadence in ms of audio, clamped to 480..1200 (default 600)")
+    s.add_argument("--partial-window-ms", type=int, default=12_000,
+                   help="partials decode at most the last this-many ms of a segment (default 12000)")
+    s.add_argument("--vad", default="silero", help="silero (default, weights ship in the wheel) or fsmn")
+    s.add_argument("--vad-model-dir", type=Path, help="FunASR fsmn-vad model directory (--vad fsmn)")
+    s.add_argument("--vad-threshold", type=float, default=0.5, help="speech probability threshold (0.5)")
+    s.add_argument("--vad-neg-threshold", type=float, default=None,
+                   help="end-of-speech threshold (default threshold - 0.15)")
+    s.add_argument("--vad-min-speech-ms", type=int, default=250, help="shortest speech that opens a segment")
+    s.add_argument("--vad-min-silence-ms", type=int, default=800, help="silence that closes a segment")
+    s.add_argument("--vad-short-silence-ms", type=int, default=1700,
+                   help="silence that closes a segment with less than --vad-short-speech-ms of speech")
+    s.add_argument("--vad-short-speech-ms", type=int, default=2500, help="see --vad-short-silence-ms")
+    s.add_argument("--vad-pad-ms", type=int, default=200, help="pre-/post-roll kept around speech")
+    s.add_argument("--max-segment-s", type=float, default=30.0, help="segments are force-closed here (30)")
+    s.add_argument("--drain-grace-s", type=float, default=30.0,
+                   help="on SIGTERM, how long open streams may finish (default 30)")
+    s.add_argument("--torch-threads", type=int, default=2, help="torch intra-op threads (default 2)")
+    s.add_argument("--fake-base-ms", type=float, default=20.0, help="fake engine: cost per call")
+    s.add_argument("--fake-per-item-ms", type=float, default=5.0, help="fake engine: cost per request")
+    s.add_argument("--worker-id", default="", help="id in load reports (default HOSTNAME:PORT)")
+    s.add_argument("--log-level", default="info", help="debug, info, warning, error")
+
+    d = sub.add_parser("download", help="download Fun-ASR-Nano into a cache directory")
+    t = sub.add_parser("tiny-model", help="write a random-weight Fun-ASR-Nano directory (offline)")
+    try:
+        from . import models
+
+        models.add_download_args(d)
+        models.add_tiny_model_args(t)
+    except ImportError:  # pragma: no cover - models.py is part of the package
+        pass
+    return p
+
+
+def check_serve_args(args: argparse.Namespace) -> None:
+    """Fast checks before anything is loaded; raises StartupError."""
+    if args.engine not in ENGINES:
+        raise StartupError(f"unknown engine {args.engine!r}; use {' or '.join(ENGINES)}")
+    if args.vad not in VADS:
+        raise StartupError(f"unknown vad {args.vad!r}; use {' or '.join(VADS)}")
+    host, sep, port = args.listen.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise StartupError(f"--listen must be HOST:PORT, got {args.listen!r}")
+    for name in ("max_batch_size", "max_streams", "torch_threads"):
+        if getattr(args, name) < 1:
+            raise StartupError(f"--{name.replace('_', '-')} must be >= 1")
+    if args.max_queue < 0 or args.batch_window_ms < 0 or args.drain_grace_s < 0:
+        raise StartupError("--max-queue, --batch-window-ms and --drain-grace-s must be >= 0")
+    if args.max_segment_s < 1:
+        raise StartupError("--max-segment-s must be >= 1")
+    check_device(args.device)
+    if args.engine == "funasr-nano":
+        if args.model_dir is None:
+            raise ModelLoadError(
+                "--model-dir is required for --engine funasr-nano "
+                "(build one with `python -m asr_worker tiny-model DIR`)"
+            )
+        if not args.model_dir.is_dir():
+            raise ModelLoadError(f"model directory {str(args.model_dir)!r} does not exist")
+
+
+def check_device(device: str) -> str:
+    """cpu, cuda or cuda:N, and CUDA only where a GPU is present; raises DeviceError."""
+    dev = (device or "").strip().lower()
+    if dev == "cpu":
+        return dev
+    head, _, idx = dev.partition(":")
+    if head != "cuda" or (idx and not idx.isdigit()):
+        raise DeviceError(f"unknown device {device!r}; use cpu, cuda or cuda:N")
+    import torch
+
+    if not torch.cuda.is_available():
+        raise DeviceError(f"--device {device} requested but no CUDA GPU is available; use --device cpu")
+    if idx and int(idx) >= torch.cuda.device_count():
+        raise DeviceError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) present")
+    return dev
+
+
+def load_engine(args: argparse.Namespace):
+    """The Engine named by --engine."""
+    if args.engine == "fake":
+        from .engine.fake import FakeEngine
+
+        try:
+            return FakeEngine(args.fake_base_ms, args.fake_per_item_ms)
+        except ValueError as exc:
+            raise StartupError(str(exc)) from exc
+    from .engine import funasr_nano
+
+    return funasr_nano.load_engine(args.model_dir, args.device, dtype=args.dtype)
+
+
+def build_vad(args: argparse.Namespace):
+    """The shared VAD weights."""
+    from .vad import FsmnVad, SileroVad
+
+    if args.vad == "fsmn":
+        return FsmnVad(args.vad_model_dir)
+    return SileroVad()
+
+
+async def serve(args: argparse.Namespace) -> int:
+    """Run the worker until SIGTERM/SIGINT and a finished drain."""
+    import torch
+
+    from .log import configure
+    from .scheduler import Scheduler
+    from .server import AsrService, ServiceConfig, WorkerServer
+    from .session import SessionOptions
+    from .vad import VadConfig
+
+    log = configure(args.log_level)
+    torch.set_num_threads(args.torch_threads)
+    try:
+        vad_config = VadConfig(
+            threshold=args.vad_threshold,
+            neg_threshold=args.vad_neg_threshold,
+            min_speech_ms=args.vad_min_speech_ms,
+            min_silence_ms=args.vad_min_silence_ms,
+            short_silence_ms=args.vad_short_silence_ms,
+            short_speech_ms=args.vad_short_speech_ms,
+            speech_pad_ms=args.vad_pad_ms,
+            max_segment_ms=int(args.max_segment_s * 1000),
+        )
+        session_options = SessionOptions(
+            partial_interval_ms=args.partial_interval_ms,
+            partial_window_ms=args.partial_window_ms,
+            vad=vad_config,
+        )
+    except ValueError as exc:
+        raise StartupError(str(exc)) from exc
+    vad = build_vad(args)
+    engine = load_engine(args)
+    scheduler = Scheduler(
+        engine,
+        max_batch_size=args.max_batch_size,
+        batch_window_ms=args.batch_window_ms,
+        max_queue=args.max_queue or 4 * args.max_streams,
+        logger=log.getChild("scheduler"),
+    )
+    service = AsrService(
+        scheduler=scheduler,
+        vad=vad,
+        engine_name=engine.name,
+        config=ServiceConfig(max_streams=args.max_streams, session=session_options),
+        logger=log.getChild("server"),
+    )
+    server = WorkerServer(service, log.getChild("server"))
+    try:
+        port = await server.start(args.listen)
+    except (OSError, RuntimeError) as exc:
+        raise StartupError(f"cannot listen on {args.listen}: {exc}") from exc
+    host = args.listen.rpartition(":")[0]
+    service.config = ServiceConfig(
+        max_streams=args.max_streams,
+        worker_id=args.worker_id or f"{os.environ.get('HOSTNAME') or socket.gethostname()}:{port}",
+        session=session_options,
+    )
+    sys.stdout.write(f"LISTENING {host}:{port}\n")
+    sys.stdout.flush()
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    await scheduler.start()
+    warm = asyncio.create_task(scheduler.warmup())
+    waiter = asyncio.create_task(stop.wait())
+    await asyncio.wait({warm, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    if warm.done():
+        if warm.exception() is not None:
+            await server.stop()
+            await scheduler.stop()
+            raise ModelLoadError(f"engine warmup failed: {warm.exception()}")
+        await server.mark_ready()
+        log.info(
+            "serving",
+            extra={"port": port, "engine": engine.name, "max_batch_size": args.max_batch_size,
+                   "max_streams": args.max_streams},
+        )
+        await waiter
+    log.info("signal received; draining", extra={"grace_s": args.drain_grace_s})
+    await server.drain(args.drain_grace_s)
+    await scheduler.stop()
+    log.info("stopped")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `python -m asr_worker`; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "serve":
+            check_serve_args(args)
+            return asyncio.run(serve(args))
+        from . import models
+
+        if args.command == "download":
+            print(models.download_from_args(args))
+        else:
+            print(models.tiny_model_from_args(args))
+        return 0
+    except StartupError as exc:
+        print(f"asr_worker: error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,601 @@
+"""One StreamingRecognize call: audio in, ordered speech events and results out.
+
+A Session owns everything per stream: the validated config, PCM conversion and
+resampling, the VAD stream and endpointer, the segment buffer, the partial
+schedule and the stable-delta state. It submits decode work to the shared
+Scheduler and never touches the engine.
+
+Ordering. Everything the session produces goes through one ordered list of
+output slots: ready responses (speech events, the end-of-input ack) and decode
+slots whose response is rendered when the ticket resolves. `responses()` emits
+slots strictly in order, so for every segment the client sees its partials,
+then SPEECH_END, then exactly one final (or an in-band INFERENCE_FAILED error),
+and an EndOfInputAck only after every final before it. A partial whose segment
+closed before the partial's result was emitted is dropped, as is a partial
+superseded by a newer one of the same segment.
+
+Stable deltas (LocalAgreement-2). Partials re-decode the open segment (its last
+`partial_window_ms` at most) every `partial_interval_ms` of audio. The delta of a
+partial is the part of the longest common prefix of the last two hypotheses
+beyond what earlier deltas already emitted; an emitted delta is never revised
+(if a hypothesis contradicts emitted text, no delta is emitted until the final,
+whose text replaces everything). Once the segment is longer than the window the
+hypothesis covers only the tail; it is aligned to the emitted text by their
+overlap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from asr.v1 import asr_pb2
+
+from .audio import SUPPORTED_RATES, AudioBuffer, Upsampler2x, pcm16le_to_float
+from .engine.base import MODEL_SAMPLE_RATE, DecodeOptions, DecodeRequest, DecodeResult
+from .errors import AsrError, InferenceFailed, InvalidAudio, InvalidConfig
+from .scheduler import SUPERSEDED, Scheduler, Ticket, TicketState
+from .vad import WINDOW_SAMPLES, Endpointer, EventKind, SileroVad, VadConfig, VadEvent
+
+#: Most hotword phrases per session, and characters per phrase (see asr.proto).
+MAX_HOTWORDS = 256
+MAX_HOTWORD_CHARS = 64
+
+#: FunASR language codes -> the names Fun-ASR-Nano's prompt uses.
+LANGUAGE_NAMES = {
+    "zh": "中文",
+    "cn": "中文",
+    "en": "英文",
+    "ja": "日文",
+    "jp": "日文",
+    "yue": "粤语",
+    "ko": "韩文",
+}
+
+_REASONS = {
+    "vad": asr_pb2.ENDPOINT_REASON_VAD,
+    "max_length": asr_pb2.ENDPOINT_REASON_MAX_LENGTH,
+    "end_of_input": asr_pb2.ENDPOINT_REASON_END_OF_INPUT,
+    "commit": asr_pb2.ENDPOINT_REASON_COMMIT,
+}
+
+
+@dataclass(frozen=True)
+class SessionOptions:
+    """Worker-wide session settings (from the CLI)."""
+
+    #: Partial cadence used when the config asks for 0, in ms of audio.
+    partial_interval_ms: int = 600
+    #: Allowed range of the partial cadence; requests are clamped into it.
+    min_partial_interval_ms: int = 480
+    max_partial_interval_ms: int = 1200
+    #: Partials decode at most this much of the end of the open segment.
+    partial_window_ms: int = 12_000
+    #: Finals of one stream that may wait for inference before its input is
+    #: paused (backpressure through gRPC flow control).
+    max_outstanding_finals: int = 2
+    #: Endpointing parameters.
+    vad: VadConfig = field(default_factory=VadConfig)
+
+
+@dataclass(frozen=True)
+class SessionSettings:
+    """A validated StreamingConfig."""
+
+    session_id: str
+    wav_name: str
+    mode: int
+    sample_rate_hz: int
+    options: DecodeOptions
+    partial_interval_ms: int
+    resume_offset_ms: int
+    resume_segments: int
+
+    @property
+    def partials(self) -> bool:
+        """Whether this mode produces partials."""
+        return self.mode != asr_pb2.RECOGNITION_MODE_OFFLINE
+
+
+def validate_config(cfg: asr_pb2.StreamingConfig, options: SessionOptions) -> SessionSettings:
+    """Check a StreamingConfig; raises InvalidConfig naming the violated rule."""
+    mode = cfg.mode or asr_pb2.RECOGNITION_MODE_TWO_PASS
+    if mode not in (
+        asr_pb2.RECOGNITION_MODE_OFFLINE,
+        asr_pb2.RECOGNITION_MODE_ONLINE,
+        asr_pb2.RECOGNITION_MODE_TWO_PASS,
+    ):
+        raise InvalidConfig(f"config.mode {cfg.mode} is not a RecognitionMode")
+    if cfg.sample_rate_hz not in SUPPORTED_RATES:
+        raise InvalidConfig(
+            f"config.sample_rate_hz must be 8000 or 16000, got {cfg.sample_rate_hz}"
+        )
+    if len(cfg.hotwords) > MAX_HOTWORDS:
+        raise InvalidConfig(
+            f"config.hotwords has {len(cfg.hotwords)} phrases; at most {MAX_HOTWORDS} allowed"
+        )
+    phrases: list[str] = []
+    for hw in cfg.hotwords:
+        phrase = hw.phrase.strip()
+        if len(phrase) > MAX_HOTWORD_CHARS:
+            raise InvalidConfig(
+                f"config.hotwords phrase of {len(phrase)} characters; "
+                f"at most {MAX_HOTWORD_CHARS} allowed"
+            )
+        if phrase and phrase not in phrases:
+            phrases.append(phrase)
+    lang = cfg.language.strip()
+    language = None if lang.lower() in ("", "auto") else LANGUAGE_NAMES.get(lang.lower(), lang)
+    itn = cfg.itn if cfg.HasField("itn") else True
+    interval = cfg.partial_interval_ms or options.partial_interval_ms
+    interval = min(max(interval, options.min_partial_interval_ms), options.max_partial_interval_ms)
+    return SessionSettings(
+        session_id=cfg.session_id,
+        wav_name=cfg.wav_name,
+        mode=mode,
+        sample_rate_hz=cfg.sample_rate_hz,
+        options=DecodeOptions(hotwords=tuple(phrases), language=language, itn=itn),
+        partial_interval_ms=interval,
+        resume_offset_ms=cfg.resume.audio_offset_ms if cfg.HasField("resume") else 0,
+        resume_segments=cfg.resume.finalized_segments if cfg.HasField("resume") else 0,
+    )
+
+
+@dataclass(eq=False)
+class _Segment:
+    id: int
+    start: int  # 16 kHz samples since stream start
+    last_partial_pos: int = 0
+    partial_ticket: Ticket | None = None
+    partial_due: bool = False
+    closed: bool = False
+    # Stable-delta state.
+    emitted: str = ""
+    prev_hyp: str | None = None
+
+
+@dataclass(eq=False)
+class _Slot:
+    """One output position: a ready response or a pending decode."""
+
+    response: asr_pb2.StreamingRecognizeResponse | None = None
+    ticket: Ticket | None = None
+    segment: _Segment | None = None
+    audio_end_ms: int = 0
+    windowed: bool = False
+    # Final only.
+    start_ms: int = 0
+    end_ms: int = 0
+    reason: int = 0
+    stale: bool = False
+
+
+class Session:
+    """Per-stream state of one StreamingRecognize call.
+
+    Args:
+        key: unique key of this stream in the scheduler (not the client's id).
+        settings: the validated first config.
+        scheduler: the shared Scheduler.
+        vad: the shared SileroVad weights (a per-stream state is created here).
+        options: worker-wide session settings.
+        logger: logger or adapter carrying this session's id.
+        run_vad: runs a blocking callable off the event loop (for big chunks).
+    """
+
+    def __init__(
+        self,
+        *,
+        key: Hashable,
+        settings: SessionSettings,
+        scheduler: Scheduler,
+        vad: SileroVad,
+        options: SessionOptions,
+        logger: logging.Logger | logging.LoggerAdapter,
+        run_vad: Callable[[Callable[[], np.ndarray]], Awaitable[np.ndarray]] | None = None,
+    ) -> None:
+        self.key = key
+        self.settings = settings
+        self._sched = scheduler
+        self._opts = options
+        self._log = logger
+        self._run_vad = run_vad
+        self._vad_stream = vad.new_stream()
+        self._vad_inline = vad.inline_windows
+        self._ep = Endpointer(options.vad)
+        self._buf = AudioBuffer()
+        self._resampler: Upsampler2x | None = None
+        self._offset_ms = settings.resume_offset_ms
+        self._next_segment = settings.resume_segments
+        self._finalized = settings.resume_segments
+        self._segment: _Segment | None = None
+        self._round_segments = 0
+        self._received_ms = 0.0
+        self._config_allowed = False
+        self._window = options.partial_window_ms * MODEL_SAMPLE_RATE // 1000
+        self._keep_silence = (
+            (options.vad.speech_pad_ms + options.vad.min_speech_ms) * MODEL_SAMPLE_RATE // 1000
+            + 4 * WINDOW_SAMPLES
+        )
+        self._finals_outstanding = 0
+        self._final_done = asyncio.Event()
+        self._slots: collections.deque[_Slot] = collections.deque()
+        self._slot_ready = asyncio.Event()
+        self._failure: asyncio.Future = asyncio.get_running_loop().create_future()
+        self._ended = False
+        self._last_partial_slot: _Segment | _Slot | None = None
+        self.partials_refused = 0
+
+    # -- input -------------------------------------------------------------
+
+    async def handle(self, req: asr_pb2.StreamingRecognizeRequest) -> None:
+        """Process one request after the first (config) one."""
+        kind = req.WhichOneof("streaming_request")
+        if kind == "audio":
+            await self.feed_audio(req.audio.pcm16le, req.audio.sample_rate_hz)
+        elif kind == "control":
+            t = req.control.type
+            if t == asr_pb2.CONTROL_TYPE_END_OF_INPUT:
+                await self.end_of_input()
+            elif t == asr_pb2.CONTROL_TYPE_COMMIT:
+                await self.commit()
+            else:
+                raise InvalidConfig(
+                    f"control.type {t} is not END_OF_INPUT or COMMIT"
+                )
+        elif kind == "config":
+            if not self._config_allowed:
+                raise InvalidConfig(
+                    "a config is allowed only as the first request or directly after "
+                    "an END_OF_INPUT control"
+                )
+            self.reconfigure(validate_config(req.config, self._opts))
+        else:
+            raise InvalidConfig("request carries none of config, audio, control")
+
+    def reconfigure(self, settings: SessionSettings) -> None:
+        """Apply a config sent between rounds; the timeline and segment ids continue."""
+        if settings.sample_rate_hz != self.settings.sample_rate_hz:
+            self._resampler = None
+        # Resume only applies to the call's first config.
+        self.settings = SessionSettings(
+            **{
+                **settings.__dict__,
+                "resume_offset_ms": self.settings.resume_offset_ms,
+                "resume_segments": self.settings.resume_segments,
+            }
+        )
+        self._config_allowed = False
+
+    async def feed_audio(self, pcm: bytes, rate: int = 0) -> None:
+        """Validate, convert and segment one chunk of audio."""
+        if rate and rate != self.settings.sample_rate_hz:
+            raise InvalidAudio(
+                f"audio.sample_rate_hz {rate} differs from config.sample_rate_hz "
+                f"{self.settings.sample_rate_hz}"
+            )
+        x = pcm16le_to_float(pcm)
+        self._config_allowed = False
+        if len(x) == 0:
+            return
+        self._received_ms += len(x) * 1000.0 / self.settings.sample_rate_hz
+        if self.settings.sample_rate_hz != MODEL_SAMPLE_RATE:
+            if self._resampler is None:
+                self._resampler = Upsampler2x()
+            x = self._resampler.process(x)
+        self._buf.append(x)
+        stream = self._vad_stream
+        if self._run_vad is not None and stream.windows_in(len(x)) > self._vad_inline:
+            probs = await self._run_vad(lambda: stream.process(x))
+        else:
+            probs = stream.process(x)
+        for p in probs:
+            for ev in self._ep.push(float(p)):
+                await self._on_vad_event(ev)
+            self._maybe_partial(self._ep.window_end)
+        self._trim()
+
+    async def commit(self) -> None:
+        """Force an endpoint: finalize the open segment, if any."""
+        self._config_allowed = False
+        if self._segment is not None:
+            pos = self._buf.end
+            self._ep.close(pos, "commit")
+            await self._close_segment(pos, "commit")
+
+    async def end_of_input(self) -> None:
+        """END_OF_INPUT: finalize everything of this round, then acknowledge."""
+        await self._finalize_round()
+        if self._round_segments == 0:
+            # Nothing was said this round: one empty final so no client hangs.
+            seg = _Segment(id=self._next_segment, start=self._buf.end)
+            self._next_segment += 1
+            await self._submit_final(seg, self._buf.end, self._buf.end, "end_of_input", empty=True)
+        self._round_segments = 0
+        ack = asr_pb2.EndOfInputAck(
+            finalized_segments=self._finalized,
+            audio_received_ms=self._offset_ms + round(self._received_ms),
+        )
+        self._emit(asr_pb2.StreamingRecognizeResponse(end_of_input=ack))
+        self._config_allowed = True
+
+    async def finish(self) -> None:
+        """The request stream ended: finalize pending audio and end the output."""
+        if not self._ended:
+            await self._finalize_round()
+            self._ended = True
+            self._push(None)
+
+    async def _finalize_round(self) -> None:
+        pos = self._buf.end
+        if self._segment is not None:
+            end = self._ep.flush_end(pos)
+            self._ep.close(end, "end_of_input")
+            await self._close_segment(end, "end_of_input")
+        else:
+            tentative = self._ep.tentative_start
+            if tentative is not None:
+                # Speech too short to have opened a segment (a stop mid-word).
+                await self._on_vad_event(self._ep.open(tentative))
+                self._ep.close(pos, "end_of_input")
+                await self._close_segment(pos, "end_of_input")
+        self._ep.reset_round(pos)
+
+    # -- segmentation ------------------------------------------------------
+
+    def _ms(self, pos: int) -> int:
+        return self._offset_ms + pos * 1000 // MODEL_SAMPLE_RATE
+
+    async def _on_vad_event(self, ev: VadEvent) -> None:
+        if ev.kind is EventKind.START:
+            seg = _Segment(id=self._next_segment, start=ev.sample, last_partial_pos=ev.sample)
+            self._next_segment += 1
+            self._segment = seg
+            self._round_segments += 1
+            self._emit_event(asr_pb2.SPEECH_EVENT_TYPE_START, seg.id, ev.sample)
+        else:
+            await self._close_segment(ev.sample, ev.reason)
+
+    async def _close_segment(self, end: int, reason: str) -> None:
+        seg = self._segment
+        if seg is None:
+            return
+        self._segment = None
+        seg.closed = True
+        if seg.partial_ticket is not None:
+            self._sched.discard(seg.partial_ticket)
+        self._emit_event(asr_pb2.SPEECH_EVENT_TYPE_END, seg.id, end)
+        await self._submit_final(seg, seg.start, end, reason)
+
+    async def _submit_final(
+        self, seg: _Segment, start: int, end: int, reason: str, *, empty: bool = False
+    ) -> None:
+        while self._finals_outstanding >= self._opts.max_outstanding_finals:
+            self._final_done.clear()
+            await self._final_done.wait()
+        audio = np.zeros(0, dtype=np.float32) if empty else self._buf.slice(start, end)
+        self._finalized += 1
+        slot = _Slot(
+            segment=seg,
+            start_ms=self._ms(start),
+            end_ms=self._ms(end),
+            reason=_REASONS[reason],
+        )
+        if len(audio) == 0:
+            # Nothing to decode: the final is empty text.
+            slot.response = self._final_response(slot, DecodeResult(text=""))
+            self._push(slot)
+            return
+        req = DecodeRequest(audio=audio, options=self.settings.options, kind="final")
+        ticket = self._sched.submit(req, stream_key=self.key)  # Overloaded ends the call
+        slot.ticket = ticket
+        self._finals_outstanding += 1
+
+        def done(_f: asyncio.Future) -> None:
+            self._finals_outstanding -= 1
+            self._final_done.set()
+
+        ticket.future.add_done_callback(done)
+        self._push(slot)
+
+    def _maybe_partial(self, pos: int) -> None:
+        seg = self._segment
+        if seg is None or not self.settings.partials:
+            return
+        if pos - seg.last_partial_pos < self.settings.partial_interval_ms * MODEL_SAMPLE_RATE // 1000:
+            return
+        seg.last_partial_pos = pos
+        self._submit_partial(seg, pos)
+
+    def _submit_partial(self, seg: _Segment, pos: int) -> None:
+        prev = seg.partial_ticket
+        if prev is not None and prev.state is TicketState.RUNNING:
+            # Only one partial decode per stream at a time: retry when it is done.
+            seg.partial_due = True
+            return
+        start = max(seg.start, pos - self._window)
+        audio = self._buf.slice(start, pos)
+        if len(audio) == 0:
+            return
+        req = DecodeRequest(audio=audio, options=self.settings.options, kind="partial")
+        try:
+            ticket = self._sched.submit(req, stream_key=self.key)
+        except AsrError:
+            self.partials_refused += 1  # overloaded: skip this partial, the final follows
+            return
+        seg.partial_ticket = ticket
+        seg.partial_due = False
+        ticket.future.add_done_callback(lambda _f: self._on_partial_done(seg))
+        last = self._last_partial_slot
+        if isinstance(last, _Slot):
+            last.stale = True  # the newer partial makes an unemitted older one pointless
+        slot = _Slot(
+            ticket=ticket, segment=seg, audio_end_ms=self._ms(pos), windowed=start > seg.start
+        )
+        self._last_partial_slot = slot
+        self._push(slot)
+
+    def _on_partial_done(self, seg: _Segment) -> None:
+        if seg.partial_due and not seg.closed and self._segment is seg and not self._ended:
+            self._submit_partial(seg, self._ep.window_end)
+
+    def _trim(self) -> None:
+        if self._segment is not None:
+            keep = self._segment.start
+        else:
+            keep = self._ep.window_end - self._keep_silence
+            tentative = self._ep.tentative_start
+            if tentative is not None:
+                keep = min(keep, tentative)
+        self._buf.trim_before(keep)
+
+    # -- output ------------------------------------------------------------
+
+    def _emit_event(self, type_: int, segment_id: int, pos: int) -> None:
+        ev = asr_pb2.SpeechEvent(type=type_, segment_id=segment_id, offset_ms=self._ms(pos))
+        self._emit(asr_pb2.StreamingRecognizeResponse(speech_event=ev))
+
+    def _emit(self, response: asr_pb2.StreamingRecognizeResponse) -> None:
+        self._push(_Slot(response=response))
+
+    def _push(self, slot: _Slot | None) -> None:
+        self._slots.append(slot)  # type: ignore[arg-type]
+        self._slot_ready.set()
+
+    def fail(self, err: BaseException) -> None:
+        """End the output with `err` as soon as possible (pending slots are dropped)."""
+        if not self._failure.done():
+            self._failure.set_result(err)
+        self._slot_ready.set()
+
+    def close(self) -> None:
+        """Free the session: drop its queued inference work."""
+        self._ended = True
+        self._sched.cancel_stream(self.key)
+
+    async def responses(self) -> AsyncIterator[asr_pb2.StreamingRecognizeResponse]:
+        """The ordered responses; raises the error given to `fail()`."""
+        while True:
+            if self._failure.done():
+                raise self._failure.result()
+            if not self._slots:
+                self._slot_ready.clear()
+                await self._slot_ready.wait()
+                continue
+            slot = self._slots.popleft()
+            if slot is None:
+                return
+            if slot.response is not None:
+                yield slot.response
+                continue
+            resp = await self._render(slot)
+            if resp is not None:
+                yield resp
+
+    async def _render(self, slot: _Slot) -> asr_pb2.StreamingRecognizeResponse | None:
+        assert slot.ticket is not None and slot.segment is not None
+        is_partial = slot.ticket.kind == "partial"
+        if is_partial and (slot.stale or slot.segment.closed):
+            self._sched.discard(slot.ticket)
+            return None
+        fut = slot.ticket.future
+        if not fut.done():
+            await asyncio.wait({fut, self._failure}, return_when=asyncio.FIRST_COMPLETED)
+        if self._failure.done():
+            raise self._failure.result()
+        if fut.cancelled():
+            return None
+        exc = fut.exception()
+        if is_partial:
+            if exc is not None or fut.result() is SUPERSEDED or slot.segment.closed:
+                return None
+            return self._partial_response(slot, fut.result())
+        if exc is not None:
+            if not isinstance(exc, AsrError):
+                exc = InferenceFailed(f"inference failed: {type(exc).__name__}")
+            err = type(exc)(exc.message, segment_id=slot.segment.id)
+            self._log.warning(
+                "segment decode failed", extra={"segment_id": slot.segment.id, "error": err.message}
+            )
+            return asr_pb2.StreamingRecognizeResponse(error=err.to_proto())
+        return self._final_response(slot, fut.result())
+
+    def _final_response(
+        self, slot: _Slot, result: DecodeResult
+    ) -> asr_pb2.StreamingRecognizeResponse:
+        assert slot.segment is not None
+        tokens = [
+            asr_pb2.TokenTimestamp(
+                text=t.text, start_ms=slot.start_ms + t.start_ms, end_ms=slot.start_ms + t.end_ms
+            )
+            for t in result.tokens
+        ]
+        final = asr_pb2.FinalResult(
+            segment_id=slot.segment.id,
+            text=result.text,
+            start_ms=slot.start_ms,
+            end_ms=slot.end_ms,
+            tokens=tokens,
+            reason=slot.reason,
+        )
+        return asr_pb2.StreamingRecognizeResponse(final=final)
+
+    def _partial_response(
+        self, slot: _Slot, result: DecodeResult
+    ) -> asr_pb2.StreamingRecognizeResponse:
+        seg = slot.segment
+        assert seg is not None
+        hyp: str | None = result.text
+        if slot.windowed:
+            hyp = align_tail(seg.emitted, result.text)
+        delta = ""
+        if hyp is not None:
+            if seg.prev_hyp is not None:
+                delta = agreed_delta(seg.emitted, seg.prev_hyp, hyp)
+                seg.emitted += delta
+            seg.prev_hyp = hyp
+            text = hyp if hyp.startswith(seg.emitted) else seg.emitted
+        else:
+            text = seg.emitted
+        stability = len(seg.emitted) / len(text) if text else 0.0
+        partial = asr_pb2.PartialResult(
+            segment_id=seg.id,
+            text=text,
+            delta=delta,
+            stability=stability,
+            audio_end_ms=slot.audio_end_ms,
+        )
+        return asr_pb2.StreamingRecognizeResponse(partial=partial)
+
+
+def agreed_delta(emitted: str, prev_hyp: str, hyp: str) -> str:
+    """LocalAgreement-2: new stable text given two consecutive hypotheses.
+
+    Returns the part of the common prefix of `prev_hyp` and `hyp` beyond
+    `emitted`, or "" when the hypotheses contradict already emitted text.
+    """
+    common = os.path.commonprefix([prev_hyp, hyp])
+    if len(common) <= len(emitted) or not common.startswith(emitted):
+        return ""
+    return common[len(emitted) :]
+
+
+def align_tail(emitted: str, tail_hyp: str) -> str | None:
+    """Map a hypothesis of the segment's tail onto the whole segment.
+
+    Finds the longest suffix of `emitted` (2..16 characters) inside `tail_hyp`
+    and returns `emitted` + the text after it; None when they do not overlap.
+    """
+    if not emitted:
+        return None
+    for k in range(min(len(emitted), 16), 1, -1):
+        idx = tail_hyp.rfind(emitted[-k:])
+        if idx >= 0:
+            return emitted + tail_hyp[idx + k :]
+    return None
