@@ -1,0 +1,500 @@
+"""The `funasr-nano` engine: Fun-ASR-Nano-2512 through FunASR's own model code.
+
+Loading goes through FunASR's `AutoModel.build_model` (registry, tokenizer, frontend,
+FunASRNano, `load_pretrained_model`) with every path pointing into the local model
+directory, so nothing consults a model hub. Decoding reuses FunASRNano's own pieces:
+`get_prompt` / `generate_chatml` / `data_template` / `data_load_speech` build each request's
+prompt ids and fbank features, `encode` + `audio_adaptor` run once over the padded batch,
+the adaptor frames are spliced into the prompt embeddings the way `inference_prepare`
+does, and one greedy `llm.generate` runs over the left-padded batch. Unlike FunASR's own
+`inference`, every request in a batch keeps its own prompt (hotwords, language, itn).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from asr_worker.engine.base import (
+    MODEL_SAMPLE_RATE,
+    DecodeOptions,
+    DecodeRequest,
+    DecodeResult,
+    TokenTime,
+)
+from asr_worker.errors import DeviceError, ModelLoadError
+from asr_worker.models import build_funasr_kwargs, validate_model_dir
+
+log = logging.getLogger(__name__)
+
+#: Default cap on new tokens of a final (FunASR's own default max_length is 512).
+DEFAULT_MAX_NEW_TOKENS = 512
+#: Default cap on new tokens of a partial: a hypothesis of a window of the open segment.
+DEFAULT_PARTIAL_MAX_NEW_TOKENS = 96
+#: Real speech yields about 4-6 text tokens per second; beyond this rate the decoder is
+#: looping, so a request's budget is also capped at this rate (plus a constant).
+DEFAULT_MAX_TOKENS_PER_SECOND = 15.0
+_TOKEN_BUDGET_SLACK = 8
+#: Shortest audio decoded; shorter non-empty audio is zero-padded (kaldi fbank needs a frame).
+_MIN_SAMPLES = MODEL_SAMPLE_RATE // 10
+
+#: Language codes and names -> the language names Fun-ASR-Nano's prompt uses
+#: ("语音转写成中文"). None / "auto" lets the model decide.
+LANGUAGE_NAMES: dict[str, str | None] = {
+    "auto": None,
+    "": None,
+    "zh": "中文",
+    "zh-cn": "中文",
+    "cmn": "中文",
+    "chinese": "中文",
+    "mandarin": "中文",
+    "en": "英文",
+    "english": "英文",
+    "ja": "日文",
+    "jp": "日文",
+    "japanese": "日文",
+    "yue": "粤语",
+    "cantonese": "粤语",
+    "ko": "韩文",
+    "korean": "韩文",
+}
+
+_DTYPE_ALIASES = {
+    "auto": "auto",
+    "bf16": "bf16",
+    "bfloat16": "bf16",
+    "fp32": "fp32",
+    "float32": "fp32",
+    "float": "fp32",
+    "fp16": "fp16",
+    "float16": "fp16",
+    "half": "fp16",
+}
+
+
+class DeviceUnavailableError(DeviceError, ModelLoadError):
+    """The requested device does not exist here (both a DeviceError and a ModelLoadError)."""
+
+
+def language_name(language: str | None) -> str | None:
+    """The prompt language name for a code ("zh") or name ("中文"); None lets the model decide.
+
+    Names that are not codes pass through unchanged, so any language name the checkpoint
+    knows (Fun-ASR-MLT-Nano knows 31) can be given directly.
+    """
+    if language is None:
+        return None
+    key = language.strip()
+    mapped = LANGUAGE_NAMES.get(key.lower(), key)
+    return mapped or None
+
+
+def resolve_dtype(dtype: str, device: str) -> str:
+    """ "bf16" or "fp32" for a dtype request on a device; raises ModelLoadError for fp16."""
+    import torch
+
+    name = _DTYPE_ALIASES.get(str(dtype).lower())
+    if name is None:
+        raise ModelLoadError(f"unknown dtype {dtype!r}; use auto, bf16 or fp32")
+    if name == "fp16":
+        raise ModelLoadError(
+            "dtype fp16 is refused: the Qwen3 decoder of Fun-ASR-Nano overflows in float16 and "
+            "emits garbage; use bf16 (CUDA compute capability >= 8.0) or fp32"
+        )
+    is_cuda = device.startswith("cuda")
+    bf16_ok = is_cuda and torch.cuda.get_device_capability(torch.device(device))[0] >= 8
+    if name == "auto":
+        return "bf16" if bf16_ok else "fp32"
+    if name == "bf16" and is_cuda and not bf16_ok:
+        major, minor = torch.cuda.get_device_capability(torch.device(device))
+        raise ModelLoadError(
+            f"dtype bf16 needs CUDA compute capability >= 8.0 (Ampere or newer); {device} has "
+            f"{major}.{minor}: use fp32"
+        )
+    return name
+
+
+def resolve_device(device: str) -> str:
+    """Validate a device string ("cpu", "cuda", "cuda:N"); raises for missing CUDA."""
+    import torch
+
+    dev = (device or "").strip().lower()
+    if dev == "cpu":
+        return "cpu"
+    if re.fullmatch(r"cuda(:\d+)?", dev):
+        if not torch.cuda.is_available():
+            raise DeviceUnavailableError(
+                f"device {device!r} requested but CUDA is not available here "
+                f"(torch {torch.__version__}, cuda build {torch.version.cuda or 'none'}); "
+                "use --device cpu"
+            )
+        index = int(dev.split(":")[1]) if ":" in dev else 0
+        if index >= torch.cuda.device_count():
+            raise DeviceUnavailableError(
+                f"device {device!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist"
+            )
+        return f"cuda:{index}"
+    raise DeviceUnavailableError(f"unknown device {device!r}; use cpu, cuda or cuda:N")
+
+
+@dataclass
+class _Prepared:
+    """One request turned into model inputs by FunASRNano's own data pipeline."""
+
+    index: int
+    source_ids: list[int]
+    fbank: Any  # torch.Tensor [T, 560]
+    fbank_beg: int
+    fake_token_len: int
+    budget: int
+    seconds: float
+
+
+class FunAsrNanoEngine:
+    """Fun-ASR-Nano behind the Engine protocol (see engine/base.py)."""
+
+    name = "funasr-nano"
+
+    def __init__(
+        self,
+        model: Any,
+        kwargs: dict[str, Any],
+        *,
+        device: str,
+        dtype: str,
+        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+        partial_max_new_tokens: int = DEFAULT_PARTIAL_MAX_NEW_TOKENS,
+        max_tokens_per_second: float = DEFAULT_MAX_TOKENS_PER_SECOND,
+        forced_tokens_per_second: float | None = None,
+        model_dir: Path | None = None,
+    ) -> None:
+        import torch
+
+        self.model = model
+        self.kwargs = kwargs
+        self.tokenizer = kwargs["tokenizer"]
+        self.frontend = kwargs["frontend"]
+        # What FunASRNano's data pipeline reads from its kwargs (dataset_conf, ...).
+        self._data_kwargs = {
+            k: v for k, v in kwargs.items() if k not in ("tokenizer", "frontend", "meta_data")
+        }
+        self.device = device
+        self.dtype = dtype
+        self.torch_dtype = torch.bfloat16 if dtype == "bf16" else torch.float32
+        self.max_new_tokens = int(max_new_tokens)
+        self.partial_max_new_tokens = int(partial_max_new_tokens)
+        self.max_tokens_per_second = float(max_tokens_per_second or 0.0)
+        self.forced_tokens_per_second = forced_tokens_per_second
+        self.model_dir = model_dir
+        llm_cfg = model.llm.config
+        eos = llm_cfg.eos_token_id
+        self.eos_ids: list[int] = sorted(
+            {i for i in (eos if isinstance(eos, list) else [eos]) if i is not None}
+            | {i for i in (self.tokenizer.eos_token_id, self.tokenizer.pad_token_id) if i is not None}
+        )
+        pad = llm_cfg.pad_token_id
+        self.pad_id: int = pad if pad is not None else self.eos_ids[0]
+        #: Prompt ids (speech frames as id 0) of each item of the last batch, for inspection.
+        self.last_input_ids: list[list[int]] = []
+        #: Prompt text of each item of the last batch.
+        self.last_prompts: list[str] = []
+        #: New token ids of each item of the last batch (after budget and EOS cuts).
+        self.last_generated: list[list[int]] = []
+        self.timestamps = self._timestamps_available()
+
+    # ------------------------------------------------------------------ prompts
+
+    def prompt(self, options: DecodeOptions) -> str:
+        """The user prompt FunASRNano builds for these options (its own get_prompt)."""
+        hotwords = [h.strip() for h in options.hotwords if h and h.strip()]
+        return self.model.get_prompt(hotwords, language_name(options.language), options.itn)
+
+    # ------------------------------------------------------------------ Engine
+
+    def warmup(self) -> None:
+        """A batched decode of two requests with different options, final and partial."""
+        rng = np.random.default_rng(0)
+        audio = (rng.standard_normal(MODEL_SAMPLE_RATE) * 0.01).astype(np.float32)
+        self.decode_batch(
+            [
+                DecodeRequest(audio, DecodeOptions(hotwords=("热词",), language="中文"), "final"),
+                DecodeRequest(audio[: MODEL_SAMPLE_RATE // 2], DecodeOptions(itn=False), "partial"),
+            ]
+        )
+        if self.device.startswith("cuda"):
+            import torch
+
+            torch.cuda.synchronize(torch.device(self.device))
+
+    def decode_batch(self, requests: Sequence[DecodeRequest]) -> list[DecodeResult]:
+        import torch
+
+        results: list[DecodeResult | None] = [None] * len(requests)
+        prepared: list[_Prepared] = []
+        self.last_input_ids = [[] for _ in requests]
+        self.last_prompts = ["" for _ in requests]
+        self.last_generated = [[] for _ in requests]
+        with torch.inference_mode():
+            for i, req in enumerate(requests):
+                audio = np.asarray(req.audio, dtype=np.float32).reshape(-1)
+                if audio.size == 0:
+                    results[i] = DecodeResult(text="")
+                    continue
+                prepared.append(self._prepare(i, req, audio))
+            if prepared:
+                for p, res in zip(prepared, self._decode(prepared), strict=True):
+                    results[p.index] = res
+        assert all(r is not None for r in results)
+        return results  # type: ignore[return-value]
+
+    # ------------------------------------------------------------------ internals
+
+    def _prepare(self, index: int, req: DecodeRequest, audio: np.ndarray) -> _Prepared:
+        import torch
+
+        seconds = audio.size / MODEL_SAMPLE_RATE
+        if audio.size < _MIN_SAMPLES:
+            audio = np.pad(audio, (0, _MIN_SAMPLES - audio.size))
+        prompt = self.prompt(req.options)
+        chat = self.model.generate_chatml(prompt, torch.from_numpy(audio))
+        contents = self.model.data_template(chat)
+        out = self.model.data_load_speech(
+            contents, self.tokenizer, self.frontend, meta_data={}, **self._data_kwargs
+        )
+        source_ids = out["source_ids"][0].tolist()
+        self.last_input_ids[index] = source_ids
+        self.last_prompts[index] = prompt
+        limit = self.partial_max_new_tokens if req.kind == "partial" else self.max_new_tokens
+        if self.forced_tokens_per_second:
+            budget = max(1, math.ceil(seconds * self.forced_tokens_per_second))
+        elif self.max_tokens_per_second > 0:
+            budget = math.ceil(seconds * self.max_tokens_per_second) + _TOKEN_BUDGET_SLACK
+        else:
+            budget = limit
+        return _Prepared(
+            index=index,
+            source_ids=source_ids,
+            fbank=out["speech"][0],
+            fbank_beg=int(out["fbank_beg"][0, 0]),
+            fake_token_len=int(out["fake_token_len"][0, 0]),
+            budget=max(1, min(limit, budget)),
+            seconds=seconds,
+        )
+
+    def _decode(self, items: list[_Prepared]) -> list[DecodeResult]:
+        import torch
+        from torch.nn.utils.rnn import pad_sequence
+
+        model = self.model
+        dev = torch.device(self.device)
+        # Audio: one padded batch through the encoder (fp32, see FunASRNano.inference_prepare)
+        # and the adaptor.
+        feats = pad_sequence([p.fbank for p in items], batch_first=True).to(dev)
+        feat_lens = torch.tensor([p.fbank.shape[0] for p in items], dtype=torch.int32, device=dev)
+        encoder_out, encoder_lens = model.encode(feats, feat_lens)
+        adaptor_out, adaptor_lens = model.audio_adaptor(encoder_out, encoder_lens)
+
+        # Prompts: token embeddings with the adaptor frames spliced in at fbank_beg.
+        embed = model.llm.model.get_input_embeddings()
+        rows = []
+        for b, p in enumerate(items):
+            ids = torch.tensor(p.source_ids, dtype=torch.long, device=dev)
+            ids[ids < 0] = 0
+            row = embed(ids)
+            n = p.fake_token_len
+            if n > int(adaptor_lens[b]):
+                n = int(adaptor_lens[b])
+            if p.fbank_beg > 0 and n > 0:
+                row[p.fbank_beg : p.fbank_beg + n] = adaptor_out[b, :n].to(row.dtype)
+            rows.append(row)
+
+        # Left-pad for the decoder; generate derives position ids from the mask.
+        width = max(r.shape[0] for r in rows)
+        hidden = rows[0].shape[-1]
+        inputs = torch.zeros(len(rows), width, hidden, dtype=self.torch_dtype, device=dev)
+        mask = torch.zeros(len(rows), width, dtype=torch.long, device=dev)
+        for b, r in enumerate(rows):
+            inputs[b, width - r.shape[0] :] = r.to(self.torch_dtype)
+            mask[b, width - r.shape[0] :] = 1
+        budget = max(p.budget for p in items)
+        gen_kwargs: dict[str, Any] = {
+            "max_new_tokens": budget,
+            "do_sample": False,
+            "num_beams": 1,
+            "temperature": None,
+            "top_p": None,
+            "top_k": None,
+            "pad_token_id": self.pad_id,
+            "eos_token_id": self.eos_ids,
+        }
+        if self.forced_tokens_per_second:
+            gen_kwargs["min_new_tokens"] = budget
+        generated = model.llm.generate(inputs_embeds=inputs, attention_mask=mask, **gen_kwargs)
+
+        results = []
+        for b, p in enumerate(items):
+            ids = generated[b, : p.budget].tolist()
+            if not self.forced_tokens_per_second:
+                for k, t in enumerate(ids):
+                    if t in self.eos_ids:
+                        ids = ids[:k]
+                        break
+            self.last_generated[p.index] = ids
+            text = self.tokenizer.decode(ids, skip_special_tokens=True)
+            # FunASRNano.inference_llm's post-processing of the response.
+            text = re.sub(r"\s+", " ", text.replace("/sil", " ")).strip()
+            tokens: tuple[TokenTime, ...] = ()
+            if self.timestamps and text:
+                tokens = self._token_times(encoder_out[b : b + 1], encoder_lens[b : b + 1], text)
+            results.append(DecodeResult(text=text, tokens=tokens))
+        return results
+
+    # ------------------------------------------------------------------ timestamps
+
+    def _timestamps_available(self) -> bool:
+        """CTC timestamps need the CTC branch (loaded weights) and torchaudio's forced_align."""
+        if getattr(self.model, "ctc_decoder", None) is None or getattr(self.model, "ctc", None) is None:
+            return False
+        try:
+            from funasr.utils.torchaudio_compat import torchaudio_available
+
+            return bool(torchaudio_available())
+        except Exception:
+            return False
+
+    def _token_times(self, encoder_out, encoder_lens, text: str) -> tuple[TokenTime, ...]:
+        """Character timestamps the way FunASRNano.inference_llm computes them (CTC alignment)."""
+        import torch
+        from funasr.models.fun_asr_nano.tools.utils import forced_align
+
+        model = self.model
+        dec_out, dec_lens = model.ctc_decoder(encoder_out.float(), encoder_lens)
+        logits = model.ctc.log_softmax(dec_out)[0, : int(dec_lens[0])].float()
+        targets = torch.tensor(model.ctc_tokenizer.encode(text), dtype=torch.int64)
+        if targets.numel() == 0 or targets.numel() > logits.shape[0]:
+            return ()
+        frame_ms = self.frontend.frame_shift * self.frontend.lfr_n
+        out = []
+        for item in forced_align(logits, targets, model.blank_id):
+            out.append(
+                TokenTime(
+                    text=model.ctc_tokenizer.decode([item["token"]]),
+                    start_ms=int(item["start_time"] * frame_ms),
+                    end_ms=int(item["end_time"] * frame_ms),
+                )
+            )
+        return tuple(out)
+
+
+def load_engine(
+    model_dir: Path,
+    device: str = "cpu",
+    *,
+    dtype: str = "auto",
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    partial_max_new_tokens: int = DEFAULT_PARTIAL_MAX_NEW_TOKENS,
+    max_tokens_per_second: float = DEFAULT_MAX_TOKENS_PER_SECOND,
+    forced_tokens_per_second: float | None = None,
+) -> FunAsrNanoEngine:
+    """Load a local Fun-ASR-Nano directory with FunASR's own loader; never touches a hub.
+
+    dtype: "auto" (bf16 on CUDA with compute capability >= 8.0, else fp32), "bf16" or
+    "fp32"; "fp16" is refused (the Qwen3 decoder breaks in fp16). The audio encoder always
+    runs in fp32, as FunASR does. forced_tokens_per_second (benchmarks only) makes every
+    request generate exactly ceil(seconds * rate) tokens, whatever the weights say.
+    Raises ModelLoadError (one line) for a bad directory, device or dtype.
+    """
+    import torch
+
+    model_dir = Path(model_dir)
+    if max_new_tokens < 1 or partial_max_new_tokens < 1:
+        raise ModelLoadError("max_new_tokens and partial_max_new_tokens must be >= 1")
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    validate_model_dir(model_dir)
+    # Belt and braces: every path below is local, and the hub clients are told so too.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+    import funasr.models.fun_asr_nano.model  # noqa: F401  (registers FunASRNano)
+    from funasr.auto.auto_model import AutoModel
+
+    kwargs = build_funasr_kwargs(model_dir)
+    kwargs.update(
+        device=dev,
+        ncpu=torch.get_num_threads(),  # build_model would otherwise force 4 threads
+        # A model_conf makes build_model skip FunASR's hub download step: this directory
+        # is all there is.
+        model_conf=kwargs.get("model_conf") or {},
+    )
+    started = time.monotonic()
+    try:
+        model, kwargs = AutoModel.build_model(**kwargs)
+    except ModelLoadError:
+        raise
+    except Exception as exc:
+        detail = " ".join(str(exc).split())[:300] or type(exc).__name__
+        raise ModelLoadError(
+            f"could not load Fun-ASR-Nano from {model_dir}: {type(exc).__name__}: {detail}"
+        ) from exc
+    _check_checkpoint(model, model_dir / "model.pt")
+    model.llm.to(torch.bfloat16 if dt == "bf16" else torch.float32)
+    model.audio_encoder.float()
+    model.audio_adaptor.float()
+    model.eval()
+    kwargs["llm_dtype"] = dt
+    log.info(
+        "loaded Fun-ASR-Nano from %s on %s (%s decoder) in %.1fs",
+        model_dir,
+        dev,
+        dt,
+        time.monotonic() - started,
+    )
+    return FunAsrNanoEngine(
+        model,
+        kwargs,
+        device=dev,
+        dtype=dt,
+        max_new_tokens=max_new_tokens,
+        partial_max_new_tokens=partial_max_new_tokens,
+        max_tokens_per_second=max_tokens_per_second,
+        forced_tokens_per_second=forced_tokens_per_second,
+        model_dir=model_dir,
+    )
+
+
+def _check_checkpoint(model: Any, path: Path) -> None:
+    """Fail if model.pt does not cover the model: FunASR only warns and keeps random weights."""
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", mmap=True)
+    except Exception:
+        state = torch.load(path, map_location="cpu")
+    for key in ("state_dict", "model_state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    expected = model.state_dict()
+    optional = ("ctc_decoder.", "ctc.")  # FunASR disables timestamps when these are absent
+    missing = [k for k in expected if k not in state and not k.startswith(optional)]
+    mismatched = [
+        k
+        for k, v in expected.items()
+        if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(v.shape)
+    ]
+    if missing or mismatched:
+        example = (missing or mismatched)[0]
+        raise ModelLoadError(
+            f"{path} does not match config.yaml: {len(missing)} tensors missing, "
+            f"{len(mismatched)} of another shape (e.g. {example}); wrong or partial checkpoint"
+        )
