@@ -166,9 +166,14 @@ class Worker:
 
 
 def spawn_worker(args: Sequence[str], *, cpus: str | None = None, timeout: float = 600.0,
-                 env: dict[str, str] | None = None, log_path: Path | None = None) -> Worker:
-    """`python -m asr_worker serve --listen 127.0.0.1:0 <args>`; waits for LISTENING + SERVING."""
-    cmd = [sys.executable, "-m", "asr_worker", "serve", "--listen", "127.0.0.1:0", *args]
+                 env: dict[str, str] | None = None, log_path: Path | None = None,
+                 launcher: Sequence[str] | None = None) -> Worker:
+    """`python -m asr_worker serve --listen 127.0.0.1:0 <args>`; waits for LISTENING + SERVING.
+
+    launcher replaces `python -m asr_worker` (e.g. bench/capacity_worker.py ... --).
+    """
+    head = list(launcher) if launcher else [sys.executable, "-m", "asr_worker"]
+    cmd = [*head, "serve", "--listen", "127.0.0.1:0", *args]
     if cpus:
         cmd = ["taskset", "-c", cpus, *cmd]
     e = {**os.environ, "PYTHONPATH": str(WORKER_PY), **(env or {})}

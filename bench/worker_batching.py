@@ -100,6 +100,7 @@ def main() -> int:
             mbs = a.max_batch_size if mode == "on" else 1
             args = [*engine_args(engine, a), "--max-batch-size", str(mbs),
                     "--batch-window-ms", str(a.batch_window_ms if mode == "on" else 0),
+                    "--max-streams", str(max(streams) + 8), "--log-level", "warning",
                     *[x for w in a.worker_arg for x in w.split()]]
             print(f"[batching] {engine} batching {mode}: serve {' '.join(args)}", file=sys.stderr)
             log = Path(tempfile.gettempdir()) / f"asr-bench-worker-{engine}-{mode}.log"

@@ -1,0 +1,60 @@
+"""Smoke runs of the benchmark scripts, so CI keeps them working (not performance tests).
+
+- bench/gpu_capacity.py in its CPU mode: tiny random-weight Fun-ASR-Nano, 1 and 2 real-time
+  streams for 9 s through the real worker; it must finish, produce partials and finals and
+  no errors (the latency targets are GPU targets and are not asserted here).
+- bench/worker_batching.py with the fake engine at 1 and 2 streams, batching on and off.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+PY = REPO / "worker-py" / ".venv" / "bin" / "python"
+SHARED_AUDIO = Path(os.environ.get("ASR_SHARED_AUDIO", REPO.parent / "shared" / "audio"))
+
+pytestmark = pytest.mark.skipif(
+    not (SHARED_AUDIO / "MANIFEST.json").exists(), reason=f"shared audio not found at {SHARED_AUDIO}"
+)
+
+
+def _python() -> str:
+    return str(PY) if PY.exists() else sys.executable
+
+
+def test_gpu_capacity_cpu_smoke(tmp_path: Path) -> None:
+    out = tmp_path / "capacity.json"
+    r = subprocess.run(
+        [_python(), "bench/gpu_capacity.py", "--tiny", "--cpu", "--streams", "1,2", "--search",
+         "--duration-s", "9", "--files", "synth/three_utterances.wav",
+         "--model-dir", str(tmp_path / "tiny-model"), "--json", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    data = json.loads(out.read_text())
+    assert [row["streams"] for row in data["rows"]][:1] == [1]
+    for row in data["rows"]:
+        assert row["errors"] == 0, row["error_samples"]
+        assert row["partials"] > 0 and row["finals"] >= row["streams"]
+        assert row["final_after_vad_end_ms"]["n"] >= 1
+    assert "| streams |" in r.stdout
+
+
+def test_worker_batching_fake_smoke(tmp_path: Path) -> None:
+    out = tmp_path / "batching.json"
+    r = subprocess.run(
+        [_python(), "bench/worker_batching.py", "--engines", "fake", "--streams", "1,2", "--quick",
+         "--ramp-s", "0.5", "--json", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=180,
+    )
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert {(x["batching"], x["streams"]) for x in rows} == {("on", 1), ("on", 2), ("off", 1), ("off", 2)}
+    assert all(x["errors"] == 0 and x["finals"] >= x["streams"] for x in rows)
