@@ -1,0 +1,197 @@
+/**
+ * The gateway's HTTP(S) server: /healthz and /readyz, and the WebSocket
+ * upgrade on every other path (FunASR clients use "/", some proxies
+ * "/wss/").
+ *
+ * Upgrade rules (see PROTOCOL.md): echo the `binary` subprotocol when it is
+ * offered and accept clients that offer none; answer pings (ws does) and
+ * never close a healthy connection for missing pongs; refuse with 503 and
+ * Retry-After before upgrading when no worker can take the session or the
+ * session limit is reached, so that load balancers and clients can retry.
+ */
+import { readFileSync } from "node:fs";
+import http, { type IncomingMessage, type ServerResponse } from "node:http";
+import https from "node:https";
+import type { AddressInfo } from "node:net";
+import type { Duplex } from "node:stream";
+import type { Logger } from "pino";
+import { WebSocketServer, type WebSocket } from "ws";
+import type { FileDecoder } from "./audio.js";
+import type { GatewayConfig } from "./config.js";
+import { Session } from "./session.js";
+import type { WorkerSource } from "./workers.js";
+
+/** What the server is built from (the composition root passes these). */
+export interface GatewayServerDeps {
+  /** Validated configuration. */
+  config: GatewayConfig;
+  /** Worker placement. */
+  workers: WorkerSource;
+  /** Decoder for offline files. */
+  decoder: FileDecoder;
+  /** Root logger. */
+  logger: Logger;
+}
+
+/** Headroom over MAX_FRAME_BYTES at which ws itself closes with 1009 (below it, the session answers with a JSON error first). */
+const WS_PAYLOAD_HEADROOM = 1024 * 1024;
+
+/** The HTTP + WebSocket front of the gateway. */
+export class GatewayServer {
+  /** The underlying http(s) server. */
+  readonly server: http.Server | https.Server;
+  /** Open sessions (the registry used for limits and shutdown). */
+  readonly sessions = new Set<Session>();
+  private readonly wss: WebSocketServer;
+  private readonly d: GatewayServerDeps;
+  private draining = false;
+
+  /** Builds the server; nothing listens before listen(). */
+  constructor(deps: GatewayServerDeps) {
+    this.d = deps;
+    const { config } = deps;
+    const handler = (req: IncomingMessage, res: ServerResponse): void => this.onRequest(req, res);
+    this.server =
+      config.tlsCert !== undefined && config.tlsKey !== undefined
+        ? https.createServer({ cert: readFileSync(config.tlsCert), key: readFileSync(config.tlsKey) }, handler)
+        : http.createServer(handler);
+    this.wss = new WebSocketServer({
+      noServer: true,
+      maxPayload: config.maxFrameBytes + WS_PAYLOAD_HEADROOM,
+      perMessageDeflate: false,
+      handleProtocols: (protocols) => (protocols.has("binary") ? "binary" : false),
+    });
+    this.server.on("upgrade", (req: IncomingMessage, socket: Duplex, head: Buffer) => this.onUpgrade(req, socket, head));
+  }
+
+  /** Starts listening; resolves with the bound address (port 0 picks a free port). */
+  listen(): Promise<AddressInfo> {
+    return new Promise((resolve, reject) => {
+      this.server.once("error", reject);
+      this.server.listen(this.d.config.port, this.d.config.host, () => {
+        this.server.off("error", reject);
+        resolve(this.server.address() as AddressInfo);
+      });
+    });
+  }
+
+  private onRequest(req: IncomingMessage, res: ServerResponse): void {
+    const path = (req.url ?? "/").split("?")[0];
+    if (path === "/healthz") {
+      json(res, 200, { status: "ok" });
+    } else if (path === "/readyz") {
+      const serving = this.d.workers.servingCount();
+      const ready = serving > 0 && !this.draining;
+      json(res, ready ? 200 : 503, { ready, serving_workers: serving, sessions: this.sessions.size, draining: this.draining });
+    } else {
+      res.setHeader("Connection", "close");
+      json(res, 426, { error: "this endpoint speaks the FunASR WebSocket protocol; connect with ws:// or wss://" });
+    }
+  }
+
+  private onUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
+    socket.on("error", () => socket.destroy());
+    const { config, logger } = this.d;
+    if (config.authToken !== undefined && !authorized(req, config.authToken)) {
+      logger.info({ remote: req.socket.remoteAddress }, "upgrade refused: unauthorized");
+      refuse(socket, 401, "Unauthorized", { "WWW-Authenticate": "Bearer" });
+      return;
+    }
+    if (this.draining) {
+      refuse(socket, 503, "Service Unavailable", { "Retry-After": String(config.retryAfterSeconds) });
+      return;
+    }
+    if (this.sessions.size >= config.maxSessions) {
+      logger.warn({ sessions: this.sessions.size }, "upgrade refused: MAX_SESSIONS reached");
+      refuse(socket, 503, "Service Unavailable", { "Retry-After": String(config.retryAfterSeconds) });
+      return;
+    }
+    const lease = this.d.workers.acquire();
+    if (lease === null) {
+      logger.warn("upgrade refused: no worker serving");
+      refuse(socket, 503, "Service Unavailable", { "Retry-After": String(config.retryAfterSeconds) });
+      return;
+    }
+    // ws answers a malformed handshake itself and never calls back: give the placement back then.
+    let adopted = false;
+    socket.once("close", () => {
+      if (!adopted) lease.release();
+    });
+    this.wss.handleUpgrade(req, socket, head, (ws: WebSocket) => {
+      adopted = true;
+      const session = new Session({
+        socket: ws,
+        workers: this.d.workers,
+        initialLease: lease,
+        decoder: this.d.decoder,
+        limits: config,
+        logger,
+        onClosed: (s) => this.sessions.delete(s),
+      });
+      this.sessions.add(session);
+      ws.on("message", (data: Buffer | ArrayBuffer | Buffer[], isBinary: boolean) => {
+        const buf = Buffer.isBuffer(data) ? data : Array.isArray(data) ? Buffer.concat(data) : Buffer.from(data);
+        if (isBinary) session.onBinary(buf);
+        else session.onText(buf.toString("utf8"));
+      });
+      ws.on("close", () => session.onSocketClosed());
+      ws.on("error", () => {
+        // ws closes the socket itself (e.g. 1009 above the payload cap); the close event ends the session.
+      });
+    });
+  }
+
+  /**
+   * Graceful shutdown: refuse new upgrades, let sessions with pending results
+   * finish for `graceMs`, then close the rest and the listener.
+   */
+  async shutdown(graceMs: number): Promise<void> {
+    this.draining = true;
+    for (const s of [...this.sessions]) s.shutdown();
+    const deadline = Date.now() + graceMs;
+    while (this.sessions.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    for (const s of [...this.sessions]) s.forceClose();
+    for (const c of this.wss.clients) c.terminate();
+    await new Promise<void>((resolve) => {
+      this.server.close(() => resolve());
+      // Keep-alive HTTP connections would hold close() open.
+      (this.server as http.Server).closeAllConnections?.();
+    });
+  }
+}
+
+function json(res: ServerResponse, status: number, body: unknown): void {
+  const text = JSON.stringify(body);
+  res.writeHead(status, { "Content-Type": "application/json", "Content-Length": Buffer.byteLength(text) });
+  res.end(text);
+}
+
+function refuse(socket: Duplex, status: number, reason: string, headers: Record<string, string>): void {
+  const body = JSON.stringify({ error: reason });
+  const lines = [
+    `HTTP/1.1 ${status} ${reason}`,
+    "Connection: close",
+    "Content-Type: application/json",
+    `Content-Length: ${Buffer.byteLength(body)}`,
+    ...Object.entries(headers).map(([k, v]) => `${k}: ${v}`),
+  ];
+  socket.end(`${lines.join("\r\n")}\r\n\r\n${body}`);
+}
+
+/** `?token=` or `Authorization: Bearer <token>`, compared in constant time. */
+function authorized(req: IncomingMessage, token: string): boolean {
+  const url = new URL(req.url ?? "/", "http://x");
+  const q = url.searchParams.get("token");
+  const h = req.headers.authorization;
+  const bearer = h !== undefined && /^Bearer\s+/i.test(h) ? h.replace(/^Bearer\s+/i, "").trim() : null;
+  return [q, bearer].some((t) => t !== null && safeEqual(t, token));
+}
+
+function safeEqual(a: string, b: string): boolean {
+  const x = Buffer.from(a);
+  const y = Buffer.from(b);
+  if (x.length !== y.length) return false;
+  let diff = 0;
+  for (let i = 0; i < x.length; i++) diff |= x[i]! ^ y[i]!;
+  return diff === 0;
+}

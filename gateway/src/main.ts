@@ -1,0 +1,72 @@
+/**
+ * Composition root of the gateway: the only place that reads the environment
+ * and wires config, logger, worker pool, file decoder and server together.
+ *
+ *   WORKER_ADDRESSES=127.0.0.1:50051 npm run gateway
+ *
+ * Exit codes: 0 after a graceful shutdown (SIGTERM/SIGINT), 1 when the port
+ * cannot be bound, 2 on a bad configuration (one line on stderr says which).
+ */
+import { createFileDecoder, findFfmpeg } from "./audio.js";
+import { ConfigError, loadConfig, type GatewayConfig } from "./config.js";
+import { GatewayServer } from "./http.js";
+import { createLogger } from "./log.js";
+import { WorkerPool } from "./workers.js";
+
+async function main(): Promise<void> {
+  let config: GatewayConfig;
+  try {
+    config = loadConfig(process.env);
+  } catch (e) {
+    if (e instanceof ConfigError) {
+      process.stderr.write(`gateway: ${e.message}\n`);
+      process.exit(2);
+    }
+    throw e;
+  }
+  const logger = createLogger(config.logLevel);
+  const ffmpeg = config.ffmpegEnabled ? findFfmpeg() : null;
+  const pool = new WorkerPool(config.workerAddresses, logger);
+  pool.start();
+  const server = new GatewayServer({ config, workers: pool, decoder: createFileDecoder(ffmpeg), logger });
+  let addr;
+  try {
+    addr = await server.listen();
+  } catch (e) {
+    logger.fatal({ err: e }, "cannot listen");
+    pool.close();
+    process.exit(1);
+  }
+  logger.info(
+    {
+      host: addr.address,
+      port: addr.port,
+      tls: config.tlsCert !== undefined,
+      workers: config.workerAddresses,
+      is_final_mode: config.isFinalMode,
+      online_mode: config.onlineMode,
+      auth: config.authToken !== undefined,
+      ffmpeg: ffmpeg !== null,
+    },
+    "gateway listening",
+  );
+
+  let stopping = false;
+  const stop = (signal: string): void => {
+    if (stopping) return;
+    stopping = true;
+    logger.info({ signal, sessions: server.sessions.size, grace_s: config.shutdownGraceSeconds }, "draining");
+    void server
+      .shutdown(config.shutdownGraceSeconds * 1000)
+      .then(() => {
+        pool.close();
+        logger.info("stopped");
+        logger.flush?.();
+        process.exit(0);
+      });
+  };
+  process.on("SIGTERM", () => stop("SIGTERM"));
+  process.on("SIGINT", () => stop("SIGINT"));
+}
+
+void main();

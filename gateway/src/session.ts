@@ -1,0 +1,682 @@
+/**
+ * One client connection: the FunASR session state machine over one worker
+ * StreamingRecognize call.
+ *
+ *   awaiting_config --config--> streaming --(shutdown)--> draining --> closed
+ *          \___________________________\______________(any fatal error, socket close)__/
+ *
+ * Within `streaming`, the connection runs speaking rounds: audio (and the
+ * first END_OF_INPUT) opens a round, `{"is_speaking": false}` (or
+ * `is_finished`) ends it with an END_OF_INPUT control; the worker's
+ * EndOfInputAck closes it. Output of the worker is mapped with the settings
+ * of the round it belongs to (rounds are acknowledged in order), so a client
+ * that sends the next config (new wav_name) before the previous round's
+ * finals arrived still gets each final under the right name.
+ *
+ * Every close path goes through close(), which is idempotent, cancels the
+ * worker call and releases the worker placement.
+ */
+import { randomUUID } from "node:crypto";
+import { status as GrpcStatus, type StatusObject } from "@grpc/grpc-js";
+import type { Logger } from "pino";
+import { looksLikeWav, parseWavHeader, type FileDecoder } from "./audio.js";
+import { ERRORS, GatewayError, errorCodeForGrpcStatus, type ErrorCode } from "./errors.js";
+import {
+  ControlType,
+  RecognitionMode,
+  type FinalResult,
+  type PartialResult,
+  type StreamingConfig,
+  type StreamingRecognizeRequest,
+  type StreamingRecognizeResponse,
+} from "./gen/asr/v1/asr.js";
+import {
+  endAckMessage,
+  errorMessage,
+  joinedOfflineMessage,
+  parseClientMessage,
+  parseHotwords,
+  resultMessage,
+  type ClientMessage,
+  type Hotword,
+  type OutputMode,
+  type ServerMessage,
+  type TimedToken,
+} from "./protocol.js";
+import { ReplayBuffer } from "./replay.js";
+import type { RecognizeCall, WorkerLease, WorkerSource } from "./workers.js";
+
+/** The socket as a session needs it (a `ws` WebSocket satisfies it). */
+export interface ClientSocket {
+  /** Sends one text frame. */
+  send(data: string): void;
+  /** Closes with a code and a short reason. */
+  close(code: number, reason: string): void;
+  /** Bytes queued but not yet sent (slow-client detection). */
+  readonly bufferedAmount: number;
+  /** 1 while open (ws readyState). */
+  readonly readyState: number;
+}
+
+/** Gateway settings that sessions use (a subset of GatewayConfig). */
+export interface SessionLimits {
+  /** Largest binary frame. */
+  maxFrameBytes: number;
+  /** Largest offline file. */
+  maxFileBytes: number;
+  /** Wall-clock limit of a connection, seconds. */
+  maxSessionSeconds: number;
+  /** Idle limit, seconds. */
+  idleTimeoutSeconds: number;
+  /** Hotword caps. */
+  maxHotwords: number;
+  /** Hotword caps. */
+  maxHotwordChars: number;
+  /** Hotword caps. */
+  maxHotwordsBytes: number;
+  /** Audio kept for replay, seconds. */
+  replayBufferSeconds: number;
+  /** Deployment default is_final behaviour. */
+  isFinalMode: "seed" | "cpp";
+  /** What "online" means. */
+  onlineMode: "upgrade" | "strict";
+}
+
+/** Everything a session is given by the composition root. */
+export interface SessionDeps {
+  /** The client's socket. */
+  socket: ClientSocket;
+  /** Where workers come from. */
+  workers: WorkerSource;
+  /** The worker chosen at upgrade time (so that 503 could be answered before upgrading). */
+  initialLease: WorkerLease | null;
+  /** Decodes whole files in offline mode. */
+  decoder: FileDecoder;
+  /** Limits and behaviours. */
+  limits: SessionLimits;
+  /** Parent logger; the session makes a child with its id. */
+  logger: Logger;
+  /** Called once when the session is closed (registry bookkeeping). */
+  onClosed?: (s: Session) => void;
+}
+
+/** Lifecycle states (see module comment). */
+export type SessionState = "awaiting_config" | "streaming" | "draining" | "closed";
+
+/** Settings in force for the next round (the client may change them between rounds). */
+interface Settings {
+  /** How the session is served: offline, 2pass, or strict online. */
+  kind: "offline" | "2pass" | "online";
+  wavName: string;
+  wavFormat: string;
+  audioFs: number;
+  itn: boolean;
+  language: string;
+  chunkSize: [number, number, number];
+  hotwords: Hotword[];
+  isFinalMode: "seed" | "cpp";
+  fullHypothesis: boolean;
+}
+
+/** One speaking round whose results are still (partly) to come. */
+interface Round {
+  settings: Settings;
+  /** END_OF_INPUT was sent for this round. */
+  eoiSent: boolean;
+  /** The client asked for the is_end acknowledgement. */
+  wantsAck: boolean;
+  /** Offline mode: the finals to join. */
+  finals: Array<{ text: string; tokens: TimedToken[] }>;
+  /** cpp behaviour: the newest final after END_OF_INPUT, sent when the next one (or the ack) arrives. */
+  held: ServerMessage | null;
+  /** Something failed in this round (the ack carries is_final false + error). */
+  error: string | null;
+  /** Whether the gateway sent audio for this round (file mode decodes later). */
+  fileBytes: Buffer[];
+  fileSize: number;
+}
+
+/** Partial deltas that could not be sent to a slow client yet (sent before the next partial). */
+interface PendingPartial {
+  mode: OutputMode;
+  wavName: string;
+  text: string;
+  full: boolean;
+}
+
+/** Above this many queued bytes a client is slow: partials are merged instead of queued. */
+const SLOW_CLIENT_BYTES = 256 * 1024;
+/** Largest AudioChunk sent to a worker (the contract allows 4 MiB). */
+const MAX_CHUNK_BYTES = 1024 * 1024;
+
+/** One client connection (see module comment). */
+export class Session {
+  /** Opaque id, also sent to the worker as StreamingConfig.session_id. */
+  readonly id: string = randomUUID();
+  private st: SessionState = "awaiting_config";
+  private readonly d: SessionDeps;
+  private log: Logger;
+  private settings: Settings;
+  private lease: WorkerLease | null;
+  private call: RecognizeCall | null = null;
+  /** JSON of the worker config last sent; null before the first. */
+  private sentWorkerConfig: string | null = null;
+  /** The round receiving input, if one is open. */
+  private inputRound: Round | null = null;
+  /** Rounds whose results are still coming, oldest first (output maps to rounds[0]). */
+  private readonly rounds: Round[] = [];
+  private readonly replay: ReplayBuffer;
+  /** Per open segment: the deltas sent so far (strict online derives the final remainder). */
+  private segDeltas = "";
+  private pendingPartial: PendingPartial | null = null;
+  private idleTimer: NodeJS.Timeout | null = null;
+  private lifeTimer: NodeJS.Timeout | null = null;
+  /** Serializes client input while an async step (file decoding) runs. */
+  private busy = false;
+  private readonly backlog: Array<() => void | Promise<void>> = [];
+  private readonly startedAt = Date.now();
+  private stats = { frames: 0, bytes: 0, finals: 0, partials: 0, rounds: 0 };
+
+  /** Creates the session; it waits for the client's config. */
+  constructor(deps: SessionDeps) {
+    this.d = deps;
+    this.lease = deps.initialLease;
+    this.settings = defaultSettings(deps.limits);
+    this.replay = new ReplayBuffer(deps.limits.replayBufferSeconds);
+    this.log = deps.logger.child({ session: this.id });
+    this.armIdle();
+    this.lifeTimer = setTimeout(() => this.fail("SESSION_TOO_LONG"), deps.limits.maxSessionSeconds * 1000);
+    this.lifeTimer.unref();
+  }
+
+  /** Current lifecycle state. */
+  get state(): SessionState {
+    return this.st;
+  }
+
+  /** Handles one text frame from the client. */
+  onText(text: string): void {
+    if (this.st === "closed") return;
+    this.armIdle();
+    this.serial(() => this.handleText(text));
+  }
+
+  /** Handles one binary frame from the client. */
+  onBinary(data: Buffer): void {
+    if (this.st === "closed") return;
+    this.armIdle();
+    this.serial(() => this.handleBinary(data));
+  }
+
+  /** The client's socket closed: cancel the worker call at once. */
+  onSocketClosed(): void {
+    this.close("client closed");
+  }
+
+  /**
+   * Graceful shutdown: a session with no round in flight closes now (1001);
+   * one waiting for results drains and closes after its last acknowledgement.
+   */
+  shutdown(): void {
+    if (this.st === "closed" || this.st === "draining") return;
+    if (this.rounds.length === 0 || this.rounds.every((r) => !r.eoiSent)) {
+      this.fail("SHUTTING_DOWN");
+      return;
+    }
+    this.st = "draining";
+  }
+
+  /** Closes with SHUTTING_DOWN even when results are pending (end of the grace period). */
+  forceClose(): void {
+    if (this.st !== "closed") this.fail("SHUTTING_DOWN");
+  }
+
+  // -------------------------------------------------------------------------
+  // client input
+
+  private serial(fn: () => void | Promise<void>): void {
+    if (this.busy) {
+      this.backlog.push(fn);
+      return;
+    }
+    let r: void | Promise<void>;
+    try {
+      r = fn();
+    } catch (e) {
+      this.handleError(e);
+      return;
+    }
+    if (r instanceof Promise) {
+      this.busy = true;
+      r.catch((e: unknown) => this.handleError(e)).finally(() => {
+        this.busy = false;
+        const next = this.backlog.shift();
+        if (next !== undefined && this.st !== "closed") this.serial(next);
+        // Drain the rest synchronously unless a step went async again.
+        while (!this.busy && this.backlog.length > 0 && this.st !== "closed") this.serial(this.backlog.shift()!);
+      });
+    }
+  }
+
+  private handleError(e: unknown): void {
+    if (e instanceof GatewayError) {
+      if (e.spec.fatal) this.fail(e.code, e.message);
+      else this.sendError(e.code, e.message);
+      return;
+    }
+    this.log.error({ err: e }, "unexpected session error");
+    this.fail("INTERNAL");
+  }
+
+  private handleText(text: string): void | Promise<void> {
+    const msg = parseClientMessage(text);
+    if (this.st === "awaiting_config") {
+      const next = applyConfig(this.settings, msg, this.d.limits, true);
+      this.settings = next;
+      this.openWorker();
+      this.st = "streaming";
+      this.log = this.log.child({ wav_name: next.wavName });
+      this.log.info({ mode: next.kind, audio_fs: next.audioFs, wav_format: next.wavFormat, hotwords: next.hotwords.length }, "session configured");
+    } else if (this.st === "streaming") {
+      this.settings = applyConfig(this.settings, msg, this.d.limits, false);
+    } else {
+      return;
+    }
+    if (msg.is_speaking === false || msg.is_finished === true) return this.endOfInput(msg.is_end === true);
+  }
+
+  private handleBinary(data: Buffer): void {
+    if (this.st === "awaiting_config") throw new GatewayError("BINARY_BEFORE_CONFIG");
+    if (this.st !== "streaming") return;
+    if (data.length > this.d.limits.maxFrameBytes) {
+      throw new GatewayError("FRAME_TOO_LARGE", `binary frame of ${data.length} bytes exceeds MAX_FRAME_BYTES (${this.d.limits.maxFrameBytes})`);
+    }
+    this.stats.frames++;
+    this.stats.bytes += data.length;
+    if (data.length === 0) return;
+    if (isFileMode(this.settings)) {
+      const round = this.openRound(false);
+      round.fileSize += data.length;
+      if (round.fileSize > this.d.limits.maxFileBytes) {
+        throw new GatewayError("FILE_TOO_LARGE", `offline file exceeds MAX_FILE_BYTES (${this.d.limits.maxFileBytes})`);
+      }
+      round.fileBytes.push(data);
+      return;
+    }
+    let pcm = data;
+    const fresh = this.inputRound === null;
+    if (fresh && looksLikeWav(pcm)) {
+      // The html5 page's file mode sends a whole WAV (header included) labelled "PCM".
+      const info = parseWavHeader(pcm);
+      if (info === null) return; // a header split over frames: nothing audible is lost
+      if (info.format !== 1 || info.bitsPerSample !== 16 || info.channels !== 1) {
+        throw new GatewayError("UNSUPPORTED_FORMAT", "WAV sent as PCM must be 16-bit mono; use wav_format \"wav\" in offline mode");
+      }
+      if (info.sampleRateHz === 8000 || info.sampleRateHz === 16000) this.settings = { ...this.settings, audioFs: info.sampleRateHz };
+      pcm = pcm.subarray(info.dataOffset);
+    }
+    if (pcm.length % 2 !== 0) {
+      throw new GatewayError("ODD_FRAME_BYTES", `PCM frame of ${pcm.length} bytes is not a whole number of 16-bit samples; frame dropped`);
+    }
+    const round = this.openRound(true);
+    this.sendAudio(pcm, round.settings.audioFs);
+  }
+
+  private async endOfInput(wantsAck: boolean): Promise<void> {
+    const round = this.openRound(!isFileMode(this.settings));
+    round.wantsAck = round.wantsAck || wantsAck;
+    this.inputRound = null;
+    if (isFileMode(round.settings)) {
+      const file = Buffer.concat(round.fileBytes);
+      round.fileBytes = [];
+      let decoded: { pcm: Buffer; sampleRateHz: number } | null = null;
+      if (file.length > 0) {
+        try {
+          decoded = await this.d.decoder.decode(file, round.settings.wavFormat);
+        } catch (e) {
+          if (!(e instanceof GatewayError)) throw e;
+          // Still end the round on the worker so that ordering and the final/ack guarantees hold.
+          round.error = `${e.code}: ${e.message}`;
+          this.sendError(e.code, e.message, round.settings);
+        }
+      }
+      if (this.st !== "streaming" && this.st !== "draining") return;
+      if (decoded !== null) round.settings = { ...round.settings, audioFs: decoded.sampleRateHz };
+      this.writeWorkerConfigIfNeeded(round.settings);
+      if (decoded !== null) this.sendAudio(decoded.pcm, decoded.sampleRateHz);
+    }
+    round.eoiSent = true;
+    this.stats.rounds++;
+    this.write({ streamingRequest: { $case: "control", value: { type: ControlType.CONTROL_TYPE_END_OF_INPUT } } });
+  }
+
+  /**
+   * The round receiving input, opened on first use. Opening a round sends
+   * the worker a config when the settings changed since the last one (the
+   * contract allows a config directly after END_OF_INPUT, which is exactly
+   * where rounds start).
+   */
+  private openRound(sendConfig: boolean): Round {
+    if (this.inputRound !== null) return this.inputRound;
+    const round: Round = {
+      settings: this.settings,
+      eoiSent: false,
+      wantsAck: false,
+      finals: [],
+      held: null,
+      error: null,
+      fileBytes: [],
+      fileSize: 0,
+    };
+    this.inputRound = round;
+    this.rounds.push(round);
+    if (sendConfig) this.writeWorkerConfigIfNeeded(round.settings);
+    return round;
+  }
+
+  private writeWorkerConfigIfNeeded(s: Settings): void {
+    const cfg = workerConfig(this.id, s);
+    const key = JSON.stringify({ ...cfg, sessionId: "" });
+    if (key === this.sentWorkerConfig) return;
+    this.sentWorkerConfig = key;
+    this.write({ streamingRequest: { $case: "config", value: cfg } });
+  }
+
+  private sendAudio(pcm: Buffer, rate: number): void {
+    for (let off = 0; off < pcm.length; off += MAX_CHUNK_BYTES) {
+      const chunk = pcm.subarray(off, Math.min(pcm.length, off + MAX_CHUNK_BYTES));
+      // Copy: ws may reuse the frame's memory, and the replay buffer keeps it.
+      const own = Buffer.from(chunk);
+      this.replay.push(own, rate);
+      this.write({ streamingRequest: { $case: "audio", value: { pcm16le: own, sampleRateHz: rate } } });
+    }
+  }
+
+  // -------------------------------------------------------------------------
+  // worker
+
+  private openWorker(): void {
+    if (this.lease === null) this.lease = this.d.workers.acquire();
+    if (this.lease === null) throw new GatewayError("NO_WORKER_AVAILABLE");
+    const call = this.lease.open();
+    this.call = call;
+    this.log = this.log.child({ worker: this.lease.address });
+    call.on("data", (r: StreamingRecognizeResponse) => {
+      if (this.call !== call || this.st === "closed") return;
+      try {
+        this.onWorkerResponse(r);
+      } catch (e) {
+        this.handleError(e);
+      }
+    });
+    call.on("error", () => {
+      // The status event handles every ending; this keeps grpc-js from throwing.
+    });
+    call.on("status", (s: StatusObject) => {
+      if (this.call !== call) return;
+      this.call = null;
+      this.onWorkerEnded(s);
+    });
+  }
+
+  private write(req: StreamingRecognizeRequest): void {
+    const call = this.call;
+    if (call === null || this.st === "closed") return;
+    call.write(req);
+  }
+
+  private onWorkerResponse(r: StreamingRecognizeResponse): void {
+    const x = r.streamingResponse;
+    if (x === undefined) return;
+    switch (x.$case) {
+      case "partial":
+        this.onPartial(x.value);
+        break;
+      case "final":
+        this.onFinal(x.value);
+        break;
+      case "endOfInput":
+        this.onEndOfInputAck();
+        break;
+      case "error": {
+        const round = this.outputRound();
+        const code: ErrorCode = x.value.code === 4 ? "INFERENCE_FAILED" : "WORKER_FAILED";
+        round.error = `${code}: ${x.value.message}`;
+        this.log.warn({ code, worker_code: x.value.code, segment: x.value.segmentId }, "worker reported an error");
+        this.sendError(code, x.value.message || ERRORS[code].message, round.settings);
+        break;
+      }
+      case "speechEvent":
+        break;
+    }
+  }
+
+  /** The round that worker output belongs to (the oldest unacknowledged). */
+  private outputRound(): Round {
+    const r = this.rounds[0];
+    if (r !== undefined) return r;
+    // Output without a round (a worker talking before any input): attribute it to a fresh one.
+    return this.openRound(false);
+  }
+
+  private onPartial(p: PartialResult): void {
+    const round = this.outputRound();
+    const s = round.settings;
+    if (s.kind === "offline") return;
+    const mode: OutputMode = s.kind === "online" ? "online" : "2pass-online";
+    if (p.delta !== "") this.segDeltas += p.delta;
+    const text = s.fullHypothesis ? p.text : p.delta;
+    if (s.fullHypothesis) {
+      this.pendingPartial = { mode, wavName: s.wavName, text, full: true };
+    } else {
+      if (text === "" && this.pendingPartial === null) return;
+      const prev = this.pendingPartial;
+      this.pendingPartial = { mode, wavName: s.wavName, text: (prev?.text ?? "") + text, full: false };
+    }
+    if (this.d.socket.bufferedAmount > SLOW_CLIENT_BYTES) return; // merged into the next one
+    const pp = this.pendingPartial;
+    this.pendingPartial = null;
+    if (pp.text === "" && !pp.full) return;
+    this.stats.partials++;
+    this.sendJson(resultMessage({ mode: pp.mode, wavName: pp.wavName, text: pp.text, isFinal: false }));
+  }
+
+  private onFinal(f: FinalResult): void {
+    const round = this.outputRound();
+    const s = round.settings;
+    const tokens: TimedToken[] = f.tokens.map((t) => ({ text: t.text, startMs: t.startMs, endMs: t.endMs }));
+    this.pendingPartial = null;
+    const deltas = this.segDeltas;
+    this.segDeltas = "";
+    this.stats.finals++;
+    this.replay.finalDelivered(f.segmentId, f.endMs);
+    if (s.kind === "offline") {
+      round.finals.push({ text: f.text, tokens });
+      return;
+    }
+    let msg: ServerMessage;
+    if (s.kind === "online") {
+      // Strict online: clients concatenate deltas, so send only what the deltas did not cover yet.
+      const rest = f.text.startsWith(deltas) ? f.text.slice(deltas.length) : "";
+      msg = resultMessage({ mode: "online", wavName: s.wavName, text: rest, isFinal: false });
+    } else {
+      msg = resultMessage({ mode: "2pass-offline", wavName: s.wavName, text: f.text, isFinal: true, tokens });
+    }
+    if (s.kind === "2pass" && s.isFinalMode === "seed") {
+      this.sendJson(msg);
+      return;
+    }
+    // cpp behaviour and strict online: segment finals carry is_final false and
+    // exactly one is_final true follows end of input. Finals after END_OF_INPUT
+    // are held one-deep so that the last of them can carry it.
+    msg.is_final = false;
+    if (!round.eoiSent) {
+      if (s.kind === "2pass" || msg.text !== "") this.sendJson(msg);
+      return;
+    }
+    if (round.held !== null && (s.kind === "2pass" || round.held.text !== "")) this.sendJson(round.held);
+    round.held = msg;
+  }
+
+  private onEndOfInputAck(): void {
+    const round = this.rounds.shift();
+    if (round === undefined) return;
+    const s = round.settings;
+    const finalMode: OutputMode = finalModeOf(s);
+    if (s.kind === "offline") {
+      this.sendJson(joinedOfflineMessage({ wavName: s.wavName, segments: round.finals }));
+    } else if (s.kind === "online" || s.isFinalMode === "cpp") {
+      const last = round.held ?? resultMessage({ mode: finalMode, wavName: s.wavName, text: "", isFinal: true });
+      last.is_final = true;
+      this.sendJson(last);
+    }
+    if (round.wantsAck) {
+      this.sendJson(endAckMessage({ mode: finalMode, wavName: s.wavName, ...(round.error !== null ? { error: round.error } : {}) }));
+    }
+    if (this.st === "draining" && !this.rounds.some((r) => r.eoiSent)) this.fail("SHUTTING_DOWN");
+  }
+
+  private onWorkerEnded(s: StatusObject): void {
+    if (this.st === "closed") return;
+    if (s.code === GrpcStatus.OK) {
+      // The worker ended the call without being asked: the session cannot go on.
+      this.fail("WORKER_UNAVAILABLE", "the recognition worker ended the session");
+      return;
+    }
+    const code = errorCodeForGrpcStatus(s.code);
+    this.log.warn({ grpc_code: s.code, code }, "worker call failed");
+    // Failover by replay belongs here: acquire(exclude this worker), open with
+    // StreamingConfig.resume from this.replay.snapshot(), replay, continue.
+    // Until it exists, the client gets a clear error.
+    this.fail(code, s.details !== "" && code === "WORKER_REJECTED" ? `the worker rejected the input: ${s.details}` : undefined);
+  }
+
+  // -------------------------------------------------------------------------
+  // output and lifecycle
+
+  private sendJson(m: ServerMessage): void {
+    if (this.d.socket.readyState !== 1) return;
+    this.d.socket.send(JSON.stringify(m));
+  }
+
+  private sendError(code: ErrorCode, message: string, s: Settings = this.settings): void {
+    this.log.info({ code }, "client error");
+    this.sendJson(errorMessage({ mode: finalModeOf(s), wavName: s.wavName, code, message }));
+  }
+
+  /** Sends the error, acknowledges pending is_end requests with it, and closes with the catalog's close code. */
+  private fail(code: ErrorCode, detail?: string): void {
+    if (this.st === "closed") return;
+    const spec = ERRORS[code];
+    const message = detail ?? spec.message;
+    const s = this.rounds[0]?.settings ?? this.settings;
+    this.sendError(code, message, s);
+    for (const r of this.rounds) {
+      if (r.wantsAck) {
+        this.sendJson(endAckMessage({ mode: finalModeOf(r.settings), wavName: r.settings.wavName, error: `${code}: ${message}` }));
+      }
+    }
+    this.rounds.length = 0;
+    if (this.d.socket.readyState === 1) this.d.socket.close(spec.closeCode, code);
+    this.close(code);
+  }
+
+  /** Ends the session (idempotent): cancels the worker call, releases the worker, clears timers. */
+  close(reason: string): void {
+    if (this.st === "closed") return;
+    this.st = "closed";
+    if (this.idleTimer !== null) clearTimeout(this.idleTimer);
+    if (this.lifeTimer !== null) clearTimeout(this.lifeTimer);
+    const call = this.call;
+    this.call = null;
+    if (call !== null) call.cancel();
+    this.lease?.release();
+    this.backlog.length = 0;
+    this.log.info(
+      { reason, seconds: (Date.now() - this.startedAt) / 1000, audio_ms: Math.round(this.replay.audioMs), ...this.stats },
+      "session closed",
+    );
+    this.d.onClosed?.(this);
+  }
+
+  private armIdle(): void {
+    if (this.idleTimer !== null) clearTimeout(this.idleTimer);
+    this.idleTimer = setTimeout(() => {
+      // A client waiting for results of an ended round is not idle.
+      if (this.rounds.some((r) => r.eoiSent)) this.armIdle();
+      else this.fail("IDLE_TIMEOUT");
+    }, this.d.limits.idleTimeoutSeconds * 1000);
+    this.idleTimer.unref();
+  }
+}
+
+// ---------------------------------------------------------------------------
+// pure helpers
+
+function defaultSettings(limits: SessionLimits): Settings {
+  return {
+    kind: "2pass",
+    wavName: "microphone",
+    wavFormat: "pcm",
+    audioFs: 16000,
+    itn: true,
+    language: "",
+    chunkSize: [5, 10, 5],
+    hotwords: [],
+    isFinalMode: limits.isFinalMode,
+    fullHypothesis: false,
+  };
+}
+
+/**
+ * Applies a client message to the settings. The first config also decides
+ * the default mode (absent mode: "2pass", or "offline" when wav_format is
+ * not pcm, as the C++ offline client expects). Later configs update
+ * wav_name, mode, itn, audio_fs, wav_format, language and the extensions;
+ * hotwords and chunk_size persist unless sent again.
+ */
+function applyConfig(prev: Settings, m: ClientMessage, limits: SessionLimits, first: boolean): Settings {
+  const s: Settings = { ...prev };
+  if (m.wav_name != null) s.wavName = m.wav_name;
+  if (m.wav_format != null && m.wav_format !== "") s.wavFormat = m.wav_format;
+  if (m.audio_fs != null) s.audioFs = m.audio_fs;
+  if (m.itn != null) s.itn = m.itn;
+  if (m.svs_lang != null) s.language = m.svs_lang.toLowerCase() === "auto" ? "" : m.svs_lang;
+  if (m.chunk_size != null) s.chunkSize = m.chunk_size;
+  if (m.is_final_mode != null) s.isFinalMode = m.is_final_mode;
+  if (m.full_hypothesis != null) s.fullHypothesis = m.full_hypothesis;
+  if (m.hotwords != null) s.hotwords = parseHotwords(m.hotwords, limits);
+  if (m.mode != null) {
+    s.kind = m.mode === "offline" ? "offline" : m.mode === "online" && limits.onlineMode === "strict" ? "online" : "2pass";
+  } else if (first && s.wavFormat.toLowerCase() !== "pcm") {
+    s.kind = "offline";
+  }
+  return s;
+}
+
+/** Offline mode with a container format: bytes are a whole file, decoded at end of input. */
+function isFileMode(s: Settings): boolean {
+  return s.kind === "offline" && s.wavFormat.toLowerCase() !== "pcm";
+}
+
+function finalModeOf(s: Settings): OutputMode {
+  return s.kind === "offline" ? "offline" : s.kind === "online" ? "online" : "2pass-offline";
+}
+
+function workerConfig(sessionId: string, s: Settings): StreamingConfig {
+  return {
+    sessionId,
+    wavName: s.wavName,
+    mode:
+      s.kind === "offline"
+        ? RecognitionMode.RECOGNITION_MODE_OFFLINE
+        : s.kind === "online"
+          ? RecognitionMode.RECOGNITION_MODE_ONLINE
+          : RecognitionMode.RECOGNITION_MODE_TWO_PASS,
+    sampleRateHz: s.audioFs,
+    hotwords: s.hotwords.map((h) => ({ phrase: h.phrase, weight: h.weight })),
+    itn: s.itn,
+    language: s.language,
+    partialIntervalMs: s.chunkSize[1] * 60,
+  };
+}

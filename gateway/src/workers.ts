@@ -1,0 +1,264 @@
+/**
+ * The pool of recognition workers: one grpc-js channel per address in
+ * WORKER_ADDRESSES, each health-watched (grpc.health.v1 Watch) and
+ * load-watched (asr.v1 WatchLoad), both re-established with exponential
+ * backoff. New sessions go to the least-loaded worker that is SERVING and
+ * accepting; sessions depend only on the `WorkerSource` shape so that a later
+ * failover can ask for "any worker but this one".
+ */
+import { credentials, status as GrpcStatus, type ClientDuplexStream, type ClientReadableStream, type StatusObject } from "@grpc/grpc-js";
+import type { Logger } from "pino";
+import {
+  AsrClient,
+  type LoadReport,
+  type StreamingRecognizeRequest,
+  type StreamingRecognizeResponse,
+} from "./gen/asr/v1/asr.js";
+import { HealthCheckResponse_ServingStatus, HealthClient, type HealthCheckResponse } from "./gen/grpc/health/v1/health.js";
+
+/** A bidirectional StreamingRecognize call. */
+export type RecognizeCall = ClientDuplexStream<StreamingRecognizeRequest, StreamingRecognizeResponse>;
+
+/** A session's hold on one worker; release it exactly once when the session ends. */
+export interface WorkerLease {
+  /** The worker's address (for logs and for excluding it on failover). */
+  readonly address: string;
+  /** Opens a StreamingRecognize call on the worker. */
+  open(): RecognizeCall;
+  /** Gives the placement back (idempotent). */
+  release(): void;
+}
+
+/** What sessions and the HTTP layer need from the pool. */
+export interface WorkerSource {
+  /** The least-loaded serving worker not in `exclude`, or null when none can take a session. */
+  acquire(exclude?: ReadonlySet<string>): WorkerLease | null;
+  /** Number of workers currently SERVING (readiness). */
+  servingCount(): number;
+}
+
+/** Tunables of the pool (defaults suit production; tests shorten them). */
+export interface WorkerPoolOptions {
+  /** Health service name watched (the worker reports "" and "asr.v1.Asr"). */
+  healthService?: string;
+  /** WatchLoad report interval asked for, ms. */
+  loadIntervalMs?: number;
+  /** First reconnect delay, ms. */
+  minBackoffMs?: number;
+  /** Largest reconnect delay, ms. */
+  maxBackoffMs?: number;
+}
+
+/** A worker's state as the pool sees it. */
+export interface WorkerStatus {
+  /** host:port. */
+  address: string;
+  /** Whether its health Watch currently says SERVING. */
+  serving: boolean;
+  /** The newest load report, if any. */
+  load: LoadReport | null;
+  /** Sessions this gateway holds on it. */
+  localSessions: number;
+}
+
+interface Entry {
+  address: string;
+  asr: AsrClient;
+  health: HealthClient;
+  serving: boolean;
+  load: LoadReport | null;
+  /** Placements since the last load report (the report does not know them yet). */
+  placedSinceReport: number;
+  localSessions: number;
+  healthCall: ClientReadableStream<HealthCheckResponse> | null;
+  loadCall: ClientReadableStream<LoadReport> | null;
+  healthBackoff: number;
+  loadBackoff: number;
+  timers: Set<NodeJS.Timeout>;
+}
+
+/** The worker pool (see module comment). Call start() once, close() at shutdown. */
+export class WorkerPool implements WorkerSource {
+  private readonly entries: Entry[];
+  private readonly log: Logger;
+  private readonly opts: Required<WorkerPoolOptions>;
+  private closed = false;
+
+  /** Creates channels for `addresses`; nothing is watched before start(). */
+  constructor(addresses: readonly string[], logger: Logger, options: WorkerPoolOptions = {}) {
+    this.log = logger;
+    this.opts = {
+      healthService: options.healthService ?? "asr.v1.Asr",
+      loadIntervalMs: options.loadIntervalMs ?? 1000,
+      minBackoffMs: options.minBackoffMs ?? 200,
+      maxBackoffMs: options.maxBackoffMs ?? 5000,
+    };
+    this.entries = addresses.map((address) => {
+      const asr = new AsrClient(address, credentials.createInsecure(), {
+        // Audio frames are small, but a whole decoded file is re-chunked to 1 MiB; results are small.
+        "grpc.max_send_message_length": 8 * 1024 * 1024,
+        "grpc.max_receive_message_length": 8 * 1024 * 1024,
+      });
+      // Share the one channel: health, load and recognition use the same connection.
+      const health = new HealthClient(address, credentials.createInsecure(), { channelOverride: asr.getChannel() });
+      return {
+        address,
+        asr,
+        health,
+        serving: false,
+        load: null,
+        placedSinceReport: 0,
+        localSessions: 0,
+        healthCall: null,
+        loadCall: null,
+        healthBackoff: this.opts.minBackoffMs,
+        loadBackoff: this.opts.minBackoffMs,
+        timers: new Set(),
+      };
+    });
+  }
+
+  /** Starts watching health and load of every worker. */
+  start(): void {
+    for (const e of this.entries) {
+      this.watchHealth(e);
+      this.watchLoad(e);
+    }
+  }
+
+  /** Resolves once at least one worker is SERVING, or after `timeoutMs` (false). */
+  async waitForServing(timeoutMs: number): Promise<boolean> {
+    const deadline = Date.now() + timeoutMs;
+    while (Date.now() < deadline) {
+      if (this.servingCount() > 0) return true;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    return this.servingCount() > 0;
+  }
+
+  /** {@inheritDoc WorkerSource.servingCount} */
+  servingCount(): number {
+    return this.entries.filter((e) => e.serving).length;
+  }
+
+  /** A snapshot of every worker (for logs and tests). */
+  status(): WorkerStatus[] {
+    return this.entries.map((e) => ({ address: e.address, serving: e.serving, load: e.load, localSessions: e.localSessions }));
+  }
+
+  /** {@inheritDoc WorkerSource.acquire} */
+  acquire(exclude?: ReadonlySet<string>): WorkerLease | null {
+    let best: Entry | null = null;
+    let bestScore = Number.POSITIVE_INFINITY;
+    for (const e of this.entries) {
+      if (!e.serving || exclude?.has(e.address)) continue;
+      const score = this.score(e);
+      if (score === null) continue;
+      if (score < bestScore) {
+        best = e;
+        bestScore = score;
+      }
+    }
+    if (best === null) return null;
+    const e = best;
+    e.localSessions++;
+    e.placedSinceReport++;
+    let released = false;
+    return {
+      address: e.address,
+      open: () => e.asr.streamingRecognize(),
+      release: () => {
+        if (released) return;
+        released = true;
+        e.localSessions--;
+      },
+    };
+  }
+
+  /**
+   * Lower is better; null when the worker cannot take a session. With a load
+   * report: fraction of max_streams in use (counting placements the report
+   * does not know yet), queued audio as a tie-breaker. Without one (a worker
+   * without WatchLoad): this gateway's own session count.
+   */
+  private score(e: Entry): number | null {
+    const l = e.load;
+    if (l === null) return e.localSessions;
+    if (!l.accepting) return null;
+    const active = l.activeStreams + e.placedSinceReport;
+    if (l.maxStreams > 0 && active >= l.maxStreams) return null;
+    const frac = l.maxStreams > 0 ? active / l.maxStreams : active;
+    return frac + Math.min(l.queuedAudioSeconds, 1000) * 1e-6;
+  }
+
+  private later(e: Entry, ms: number, f: () => void): void {
+    if (this.closed) return;
+    const t = setTimeout(() => {
+      e.timers.delete(t);
+      if (!this.closed) f();
+    }, ms);
+    t.unref();
+    e.timers.add(t);
+  }
+
+  private watchHealth(e: Entry): void {
+    const call = e.health.watch({ service: this.opts.healthService });
+    e.healthCall = call;
+    call.on("data", (r: HealthCheckResponse) => {
+      e.healthBackoff = this.opts.minBackoffMs;
+      const serving = r.status === HealthCheckResponse_ServingStatus.SERVING;
+      if (serving !== e.serving) this.log.info({ worker: e.address, serving }, "worker health changed");
+      e.serving = serving;
+    });
+    call.on("error", () => {
+      // The status event below handles every ending; this only keeps the error from being thrown.
+    });
+    call.on("status", (s: StatusObject) => {
+      if (e.healthCall !== call) return;
+      e.healthCall = null;
+      if (e.serving) this.log.warn({ worker: e.address, code: s.code }, "worker health watch ended; not serving");
+      e.serving = false;
+      if (this.closed) return;
+      const delay = e.healthBackoff;
+      e.healthBackoff = Math.min(this.opts.maxBackoffMs, e.healthBackoff * 2);
+      this.later(e, delay, () => this.watchHealth(e));
+    });
+  }
+
+  private watchLoad(e: Entry): void {
+    const call = e.asr.watchLoad({ intervalMs: this.opts.loadIntervalMs });
+    e.loadCall = call;
+    call.on("data", (r: LoadReport) => {
+      e.loadBackoff = this.opts.minBackoffMs;
+      e.load = r;
+      e.placedSinceReport = 0;
+    });
+    call.on("error", () => {
+      // Handled by the status event.
+    });
+    call.on("status", (s: StatusObject) => {
+      if (e.loadCall !== call) return;
+      e.loadCall = null;
+      // A stale report must not steer placement; fall back to local counts until the next one.
+      e.load = null;
+      if (this.closed) return;
+      const delay = s.code === GrpcStatus.UNIMPLEMENTED ? this.opts.maxBackoffMs * 6 : e.loadBackoff;
+      e.loadBackoff = Math.min(this.opts.maxBackoffMs, e.loadBackoff * 2);
+      this.later(e, delay, () => this.watchLoad(e));
+    });
+  }
+
+  /** Stops watching and closes every channel (open recognition calls are cancelled by their sessions). */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    for (const e of this.entries) {
+      for (const t of e.timers) clearTimeout(t);
+      e.timers.clear();
+      e.healthCall?.cancel();
+      e.loadCall?.cancel();
+      e.serving = false;
+      e.asr.close();
+    }
+  }
+}
