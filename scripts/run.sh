@@ -29,12 +29,13 @@ export PYTHONPATH="$root/worker-py${PYTHONPATH:+:$PYTHONPATH}"
 export MODEL_CACHE_DIR="${MODEL_CACHE_DIR:-$root/models}"
 engine="${ASR_ENGINE:-funasr-nano}"
 
-if [ "$engine" != fake ] && [ -z "${MODEL_DIR:-}" ] && [ "${ASR_DOWNLOAD_MODEL:-0}" != 1 ]; then
-  # A model downloaded by an earlier run (start-worker.sh remembers it)?
-  model_id="${MODEL_ID:-FunAudioLLM/Fun-ASR-Nano-2512}"
-  marker="$MODEL_CACHE_DIR/.resolved-${MODEL_HUB:-ms}-${model_id//\//--}"
-  if [ -f "$marker" ] && [ -d "$(cat "$marker")" ]; then
-    log "using the model downloaded earlier: $(cat "$marker")"
+if [ "$engine" != fake ]; then
+  if [ -n "${MODEL_DIR:-}" ] || [ "${ASR_DOWNLOAD_MODEL:-0}" = 1 ] \
+    || ASR_DOWNLOAD_MODEL=0 bash "$root/scripts/fetch-model.sh" >/dev/null 2>&1; then
+    # MODEL_DIR, a model downloaded earlier, or a download now (fails loudly, no fallback).
+    MODEL_DIR="$(bash "$root/scripts/fetch-model.sh")" || exit 1
+    export MODEL_DIR
+    log "model: $MODEL_DIR"
   else
     tiny="$MODEL_CACHE_DIR/tiny-fun-asr-nano"
     cat >&2 <<EOF

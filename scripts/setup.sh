@@ -37,7 +37,7 @@ for arg in "$@"; do
     --node-only) want_python=0 ;;
     --no-dev) dev=0 ;;
     --force) force=1 ;;
-    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
     *) echo "setup: unknown option '$arg' (see --help)" >&2; exit 2 ;;
   esac
 done

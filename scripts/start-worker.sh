@@ -18,8 +18,8 @@
 #   ASR_WORKER_ARGS     extra `serve` flags (batching, VAD, limits; see docs/worker.md)
 #   VENV_DIR            the worker venv                     (default worker-py/.venv)
 #
-# A downloaded model is remembered in MODEL_CACHE_DIR/.resolved-<hub>-<id>, so later starts
-# (container restarts) need no network.
+# The model directory comes from scripts/fetch-model.sh (MODEL_DIR, or a model downloaded
+# earlier, or a download now when ASR_DOWNLOAD_MODEL=1); restarts need no network.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -31,9 +31,6 @@ export PYTHONPATH="$root/worker-py${PYTHONPATH:+:$PYTHONPATH}"
 listen="${ASR_WORKER_LISTEN:-0.0.0.0:50051}"
 engine="${ASR_ENGINE:-funasr-nano}"
 device="${ASR_DEVICE:-auto}"
-model_id="${MODEL_ID:-FunAudioLLM/Fun-ASR-Nano-2512}"
-model_hub="${MODEL_HUB:-ms}"
-cache_dir="${MODEL_CACHE_DIR:-$root/models}"
 
 log() { echo "start-worker: $*" >&2; }
 
@@ -49,25 +46,7 @@ fi
 args=(serve --listen "$listen" --engine "$engine" --device "$device")
 
 if [ "$engine" != fake ]; then
-  model_dir="${MODEL_DIR:-}"
-  if [ -z "$model_dir" ]; then
-    marker="$cache_dir/.resolved-${model_hub}-${model_id//\//--}"
-    if [ -f "$marker" ] && [ -d "$(cat "$marker")" ]; then
-      model_dir="$(cat "$marker")"
-    elif [ "${ASR_DOWNLOAD_MODEL:-0}" = 1 ]; then
-      log "downloading $model_id from hub '$model_hub' into $cache_dir (first start; later starts reuse it)"
-      dl_args=(download --model-id "$model_id" --hub "$model_hub" --cache-dir "$cache_dir")
-      [ -z "${MODEL_REVISION:-}" ] || dl_args+=(--revision "$MODEL_REVISION")
-      # The download command prints the validated snapshot directory as its last stdout line.
-      model_dir="$("$py" -m asr_worker "${dl_args[@]}" | tail -n 1)"
-      [ -n "$model_dir" ] && [ -d "$model_dir" ] || { log "download did not yield a model directory"; exit 1; }
-      echo "$model_dir" >"$marker"
-    else
-      log "no model: set MODEL_DIR to a model directory, or ASR_DOWNLOAD_MODEL=1 to download $model_id"
-      log "(no hub reachable? build a random-weight smoke-test model: $py -m asr_worker tiny-model DIR)"
-      exit 1
-    fi
-  fi
+  model_dir="$(bash "$root/scripts/fetch-model.sh")" || exit 1
   args+=(--model-dir "$model_dir")
   log "model $model_dir"
 fi
