@@ -101,11 +101,11 @@ async def start_worker(silero, *, engine=None, ready: bool = True, max_streams: 
     )
     server = WorkerServer(service, log)
     port = await server.start("127.0.0.1:0")
-    await scheduler.start()
-    if ready:
-        await scheduler.warmup()
-        await server.mark_ready()
     try:
+        await scheduler.start()
+        if ready:
+            await scheduler.warmup()
+            await server.mark_ready()
         yield RunningWorker(f"127.0.0.1:{port}", server, service, scheduler, engine)
     finally:
         await server.stop(0)

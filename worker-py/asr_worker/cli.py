@@ -116,6 +116,9 @@ def check_serve_args(args: argparse.Namespace) -> None:
             )
         if not args.model_dir.is_dir():
             raise ModelLoadError(f"model directory {str(args.model_dir)!r} does not exist")
+        from . import models
+
+        models.validate_model_dir(args.model_dir)  # cheap file checks before loading anything
 
 
 def check_device(device: str) -> str:

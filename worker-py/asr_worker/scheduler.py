@@ -87,11 +87,18 @@ class Ticket:
 
     def __post_init__(self) -> None:
         self.audio_seconds = len(self.request.audio) / MODEL_SAMPLE_RATE
+        # A failed ticket whose session is gone must not log "exception never retrieved".
+        self.future.add_done_callback(_mark_retrieved)
 
     @property
     def kind(self) -> str:
         """"final" or "partial"."""
         return self.request.kind
+
+
+def _mark_retrieved(fut: asyncio.Future) -> None:
+    if not fut.cancelled():
+        fut.exception()
 
 
 @dataclass

@@ -1,0 +1,243 @@
+"""The batching scheduler: no request lost, failures fanned out, collapse, priorities, bounds."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+
+from asr_worker.engine.base import DecodeOptions, DecodeRequest, DecodeResult
+from asr_worker.engine.fake import FakeEngine
+from asr_worker.errors import InferenceFailed, Overloaded
+from asr_worker.scheduler import SUPERSEDED, Scheduler, TicketState
+
+pytestmark = pytest.mark.timeout(30)
+
+OPTS = DecodeOptions()
+
+
+def _req(seconds: float = 1.0, kind: str = "final", seed: int = 0) -> DecodeRequest:
+    rng = np.random.default_rng(seed)
+    audio = (rng.standard_normal(int(16000 * seconds)) * 0.1).astype(np.float32)
+    return DecodeRequest(audio=audio, options=OPTS, kind=kind)
+
+
+class Recording(FakeEngine):
+    """FakeEngine that records the kinds of each batch."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.kinds: list[list[str]] = []
+
+    def decode_batch(self, requests):
+        self.kinds.append([r.kind for r in requests])
+        return super().decode_batch(requests)
+
+
+async def _started(engine, **kw) -> Scheduler:
+    s = Scheduler(engine, **kw)
+    await s.start()
+    return s
+
+
+async def test_no_request_lost_under_concurrency():
+    engine = FakeEngine(base_ms=2, per_item_ms=0.5)
+    sched = await _started(engine, max_batch_size=8, batch_window_ms=2, max_queue=1000)
+    try:
+        async def one(i):
+            await asyncio.sleep((i % 7) * 0.001)
+            req = _req(0.6, seed=i)
+            result = await sched.submit(req, stream_key=f"s{i}").future
+            assert result == engine.transcribe(req.audio)
+            return i
+
+        done = await asyncio.gather(*(one(i) for i in range(200)))
+        assert sorted(done) == list(range(200))
+        assert sum(engine.calls) == 200
+        assert max(engine.calls) <= 8 and max(engine.calls) > 1
+        assert sched.stats.completed == 200 and sched.queue_length == 0
+    finally:
+        await sched.stop()
+
+
+async def test_batch_failure_fans_out_to_every_member():
+    class Broken(FakeEngine):
+        def decode_batch(self, requests):
+            self.calls.append(len(requests))
+            raise RuntimeError("CUDA error: device-side assert")
+
+    engine = Broken(0, 0)
+    sched = await _started(engine, max_batch_size=4, batch_window_ms=50)
+    try:
+        tickets = [sched.submit(_req(0.3, seed=i), stream_key=i) for i in range(4)]
+        results = await asyncio.gather(*(t.future for t in tickets), return_exceptions=True)
+        assert engine.calls == [4]
+        assert all(isinstance(r, InferenceFailed) for r in results)
+        assert all("device-side assert" in r.message for r in results)
+        # The scheduler keeps serving after a failure.
+        engine.decode_batch = FakeEngine(0, 0).decode_batch
+        assert isinstance(await sched.submit(_req(0.3)).future, DecodeResult)
+    finally:
+        await sched.stop()
+
+
+async def test_wrong_result_count_fails_the_batch():
+    class Short(FakeEngine):
+        def decode_batch(self, requests):
+            return super().decode_batch(requests)[:-1]
+
+    sched = await _started(Short(0, 0), max_batch_size=3, batch_window_ms=50)
+    try:
+        tickets = [sched.submit(_req(0.3, seed=i)) for i in range(3)]
+        results = await asyncio.gather(*(t.future for t in tickets), return_exceptions=True)
+        assert all(isinstance(r, InferenceFailed) and "2 results for a batch of 3" in r.message
+                   for r in results)
+    finally:
+        await sched.stop()
+
+
+async def test_stale_partials_collapse_to_the_newest():
+    engine = Recording(base_ms=30, per_item_ms=0)
+    sched = await _started(engine, max_batch_size=8, batch_window_ms=0)
+    try:
+        blocker = sched.submit(_req(0.2, seed=99), stream_key="other")  # occupies the batch thread
+        await asyncio.sleep(0.005)
+        partials = [sched.submit(_req(0.2 * (i + 1), kind="partial", seed=i), stream_key="s")
+                    for i in range(5)]
+        assert sched.queue_length == 1
+        for old in partials[:-1]:
+            assert await old.future is SUPERSEDED
+        newest = await partials[-1].future
+        assert isinstance(newest, DecodeResult)
+        await blocker.future
+        assert engine.kinds[-1] == ["partial"]
+        assert sched.stats.superseded == 4
+    finally:
+        await sched.stop()
+
+
+async def test_finals_go_before_partials():
+    engine = Recording(base_ms=30, per_item_ms=0)
+    sched = await _started(engine, max_batch_size=2, batch_window_ms=0)
+    try:
+        blocker = sched.submit(_req(0.2), stream_key="b")
+        await asyncio.sleep(0.005)
+        ps = [sched.submit(_req(0.2, kind="partial", seed=i), stream_key=f"p{i}") for i in range(2)]
+        fs = [sched.submit(_req(0.2, kind="final", seed=i), stream_key=f"f{i}") for i in range(2)]
+        await asyncio.gather(blocker.future, *(t.future for t in ps + fs))
+        assert engine.kinds[1:] == [["final", "final"], ["partial", "partial"]]
+    finally:
+        await sched.stop()
+
+
+async def test_bounded_queue_refuses_with_overloaded():
+    sched = await _started(FakeEngine(base_ms=50, per_item_ms=0), max_batch_size=1,
+                           batch_window_ms=0, max_queue=3)
+    try:
+        first = sched.submit(_req(0.2))
+        await asyncio.sleep(0.01)  # first is running now
+        queued = [sched.submit(_req(0.2, seed=i)) for i in range(3)]
+        with pytest.raises(Overloaded) as info:
+            sched.submit(_req(0.2))
+        assert info.value.retryable
+        assert sched.stats.refused == 1
+        # A partial that replaces a pending one of its stream needs no new slot.
+        sched2_partial = sched.queue_length
+        assert sched2_partial == 3
+        await asyncio.gather(first.future, *(t.future for t in queued))
+        sched.submit(_req(0.2))  # room again
+    finally:
+        await sched.stop()
+
+
+async def test_batch_size_and_window_respected():
+    engine = FakeEngine(base_ms=0, per_item_ms=0)
+    sched = await _started(engine, max_batch_size=4, batch_window_ms=80)
+    try:
+        t0 = time.monotonic()
+        await sched.submit(_req(0.2)).future
+        waited = time.monotonic() - t0
+        assert 0.07 <= waited < 0.5, "a lone request waits for the batch window"
+        t0 = time.monotonic()
+        tickets = [sched.submit(_req(0.2, seed=i)) for i in range(4)]
+        await asyncio.gather(*(t.future for t in tickets))
+        assert time.monotonic() - t0 < 0.07, "a full batch does not wait for the window"
+        tickets = [sched.submit(_req(0.2, seed=i)) for i in range(10)]
+        await asyncio.gather(*(t.future for t in tickets))
+        assert engine.calls[-3:] == [4, 4, 2]
+    finally:
+        await sched.stop()
+
+
+async def test_batching_off_is_batch_size_one():
+    engine = FakeEngine(base_ms=1, per_item_ms=0)
+    sched = await _started(engine, max_batch_size=1, batch_window_ms=0)
+    try:
+        await asyncio.gather(*(sched.submit(_req(0.2, seed=i)).future for i in range(6)))
+        assert engine.calls == [1] * 6
+    finally:
+        await sched.stop()
+
+
+async def test_cancel_stream_removes_pending_work():
+    engine = FakeEngine(base_ms=40, per_item_ms=0)
+    sched = await _started(engine, max_batch_size=1, batch_window_ms=0)
+    try:
+        running = sched.submit(_req(0.2), stream_key="a")
+        await asyncio.sleep(0.01)
+        assert running.state is TicketState.RUNNING
+        gone = [sched.submit(_req(0.2, kind=k), stream_key="a") for k in ("final", "partial")]
+        kept = sched.submit(_req(0.2), stream_key="b")
+        assert sched.queued_audio_seconds == pytest.approx(0.8)
+        assert sched.cancel_stream("a") == 2
+        assert all(t.future.cancelled() for t in gone)
+        await asyncio.gather(running.future, kept.future)
+        assert engine.calls == [1, 1]
+    finally:
+        await sched.stop()
+
+
+async def test_discard_pending_partial_resolves_superseded():
+    sched = await _started(FakeEngine(base_ms=30, per_item_ms=0), max_batch_size=1, batch_window_ms=0)
+    try:
+        busy = sched.submit(_req(0.2), stream_key="x")
+        await asyncio.sleep(0.005)
+        p = sched.submit(_req(0.2, kind="partial"), stream_key="s")
+        assert sched.discard(p) is True
+        assert await p.future is SUPERSEDED
+        assert sched.discard(busy) is False  # already running
+        await busy.future
+    finally:
+        await sched.stop()
+
+
+async def test_metrics_rtf_and_batch_sizes():
+    sched = await _started(FakeEngine(base_ms=20, per_item_ms=0), max_batch_size=4, batch_window_ms=5)
+    try:
+        assert sched.recent_rtf == 0.0
+        await asyncio.gather(*(sched.submit(_req(1.0, seed=i)).future for i in range(4)))
+        assert list(sched.batch_sizes) == [4]
+        assert 0.003 < sched.recent_rtf < 0.05  # ~20 ms for 4 s of audio
+    finally:
+        await sched.stop()
+
+
+async def test_engine_runs_only_on_the_batch_thread():
+    import threading
+
+    names = set()
+
+    class Where(FakeEngine):
+        def decode_batch(self, requests):
+            names.add(threading.current_thread().name)
+            return super().decode_batch(requests)
+
+    sched = await _started(Where(0, 0), max_batch_size=2, batch_window_ms=1)
+    try:
+        await sched.warmup()
+        await asyncio.gather(*(sched.submit(_req(0.2, seed=i)).future for i in range(6)))
+        assert len(names) == 1 and next(iter(names)).startswith("asr-batch")
+    finally:
+        await sched.stop()

@@ -1,0 +1,109 @@
+"""Streaming VAD on real weights and real speech, and the endpointer state machine."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import read_wav
+
+from asr_worker.vad import WINDOW_SAMPLES, Endpointer, EventKind, VadConfig
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def _segments(silero, pcm: np.ndarray, chunk: int = 960, config: VadConfig | None = None):
+    """[(start_s, end_s, reason)] of a whole file, closed at the end as END_OF_INPUT would."""
+    x = pcm.astype(np.float32) / 32768.0
+    stream, ep = silero.new_stream(), Endpointer(config or VadConfig())
+    out, start = [], None
+    for i in range(0, len(x), chunk):
+        for p in stream.process(x[i:i + chunk]):
+            for ev in ep.push(float(p)):
+                if ev.kind is EventKind.START:
+                    start = ev.sample
+                else:
+                    out.append((start / 16000, ev.sample / 16000, ev.reason))
+    if ep.in_speech:
+        out.append((ep.segment_start / 16000, ep.flush_end(len(x)) / 16000, "end_of_input"))
+    return out
+
+
+def test_three_utterances_match_the_manifest(silero, shared_audio, audio_manifest):
+    pcm, rate = read_wav(shared_audio / "synth/three_utterances.wav")
+    assert rate == 16000
+    segs = _segments(silero, pcm)
+    expected = [u["segment"] for u in audio_manifest["files"]["synth/three_utterances.wav"]["utterances"]]
+    assert len(segs) == 3
+    for (start, end, _), (es, ee) in zip(segs, expected, strict=True):
+        assert abs(start - es) <= 0.3 and abs(end - ee) <= 0.3
+
+
+@pytest.mark.parametrize("name", ["binhai", "damo", "mid", "long"])
+def test_each_real_recording_is_one_segment(silero, shared_audio, name):
+    pcm, _ = read_wav(shared_audio / f"zh/{name}.wav")
+    segs = _segments(silero, pcm)
+    assert len(segs) == 1, segs
+
+
+def test_chunk_size_does_not_change_the_result(silero, shared_audio):
+    pcm, _ = read_wav(shared_audio / "synth/three_utterances.wav")
+    a = _segments(silero, pcm, chunk=160)
+    b = _segments(silero, pcm, chunk=102_400)
+    assert a == b
+
+
+def test_streams_do_not_share_state(silero, shared_audio):
+    pcm, _ = read_wav(shared_audio / "zh/damo.wav")
+    x = pcm.astype(np.float32) / 32768.0
+    s1, s2 = silero.new_stream(), silero.new_stream()
+    p1 = np.concatenate([s1.process(x[i:i + 512]) for i in range(0, 16000, 512)])
+    s2.process(np.random.default_rng(0).standard_normal(8000).astype(np.float32) * 0.3)
+    s3 = silero.new_stream()
+    p3 = np.concatenate([s3.process(x[i:i + 512]) for i in range(0, 16000, 512)])
+    assert np.allclose(p1, p3, atol=1e-6)
+
+
+def _push_all(ep: Endpointer, probs):
+    events = []
+    for p in probs:
+        events += [(e.kind.value, e.sample // WINDOW_SAMPLES, e.reason) for e in ep.push(p)]
+    return events
+
+
+def test_endpointer_hysteresis_min_speech_min_silence_padding():
+    cfg = VadConfig(threshold=0.5, neg_threshold=0.3, min_speech_ms=96, min_silence_ms=160,
+                    short_silence_ms=160, speech_pad_ms=64)
+    ep = Endpointer(cfg)
+    # 2 speech windows (64 ms < 96 ms) then silence: no segment.
+    assert _push_all(ep, [0.9, 0.9, 0.1, 0.1]) == []
+    # Speech from window 4; 0.4 is between thresholds: neither ends speech nor breaks the candidate.
+    ev = _push_all(ep, [0.9, 0.4, 0.9])
+    assert ev == [("start", 2, "vad")]  # window 4 minus 64 ms of pre-roll
+    # 0.4 in speech keeps the segment open; 5 windows below 0.3 (160 ms) close it.
+    ev = _push_all(ep, [0.4, 0.4, 0.1, 0.1, 0.1, 0.1, 0.1])
+    assert ev == [("end", 11, "vad")]  # silence began at window 9, plus 64 ms post-roll
+
+
+def test_endpointer_short_segments_need_longer_silence():
+    cfg = VadConfig(min_speech_ms=32, min_silence_ms=96, short_silence_ms=320, short_speech_ms=640,
+                    speech_pad_ms=0)
+    ep = Endpointer(cfg)
+    ev = _push_all(ep, [0.9] * 5 + [0.0] * 5 + [0.9] * 30 + [0.0] * 3)
+    assert ev == [("start", 0, "vad"), ("end", 40, "vad")]
+
+
+def test_endpointer_max_length_reopens_while_speech_continues():
+    cfg = VadConfig(min_speech_ms=32, max_segment_ms=1024, speech_pad_ms=0)
+    ep = Endpointer(cfg)
+    ev = _push_all(ep, [0.9] * 70)
+    assert ev == [("start", 0, "vad"), ("end", 32, "max_length"), ("start", 32, "vad"),
+                  ("end", 64, "max_length"), ("start", 64, "vad")]
+
+
+def test_vad_config_validation():
+    with pytest.raises(ValueError):
+        VadConfig(threshold=1.5)
+    with pytest.raises(ValueError):
+        VadConfig(threshold=0.5, neg_threshold=0.7)
+    with pytest.raises(ValueError):
+        VadConfig(min_silence_ms=10)
