@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import re
 import time
 from collections.abc import Sequence
@@ -421,9 +420,6 @@ def load_engine(
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     validate_model_dir(model_dir)
-    # Belt and braces: every path below is local, and the hub clients are told so too.
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
     import funasr.models.fun_asr_nano.model  # noqa: F401  (registers FunASRNano)
     from funasr.auto.auto_model import AutoModel
