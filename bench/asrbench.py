@@ -282,7 +282,7 @@ async def _one_stream(stub: asr_pb2_grpc.AsrStub, idx: int, audio: Audio, start_
                     tr.events.append((now, "partial", (r.partial.segment_id, r.partial.audio_end_ms)))
                 elif kind == "final":
                     tr.events.append((now, "final", (r.final.segment_id, r.final.start_ms, r.final.end_ms,
-                                                     tr.stop_at is not None, len(r.final.text))))
+                                                     tr.stop_at is not None, r.final.reason)))
                 elif kind == "speech_event":
                     tr.events.append((now, "start" if r.speech_event.type == 1 else "end",
                                       (r.speech_event.segment_id, r.speech_event.offset_ms)))
@@ -379,10 +379,10 @@ def stream_metrics(traces: Sequence[StreamTrace]) -> dict[str, Any]:
                     lag.append((t - _sent_end(tr, audio_end)) * 1000)
             elif kind == "final":
                 finals += 1
-                seg, _s, end_ms, after_stop, _n = data
+                seg, _s, end_ms, after_stop, reason = data
                 if after_stop:
                     last_final_after_stop = t
-                else:
+                if reason != asr_pb2.ENDPOINT_REASON_END_OF_INPUT:  # closed by the VAD (or 30 s cap)
                     fin_speech.append((t - _sent_end(tr, end_ms)) * 1000)
                     if seg in end_evt:
                         fin_vad.append((t - end_evt[seg]) * 1000)

@@ -91,6 +91,10 @@ async function startWorker(): Promise<Server> {
     values["max-batch-size"],
     "--batch-window-ms",
     values["batch-window-ms"],
+    "--max-streams",
+    String(Math.max(...ns) + 16),
+    "--log-level",
+    "warning",
     ...(values["worker-arg"] as string[]).flatMap((a) => a.split(" ")),
   ]);
   const env = { PYTHONPATH: path.join(REPO_ROOT, "worker-py") };
@@ -124,7 +128,10 @@ async function main(): Promise<void> {
   log(`starting ${values.worker} worker${pins.worker ? ` on cpu ${pins.worker}` : ""}`);
   const worker = await startWorker();
   await waitServing(worker.address);
-  const gwEnv = Object.fromEntries((values["gateway-env"] as string[]).map((kv) => kv.split("=", 2) as [string, string]));
+  const gwEnv = {
+    MAX_SESSIONS: String(Math.max(...ns) * 2 + 16),
+    ...Object.fromEntries((values["gateway-env"] as string[]).map((kv) => kv.split("=", 2) as [string, string])),
+  };
   log(`worker ${worker.address} SERVING; starting gateway${pins.gateway ? ` on cpu ${pins.gateway}` : ""}`);
   const gateway = await startGateway(worker.address, pins.gateway, gwEnv);
   log(`gateway ${gateway.address} ready`);

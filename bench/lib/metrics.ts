@@ -58,9 +58,14 @@ function sentAtStart(tr: Trace, posMs: number): number {
 
 /** The segmentation a direct trace observed (every final, in order). */
 export function segmentsOf(tr: Trace): RefSegment[] {
+  // Closed by end of input = reason END_OF_INPUT (2); by arrival time only when no reason.
   return tr.events
     .filter((e) => e.kind === "final")
-    .map((e) => ({ startMs: e.startMs ?? 0, endMs: e.endMs ?? 0, atStop: e.afterStop === true }));
+    .map((e) => ({
+      startMs: e.startMs ?? 0,
+      endMs: e.endMs ?? 0,
+      atStop: e.reason !== undefined && e.reason !== 0 ? e.reason === 2 : e.afterStop === true,
+    }));
 }
 
 export function traceMetrics(tr: Trace, ref: Reference | undefined): TraceMetrics {
@@ -103,10 +108,13 @@ export function traceMetrics(tr: Trace, ref: Reference | undefined): TraceMetric
         m.finalsAfterStop++;
         lastFinalAfterStop = e.t;
       } else {
-        const k = tr.path === "grpc" ? (e.seg ?? finalsSeen) : finalsSeen;
         m.finalsBeforeStop++;
-        const seg = segs?.[finalsSeen];
-        if (seg) m.finalAfterSpeechEnd.set(`${tr.idx}:${k}`, e.t - sentAtEnd(tr, seg.endMs));
+      }
+      // The i-th final is the i-th segment of the reference (same audio, deterministic VAD).
+      const k = tr.path === "grpc" ? (e.seg ?? finalsSeen) : finalsSeen;
+      const seg = segs?.[finalsSeen];
+      if (seg && !seg.atStop) {
+        m.finalAfterSpeechEnd.set(`${tr.idx}:${k}`, e.t - sentAtEnd(tr, seg.endMs));
         const endAt = e.seg !== undefined ? endEventAt.get(e.seg) : undefined;
         if (endAt !== undefined) m.finalAfterVadEnd.push(e.t - endAt);
       }
@@ -118,7 +126,8 @@ export function traceMetrics(tr: Trace, ref: Reference | undefined): TraceMetric
     else if (tr.ackAt !== undefined) m.finalAfterStop = tr.ackAt - tr.stopAt;
     if (tr.ackAt !== undefined) m.ackAfterStop = tr.ackAt - tr.stopAt;
   }
-  if (segs && tr.path === "ws" && m.finalsBeforeStop !== segs.filter((s) => !s.atStop).length) m.segmentMismatch = true;
+  // The gateway may add an empty final at end of input; fewer finals than the reference is a mismatch.
+  if (segs && tr.path === "ws" && m.finalsBeforeStop + m.finalsAfterStop < segs.length) m.segmentMismatch = true;
   return m;
 }
 
