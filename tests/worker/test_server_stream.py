@@ -196,3 +196,35 @@ async def test_max_length_cap_force_closes(silero, shared_audio):
     assert finals[0].reason == asr_pb2.ENDPOINT_REASON_MAX_LENGTH
     assert 2000 <= finals[0].end_ms - finals[0].start_ms <= 2000 + 32  # one VAD window
     assert finals[1].start_ms == finals[0].end_ms  # reopened at once: no audio lost
+
+
+async def test_paced_stream_gets_partials_on_cadence(stub, shared_audio):
+    """At 4x real time with 60 ms chunks, partials arrive every ~600 ms of audio."""
+    import asyncio
+    import time
+
+    pcm, rate = read_wav(shared_audio / "zh/damo.wav")
+    cfg = asr_pb2.StreamingConfig(sample_rate_hz=rate, partial_interval_ms=600)
+    reqs = requests_for(pcm.tobytes(), config=cfg, chunk_bytes=1920)
+    call = stub.StreamingRecognize()
+    got: list[tuple[float, asr_pb2.StreamingRecognizeResponse]] = []
+    t0 = time.monotonic()
+
+    async def reader():
+        async for r in call:
+            got.append((time.monotonic() - t0, r))
+
+    task = asyncio.create_task(reader())
+    for i, req in enumerate(reqs):
+        await call.write(req)
+        if req.HasField("audio"):
+            await asyncio.sleep(max(0.0, t0 + (i * 0.060) / 4 - time.monotonic()))
+    await call.done_writing()
+    await task
+    starts = [r.speech_event.offset_ms for _, r in got
+              if r.HasField("speech_event") and r.speech_event.type == asr_pb2.SPEECH_EVENT_TYPE_START]
+    ends = [r.partial.audio_end_ms for _, r in got if r.HasField("partial")]
+    assert len(starts) == 1 and len(ends) >= 6
+    assert ends[0] - starts[0] <= 700  # first partial after ~600 ms of segment audio
+    gaps = [b - a for a, b in zip(ends, ends[1:], strict=False)]
+    assert max(gaps) <= 1300 and sum(gaps) / len(gaps) <= 700
