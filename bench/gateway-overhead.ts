@@ -147,6 +147,8 @@ async function main(): Promise<void> {
         channels: Number(values.channels),
         maxSeconds: Number(values["max-seconds"]),
         uplinkTrace: values.worker === "stub" ? traceFile : undefined,
+        // Every worker partial reaches the client on both paths, so events pair one to one.
+        fullHypothesis: true,
       };
       log(`N=${n}: direct`);
       const direct = await runLoad({

@@ -35,6 +35,7 @@ const { values } = parseArgs({
     pid: { type: "string", multiple: true, default: [] },
     json: { type: "string" },
     tag: { type: "string", default: "bench" },
+    "full-hypothesis": { type: "boolean", default: false },
     "uplink-trace": { type: "string" },
     help: { type: "boolean", default: false },
   },
@@ -79,6 +80,7 @@ const result = await runLoad({
   pids,
   reference,
   tag: values.tag,
+  fullHypothesis: values["full-hypothesis"],
   uplinkTrace: values["uplink-trace"],
 });
 printSummary(result);

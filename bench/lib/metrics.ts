@@ -31,6 +31,8 @@ export type Reference = Map<string, RefSegment[]>; // file -> every final of a d
 
 export interface TraceMetrics {
   firstPartial: Map<string, number>; // key `${idx}:${seg}`
+  /** Direct only: first partial EVENT of a segment (even with an empty delta). */
+  firstPartialEvent: number[];
   finalAfterSpeechEnd: Map<string, number>;
   cadence: number[];
   finalAfterVadEnd: number[];
@@ -68,9 +70,14 @@ export function segmentsOf(tr: Trace): RefSegment[] {
     }));
 }
 
-export function traceMetrics(tr: Trace, ref: Reference | undefined): TraceMetrics {
+/**
+ * visibleOnly: count only partials a FunASR client would see (non-empty delta): the gateway
+ * drops empty deltas unless the session asked for full hypotheses.
+ */
+export function traceMetrics(tr: Trace, ref: Reference | undefined, visibleOnly = true): TraceMetrics {
   const m: TraceMetrics = {
     firstPartial: new Map(),
+    firstPartialEvent: [],
     finalAfterSpeechEnd: new Map(),
     cadence: [],
     finalAfterVadEnd: [],
@@ -86,14 +93,22 @@ export function traceMetrics(tr: Trace, ref: Reference | undefined): TraceMetric
   const segs = tr.path === "grpc" ? segmentsOf(tr) : ref?.get(tr.file);
   let finalsSeen = 0;
   const lastPartialAt = new Map<number, number>();
+  const firstEventSeen = new Set<number>();
   const endEventAt = new Map<number, number>();
   let lastFinalAfterStop: number | null = null;
   for (const e of tr.events) {
     if (m.firstUpdate === null && (e.kind === "partial" || e.kind === "final")) m.firstUpdate = e.t - tr.t0;
     if (e.kind === "end" && e.seg !== undefined) endEventAt.set(e.seg, e.t);
     if (e.kind === "partial") {
-      m.partials++;
       const k = tr.path === "grpc" ? (e.seg ?? finalsSeen) : finalsSeen;
+      if (tr.path === "grpc" && !firstEventSeen.has(k)) {
+        firstEventSeen.add(k);
+        const seg = segs?.[k];
+        if (seg && !e.afterStop) m.firstPartialEvent.push(e.t - sentAtStart(tr, seg.startMs));
+      }
+      if (e.audioEndMs !== undefined && e.audioEndMs > 0) m.lag.push(e.t - sentAtEnd(tr, e.audioEndMs));
+      if (tr.path === "grpc" && visibleOnly && !e.textLen) continue;
+      m.partials++;
       const prev = lastPartialAt.get(k);
       if (prev === undefined) {
         const seg = segs?.[k];
@@ -102,7 +117,6 @@ export function traceMetrics(tr: Trace, ref: Reference | undefined): TraceMetric
         m.cadence.push(e.t - prev);
       }
       lastPartialAt.set(k, e.t);
-      if (e.audioEndMs !== undefined && e.audioEndMs > 0) m.lag.push(e.t - sentAtEnd(tr, e.audioEndMs));
     } else if (e.kind === "final") {
       if (e.afterStop) {
         m.finalsAfterStop++;
@@ -139,6 +153,7 @@ export interface Summary {
   partials: number;
   finals: number;
   firstPartialMs: Dist;
+  firstPartialEventMs: Dist;
   cadenceMs: Dist;
   finalAfterSpeechEndMs: Dist;
   finalAfterVadEndMs: Dist;
@@ -169,6 +184,7 @@ export function summarize(traces: Trace[], all: TraceMetrics[], lateness: number
     partials: all.reduce((a, m) => a + m.partials, 0),
     finals: all.reduce((a, m) => a + m.finalsBeforeStop + m.finalsAfterStop, 0),
     firstPartialMs: dist(cat((m) => m.firstPartial.values())),
+    firstPartialEventMs: dist(cat((m) => m.firstPartialEvent)),
     cadenceMs: dist(cat((m) => m.cadence)),
     finalAfterSpeechEndMs: dist(cat((m) => m.finalAfterSpeechEnd.values())),
     finalAfterVadEndMs: dist(cat((m) => m.finalAfterVadEnd)),

@@ -8,6 +8,7 @@ export function printSummary(r: LoadResult, out: (s: string) => void = (s) => pr
   const s = r.summary;
   out(`== ${r.path} ${r.target}: ${s.sessions} sessions, ${s.audioSeconds.toFixed(0)} s audio in ${s.wallSeconds.toFixed(1)} s wall`);
   out(`  first partial after speech start  ${d(s.firstPartialMs)}`);
+  if (r.path === "grpc") out(`  first partial event (any delta)   ${d(s.firstPartialEventMs)}`);
   out(`  partial cadence                   ${d(s.cadenceMs)}`);
   out(`  final after speech end (audio)    ${d(s.finalAfterSpeechEndMs)}`);
   out(`  final after VAD end event         ${d(s.finalAfterVadEndMs)}`);

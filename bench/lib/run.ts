@@ -35,6 +35,9 @@ export interface LoadOptions {
   tag?: string;
   /** A worker receipt trace file (stub worker) to compute per-frame uplink latency. */
   uplinkTrace?: string;
+  /** FunASR sessions ask for full hypotheses (config extension `full_hypothesis`), so every
+   * worker partial reaches the client; default false = deltas, as FunASR clients get them. */
+  fullHypothesis?: boolean;
 }
 
 export const DEFAULTS: Omit<LoadOptions, "target" | "streams"> = {
@@ -96,6 +99,7 @@ function makeSession(o: LoadOptions, idx: number, p: Prepared, pool: GrpcPool | 
       itn: true,
       hotwords: "",
       connectTimeoutMs: 10_000,
+      fullHypothesis: o.fullHypothesis === true,
     });
   }
   return new GrpcSession(idx, p.name, o.frameMs, p.frames.length, p.audioMs, pool!.pick(), {
@@ -171,7 +175,7 @@ export async function runLoad(o: LoadOptions): Promise<LoadResult> {
   const c = process.cpuUsage(cpu0);
   pool?.close();
   const traces = sessions.map((s) => s.trace);
-  const metrics = traces.map((t) => traceMetrics(t, o.reference));
+  const metrics = traces.map((t) => traceMetrics(t, o.reference, o.fullHypothesis !== true));
   const summary = summarize(traces, metrics, pacer.lateness, wallSeconds);
   log(o, `done in ${wallSeconds.toFixed(1)} s, ${summary.sessionsWithErrors} sessions with errors`);
   let uplinkMs: Dist | undefined;

@@ -93,6 +93,8 @@ export interface WsOptions {
   itn: boolean;
   hotwords: string;
   connectTimeoutMs: number;
+  /** Config extension: full hypotheses instead of deltas (every worker partial is forwarded). */
+  fullHypothesis: boolean;
 }
 
 export class WsSession implements BenchSession {
@@ -124,6 +126,7 @@ export class WsSession implements BenchSession {
             chunk_interval: 10,
             itn: this.opt.itn,
             hotwords: this.opt.hotwords,
+            ...(this.opt.fullHypothesis ? { full_hypothesis: true } : {}),
           }),
         );
         resolve();
