@@ -107,3 +107,47 @@ def test_vad_config_validation():
         VadConfig(threshold=0.5, neg_threshold=0.7)
     with pytest.raises(ValueError):
         VadConfig(min_silence_ms=10)
+
+
+def test_batched_scoring_equals_scoring_each_stream_alone(silero, shared_audio):
+    files = ["zh/damo.wav", "zh/binhai.wav", "zh/mid.wav"]
+    xs = [read_wav(shared_audio / f)[0][:24_000].astype(np.float32) / 32768.0 for f in files]
+    alone = [silero.new_stream().process(x) for x in xs]
+    streams = [silero.new_stream() for _ in xs]
+    batched = [np.zeros(0, dtype=np.float32) for _ in xs]
+    # Uneven chunking per stream: batches mix streams with different window counts.
+    for step in range(0, 24_000, 3000):
+        jobs = []
+        for k, (s, x) in enumerate(zip(streams, xs, strict=True)):
+            w = s.take_windows(x[step:step + 1000 * (k + 1)] if k else x[step:step + 3000])
+            jobs.append((s, w))
+        for k, r in enumerate(silero.score(jobs)):
+            batched[k] = np.concatenate([batched[k], r])
+    n = min(len(batched[0]), len(alone[0]))
+    assert np.allclose(batched[0][:n], alone[0][:n], atol=1e-5)
+
+
+async def test_vad_batcher_serves_concurrent_streams_like_inline(silero, shared_audio):
+    import asyncio
+    import concurrent.futures
+
+    from asr_worker.vad import VadBatcher
+
+    x = read_wav(shared_audio / "zh/damo.wav")[0].astype(np.float32) / 32768.0
+    expected = silero.new_stream().process(x)
+    with concurrent.futures.ThreadPoolExecutor(1) as ex:
+        batcher = VadBatcher(silero, ex, max_steps=4)
+        batcher.start()
+
+        async def one(chunk):
+            s = silero.new_stream()
+            parts = [await batcher.score(s, x[i:i + chunk]) for i in range(0, len(x), chunk)]
+            return np.concatenate(parts)
+
+        try:
+            results = await asyncio.gather(*(one(c) for c in (960, 1920, 16_000, len(x))))
+        finally:
+            await batcher.stop()
+    for r in results:
+        assert np.allclose(r, expected, atol=1e-5)
+    assert max(batcher.batch_sizes) > 1

@@ -30,7 +30,7 @@ from .errors import AsrError, Draining, InternalError, InvalidConfig
 from .log import SessionLogger
 from .scheduler import Scheduler
 from .session import Session, SessionOptions, validate_config
-from .vad import SileroVad
+from .vad import SileroVad, VadBatcher
 
 #: Health service names that follow readiness.
 HEALTH_SERVICES = ("", "asr.v1.Asr")
@@ -86,6 +86,8 @@ class AsrService(asr_pb2_grpc.AsrServicer):
         self._vad_exec = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="asr-vad"
         )
+        #: Scores all streams' VAD windows together on the VAD thread.
+        self.vad_batcher = VadBatcher(vad, self._vad_exec)
 
     # -- admission and load ------------------------------------------------
 
@@ -135,8 +137,13 @@ class AsrService(asr_pb2_grpc.AsrServicer):
             kill(err)
         return len(kills)
 
-    def shutdown(self) -> None:
-        """Release the VAD thread."""
+    def start(self) -> None:
+        """Start background work (the VAD batcher) on the running loop."""
+        self.vad_batcher.start()
+
+    async def shutdown(self) -> None:
+        """Stop the VAD batcher and release its thread."""
+        await self.vad_batcher.stop()
         self._vad_exec.shutdown(wait=False, cancel_futures=True)
 
     # -- RPCs --------------------------------------------------------------
@@ -211,7 +218,6 @@ class AsrService(asr_pb2_grpc.AsrServicer):
             log = SessionLogger(
                 self._log, {"call_id": call_id, "session_id": settings.session_id}
             )
-            loop = asyncio.get_running_loop()
             session = Session(
                 key=call_id,
                 settings=settings,
@@ -219,7 +225,7 @@ class AsrService(asr_pb2_grpc.AsrServicer):
                 vad=self._vad,
                 options=self.config.session,
                 logger=log,
-                run_vad=lambda fn: loop.run_in_executor(self._vad_exec, fn),
+                vad_score=self.vad_batcher.score,
             )
             log.info(
                 "stream opened",
@@ -305,6 +311,7 @@ class WorkerServer:
         if self.port == 0:
             raise OSError(f"cannot bind {listen}")
         await self._server.start()
+        self.service.start()
         return self.port
 
     async def mark_ready(self) -> None:
@@ -331,7 +338,7 @@ class WorkerServer:
     async def stop(self, grace_s: float | None = None) -> None:
         """Stop serving at once (or within grace_s)."""
         await self._server.stop(grace_s)
-        self.service.shutdown()
+        await self.service.shutdown()
 
     async def wait_for_termination(self) -> None:
         """Until the server stops."""

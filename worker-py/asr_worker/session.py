@@ -41,7 +41,7 @@ from .audio import SUPPORTED_RATES, AudioBuffer, Upsampler2x, pcm16le_to_float
 from .engine.base import MODEL_SAMPLE_RATE, DecodeOptions, DecodeRequest, DecodeResult
 from .errors import AsrError, InferenceFailed, InvalidAudio, InvalidConfig
 from .scheduler import SUPERSEDED, Scheduler, Ticket, TicketState
-from .vad import WINDOW_SAMPLES, Endpointer, EventKind, SileroVad, VadConfig, VadEvent
+from .vad import WINDOW_SAMPLES, Endpointer, EventKind, SileroStream, SileroVad, VadConfig, VadEvent
 
 #: Most hotword phrases per session, and characters per phrase (see asr.proto).
 MAX_HOTWORDS = 256
@@ -186,7 +186,8 @@ class Session:
         vad: the shared SileroVad weights (a per-stream state is created here).
         options: worker-wide session settings.
         logger: logger or adapter carrying this session's id.
-        run_vad: runs a blocking callable off the event loop (for big chunks).
+        vad_score: scores a stream's samples (the server's VadBatcher.score);
+            None scores inline on the calling thread.
     """
 
     def __init__(
@@ -198,16 +199,15 @@ class Session:
         vad: SileroVad,
         options: SessionOptions,
         logger: logging.Logger | logging.LoggerAdapter,
-        run_vad: Callable[[Callable[[], np.ndarray]], Awaitable[np.ndarray]] | None = None,
+        vad_score: Callable[[SileroStream, np.ndarray], Awaitable[np.ndarray]] | None = None,
     ) -> None:
         self.key = key
         self.settings = settings
         self._sched = scheduler
         self._opts = options
         self._log = logger
-        self._run_vad = run_vad
+        self._vad_score = vad_score
         self._vad_stream = vad.new_stream()
-        self._vad_inline = vad.inline_windows
         self._ep = Endpointer(options.vad)
         self._buf = AudioBuffer()
         self._resampler: Upsampler2x | None = None
@@ -290,11 +290,10 @@ class Session:
                 self._resampler = Upsampler2x()
             x = self._resampler.process(x)
         self._buf.append(x)
-        stream = self._vad_stream
-        if self._run_vad is not None and stream.windows_in(len(x)) > self._vad_inline:
-            probs = await self._run_vad(lambda: stream.process(x))
+        if self._vad_score is not None:
+            probs = await self._vad_score(self._vad_stream, x)
         else:
-            probs = stream.process(x)
+            probs = self._vad_stream.process(x)
         for p in probs:
             for ev in self._ep.push(float(p)):
                 await self._on_vad_event(ev)
