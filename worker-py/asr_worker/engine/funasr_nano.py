@@ -92,9 +92,26 @@ def language_name(language: str | None) -> str | None:
     """
     if language is None:
         return None
-    key = language.strip()
+    key = clean_prompt_text(language)
     mapped = LANGUAGE_NAMES.get(key.lower(), key)
     return mapped or None
+
+
+#: Chat-template markup: <|im_end|>, <|startofspeech|>, ...
+_MARKUP = re.compile(r"<\|.*?\|>|<\||\|>")
+
+
+def clean_prompt_text(text: str) -> str:
+    """Client text made safe to put in the prompt: chat-template markup removed, trimmed.
+
+    FunASRNano's data pipeline treats `<|startofspeech|>!X<|endofspeech|>` as "load audio
+    from X" (a path or a URL) and `<|im_end|>` as the end of the user turn, so a hotword
+    must never carry such markup into the prompt.
+    """
+    previous = None
+    while previous != text:  # removal can join fragments into new markup
+        previous, text = text, _MARKUP.sub("", text)
+    return " ".join(text.split())
 
 
 def resolve_dtype(dtype: str, device: str) -> str:
@@ -214,7 +231,7 @@ class FunAsrNanoEngine:
 
     def prompt(self, options: DecodeOptions) -> str:
         """The user prompt FunASRNano builds for these options (its own get_prompt)."""
-        hotwords = [h.strip() for h in options.hotwords if h and h.strip()]
+        hotwords = [c for c in (clean_prompt_text(h) for h in options.hotwords if h) if c]
         return self.model.get_prompt(hotwords, language_name(options.language), options.itn)
 
     # ------------------------------------------------------------------ Engine
