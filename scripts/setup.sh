@@ -11,7 +11,7 @@
 #   scripts/setup.sh --force         reinstall even when the stamps match
 #
 # Environment:
-#   PYTHON           interpreter used to create the venv (default: python3; 3.10+)
+#   PYTHON           interpreter used to create the venv (default: python3; 3.11+)
 #   VENV_DIR         the venv (default: worker-py/.venv)
 #   TORCH_VERSION    torch pin (default: 2.13.0). On this kind of dev machine pip takes the
 #                    CPU wheel that lies on disk (pip's find-links); on PyPI the same pin is
@@ -86,10 +86,16 @@ setup_node() {
   log "node_modules ready in $((SECONDS - t0)) s"
 }
 
+# pip, with one harmless warning filtered out: machines whose pip config lists a local
+# index directory that lacks a package print it once per package.
+pip_install() {
+  "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+}
+
 setup_python() {
-  command -v "$PYTHON" >/dev/null || die "$PYTHON not found: install Python 3.10+ with venv (Debian/Ubuntu: apt-get install python3-venv)"
-  "$PYTHON" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else 1)' \
-    || die "$("$PYTHON" --version 2>&1) is too old: Python 3.10 or newer is needed"
+  command -v "$PYTHON" >/dev/null || die "$PYTHON not found: install Python 3.11+ with venv (Debian/Ubuntu: apt-get install python3-venv)"
+  "$PYTHON" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' \
+    || die "$("$PYTHON" --version 2>&1) is too old: Python 3.11 or newer is needed"
 
   local req=(worker-py/requirements.txt)
   [ $dev = 0 ] || req+=(worker-py/requirements-dev.txt tests/deploy/requirements.txt)
@@ -116,7 +122,8 @@ setup_python() {
   rm -f "$stamp_file"
   local quiet=(-q)
   [ "${SETUP_VERBOSE:-0}" = 0 ] || quiet=()
-  local pip=("$vpy" -m pip install "${quiet[@]}" --disable-pip-version-check --progress-bar off "${pip_extra[@]}")
+  local pip=(pip_install "$vpy" -m pip install "${quiet[@]}" --disable-pip-version-check --progress-bar off
+    "${pip_extra[@]}")
 
   log "installing torch==$TORCH_VERSION${TORCH_INDEX_URL:+ from $TORCH_INDEX_URL} ..."
   if [ -n "$TORCH_INDEX_URL" ]; then
