@@ -241,3 +241,18 @@ async def test_engine_runs_only_on_the_batch_thread():
         assert len(names) == 1 and next(iter(names)).startswith("asr-batch")
     finally:
         await sched.stop()
+
+
+async def test_no_window_wait_once_every_stream_has_queued_work():
+    engine = FakeEngine(base_ms=0, per_item_ms=0)
+    sched = await _started(engine, max_batch_size=8, batch_window_ms=200, concurrency=lambda: 2)
+    try:
+        t0 = time.monotonic()
+        await sched.submit(_req(0.2)).future
+        assert time.monotonic() - t0 >= 0.15  # one of two streams: waits for the other
+        t0 = time.monotonic()
+        await asyncio.gather(sched.submit(_req(0.2)).future, sched.submit(_req(0.2, seed=1)).future)
+        assert time.monotonic() - t0 < 0.1
+        assert engine.calls[-1] == 2
+    finally:
+        await sched.stop()

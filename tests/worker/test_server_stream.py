@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from conftest import collect, read_wav, requests_for
@@ -226,5 +228,5 @@ async def test_paced_stream_gets_partials_on_cadence(stub, shared_audio):
     ends = [r.partial.audio_end_ms for _, r in got if r.HasField("partial")]
     assert len(starts) == 1 and len(ends) >= 6
     assert ends[0] - starts[0] <= 700  # first partial after ~600 ms of segment audio
-    gaps = [b - a for a, b in zip(ends, ends[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(ends)]
     assert max(gaps) <= 1300 and sum(gaps) / len(gaps) <= 700

@@ -126,6 +126,10 @@ class Scheduler:
         rtf_window_s: how far back `recent_rtf` looks.
         logger: where batch failures are logged.
         clock: monotonic clock in seconds (injectable for tests).
+        concurrency: optional callable giving the number of streams that can
+            submit work (the server passes its open stream count); a batch does
+            not wait for the window once that many requests are queued, so a
+            lone stream pays no batching delay.
     """
 
     def __init__(
@@ -138,6 +142,7 @@ class Scheduler:
         rtf_window_s: float = 10.0,
         logger: logging.Logger | None = None,
         clock: Callable[[], float] = time.monotonic,
+        concurrency: Callable[[], int] | None = None,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be >= 1")
@@ -155,6 +160,7 @@ class Scheduler:
         self.batch_sizes: collections.deque[int] = collections.deque(maxlen=1000)
         self._log = logger or logging.getLogger("asr_worker.scheduler")
         self._clock = clock
+        self.concurrency = concurrency
         self._finals: collections.deque[Ticket] = collections.deque()
         self._partials: collections.deque[Ticket] = collections.deque()
         self._pending_partial: dict[Hashable, Ticket] = {}
@@ -313,7 +319,7 @@ class Scheduler:
                 self._wakeup.clear()
                 await self._wakeup.wait()
             deadline = self._clock() + self.batch_window_s
-            while self.queue_length < self.max_batch_size:
+            while self.queue_length < self._batch_target():
                 remaining = deadline - self._clock()
                 if remaining <= 0:
                     break
@@ -325,6 +331,11 @@ class Scheduler:
             batch = self._take_batch()
             if batch:
                 await self._run_batch(batch)
+
+    def _batch_target(self) -> int:
+        if self.concurrency is None:
+            return self.max_batch_size
+        return max(1, min(self.max_batch_size, self.concurrency()))
 
     def _take_batch(self) -> list[Ticket]:
         batch: list[Ticket] = []

@@ -83,6 +83,8 @@ class AsrService(asr_pb2_grpc.AsrServicer):
         self._changed = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
+        if scheduler.concurrency is None:
+            scheduler.concurrency = lambda: self.active_streams
         self._vad_exec = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="asr-vad"
         )
