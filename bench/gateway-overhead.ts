@@ -37,6 +37,7 @@ const { values } = parseArgs({
     "batch-window-ms": { type: "string", default: "5" },
     "worker-arg": { type: "string", multiple: true, default: [] },
     "gateway-env": { type: "string", multiple: true, default: [] },
+    "gateway-node-arg": { type: "string", multiple: true, default: [] },
     channels: { type: "string", default: "1" },
     pin: { type: "string", default: "" },
     out: { type: "string" },
@@ -133,7 +134,7 @@ async function main(): Promise<void> {
     ...Object.fromEntries((values["gateway-env"] as string[]).map((kv) => kv.split("=", 2) as [string, string])),
   };
   log(`worker ${worker.address} SERVING; starting gateway${pins.gateway ? ` on cpu ${pins.gateway}` : ""}`);
-  const gateway = await startGateway(worker.address, pins.gateway, gwEnv);
+  const gateway = await startGateway(worker.address, pins.gateway, gwEnv, values["gateway-node-arg"] as string[]);
   log(`gateway ${gateway.address} ready`);
   const rows: Row[] = [];
   try {

@@ -9,6 +9,7 @@ const CLK_TCK = 100; // sysconf(_SC_CLK_TCK) is 100 on every Linux we run on.
 export interface ProcSnapshot {
   t: number; // performance.now() ms
   cpuSec: number; // utime + stime of all threads
+  sysSec: number; // stime alone (kernel: socket syscalls, loopback TCP)
   rssKiB: number;
 }
 
@@ -21,7 +22,7 @@ export function snapshot(pid: number): ProcSnapshot | null {
     const stime = Number(rest[12]);
     const status = readFileSync(`/proc/${pid}/status`, "utf8");
     const m = /VmRSS:\s+(\d+)\s+kB/.exec(status);
-    return { t: performance.now(), cpuSec: (utime + stime) / CLK_TCK, rssKiB: m ? Number(m[1]) : 0 };
+    return { t: performance.now(), cpuSec: (utime + stime) / CLK_TCK, sysSec: stime / CLK_TCK, rssKiB: m ? Number(m[1]) : 0 };
   } catch {
     return null;
   }
@@ -33,6 +34,8 @@ export interface ProcUsage {
   /** CPU cores used on average over the window (cpu seconds / wall seconds). */
   cores: number;
   cpuSec: number;
+  /** Share of cpuSec spent in the kernel. */
+  sysShare: number;
   wallSec: number;
   rssStartMiB: number;
   rssPeakMiB: number;
@@ -102,6 +105,7 @@ export class ProcSampler {
         label,
         cores: wallSec > 0 ? cpuSec / wallSec : 0,
         cpuSec,
+        sysShare: cpuSec > 0 ? (b.sysSec - a.sysSec) / cpuSec : 0,
         wallSec,
         rssStartMiB: a.rssKiB / 1024,
         rssPeakMiB: (this.peak.get(pid) ?? b.rssKiB) / 1024,

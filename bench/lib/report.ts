@@ -21,7 +21,7 @@ export function printSummary(r: LoadResult, out: (s: string) => void = (s) => pr
   out(`  partials ${s.partials}, finals ${s.finals}, segment mismatches ${s.segmentMismatches}, sessions with errors ${s.sessionsWithErrors}`);
   for (const p of r.procs) {
     out(
-      `  ${p.label} pid ${p.pid}: ${p.cores.toFixed(3)} cores, RSS ${p.rssStartMiB.toFixed(0)} -> peak ${p.rssPeakMiB.toFixed(0)} MiB` +
+      `  ${p.label} pid ${p.pid}: ${p.cores.toFixed(3)} cores (steady ${p.steadyCores?.toFixed(3) ?? "-"}, ${(p.sysShare * 100).toFixed(0)}% kernel), RSS ${p.rssStartMiB.toFixed(0)} -> peak ${p.rssPeakMiB.toFixed(0)} MiB` +
         ` (${(((p.rssPeakMiB - p.rssStartMiB) * 1024) / Math.max(1, s.sessions)).toFixed(1)} KiB/session)`,
     );
   }
