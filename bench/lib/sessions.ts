@@ -6,6 +6,8 @@
  */
 import { credentials, type ClientDuplexStream } from "@grpc/grpc-js";
 import WebSocket from "ws";
+// The gateway's own schema of server messages: the load also checks protocol conformance.
+import { ServerMessageSchema } from "../../gateway/src/protocol.js";
 import {
   AsrClient,
   ControlType,
@@ -163,10 +165,11 @@ export class WsSession implements BenchSession {
       return;
     }
     const afterStop = this.stopped;
+    if (!ServerMessageSchema.safeParse(m).success) this.trace.errors.push(`malformed server message: ${data.toString("utf8").slice(0, 200)}`);
     const text = typeof m.text === "string" ? m.text : "";
     if (m.error !== undefined) {
       this.trace.events.push({ t, kind: "error", afterStop });
-      this.trace.errors.push(`server error: ${JSON.stringify(m.error)}`);
+      this.trace.errors.push(`server error: ${JSON.stringify(m.error)} ${JSON.stringify(m.code ?? "")}`);
     }
     if (m.is_end === true) {
       this.trace.events.push({ t, kind: "ack", afterStop });
