@@ -230,3 +230,49 @@ async def test_paced_stream_gets_partials_on_cadence(stub, shared_audio):
     assert ends[0] - starts[0] <= 700  # first partial after ~600 ms of segment audio
     gaps = [b - a for a, b in itertools.pairwise(ends)]
     assert max(gaps) <= 1300 and sum(gaps) / len(gaps) <= 700
+
+
+async def test_window_limited_partials_never_revise(silero, shared_audio):
+    import grpc
+    from conftest import start_worker
+
+    from asr.v1 import asr_pb2_grpc
+    from asr_worker.session import SessionOptions
+
+    pcm, rate = read_wav(shared_audio / "synth/three_utterances.wav")
+    opts = SessionOptions(partial_window_ms=2000)
+    async with start_worker(silero, session=opts) as w, grpc.aio.insecure_channel(w.address) as ch:
+        stub = asr_pb2_grpc.AsrStub(ch)
+        cfg = asr_pb2.StreamingConfig(sample_rate_hz=rate)
+        responses = await collect(stub.StreamingRecognize(iter(requests_for(pcm.tobytes(), config=cfg,
+                                                                            chunk_bytes=3840))))
+    finals, emitted = _check_ordering(responses)
+    assert [f.segment_id for f in finals] == [0, 1, 2]
+    for f in finals:
+        assert f.text.startswith(emitted.get(f.segment_id, ""))
+
+
+async def test_many_concurrent_streams_each_get_all_their_finals(silero, shared_audio):
+    import asyncio
+
+    import grpc
+    from conftest import start_worker
+
+    from asr.v1 import asr_pb2_grpc
+
+    pcm, rate = read_wav(shared_audio / "synth/three_utterances.wav")
+    async with start_worker(silero, max_streams=12, max_batch_size=8) as w, \
+            grpc.aio.insecure_channel(w.address) as ch:
+        stub = asr_pb2_grpc.AsrStub(ch)
+
+        async def one(i):
+            cfg = asr_pb2.StreamingConfig(session_id=f"c{i}", sample_rate_hz=rate)
+            responses = await collect(stub.StreamingRecognize(iter(
+                requests_for(pcm.tobytes(), config=cfg, chunk_bytes=6400 + 320 * i))))
+            finals, _ = _check_ordering(responses)
+            return [f.text for f in finals]
+
+        texts = await asyncio.gather(*(one(i) for i in range(12)))
+        assert max(w.scheduler.batch_sizes) > 1
+    assert all(len(t) == 3 for t in texts)
+    assert all(t == texts[0] for t in texts)  # same audio, same finals, whatever the chunking
