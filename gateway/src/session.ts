@@ -276,7 +276,7 @@ export class Session {
       this.openWorker();
       this.st = "streaming";
       this.log = this.log.child({ wav_name: next.wavName });
-      this.log.info({ mode: next.kind, audio_fs: next.audioFs, wav_format: next.wavFormat, hotwords: next.hotwords.length }, "session configured");
+      this.log.info({ mode: next.kind, audio_fs: next.audioFs, wav_format: next.wavFormat, hotword_count: next.hotwords.length }, "session configured");
     } else if (this.st === "streaming") {
       this.settings = applyConfig(this.settings, msg, this.d.limits, false);
     } else {

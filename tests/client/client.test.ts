@@ -3,31 +3,16 @@
  * scripted worker, over real sockets.
  */
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { after, before, describe, test } from "node:test";
-import { fileURLToPath } from "node:url";
 import { runFunasrSession } from "../../client/funasr-session.js";
 import { pcm, startGateway, wavFile, type TestGateway } from "../gateway/helpers/harness.js";
 import { ScriptedWorker } from "../gateway/helpers/scripted-worker.js";
+import { runCli } from "./helpers/cli.js";
 
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..");
 const THREE = pcm([{ silence: 300 }, { speech: 600 }, { silence: 500 }, { speech: 1000 }, { silence: 500 }, { speech: 400 }, { silence: 100 }]);
-
-/** Runs the CLI; resolves with status, stdout and stderr. */
-export function runCli(args: string[], stdin?: Buffer): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    const child = spawn(process.execPath, ["--import", "tsx", "client/funasr-client.ts", ...args], { cwd: ROOT, stdio: ["pipe", "pipe", "pipe"] });
-    let stdout = "";
-    let stderr = "";
-    child.stdout.on("data", (d: Buffer) => (stdout += d.toString()));
-    child.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
-    child.on("close", (code) => resolve({ code, stdout, stderr }));
-    child.stdin.end(stdin ?? Buffer.alloc(0));
-  });
-}
 
 describe("funasr-client CLI", () => {
   let worker: ScriptedWorker;

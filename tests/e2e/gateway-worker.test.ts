@@ -1,0 +1,204 @@
+/**
+ * End to end: the gateway in front of the REAL Python worker (subprocess).
+ * The fake engine (real VAD, deterministic text, fixed cost) where timing must
+ * be controlled; the tiny random-weight Fun-ASR-Nano through the production
+ * loader for the real model path.
+ */
+import assert from "node:assert/strict";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { after, before, describe, test } from "node:test";
+import { decodeWav } from "../../gateway/src/audio.js";
+import type { ServerMessage } from "../../gateway/src/protocol.js";
+import { runCli } from "../client/helpers/cli.js";
+import { finals, startGateway, TestClient, type TestGateway } from "../gateway/helpers/harness.js";
+import { runWorkerCli, sharedAudio, SKIP_REASON, startRealWorker, type RealWorker } from "./helpers/real-worker.js";
+
+const THREE_PATH = sharedAudio("synth/three_utterances.wav");
+const MANIFEST = JSON.parse(readFileSync(sharedAudio("MANIFEST.json"), "utf8")) as {
+  files: Record<string, { utterances?: Array<{ segment: [number, number] }> }>;
+};
+
+function loadPcm(file: string): Buffer {
+  const d = decodeWav(readFileSync(file));
+  assert.equal(d.sampleRateHz, 16000);
+  return d.pcm;
+}
+
+/** 16 kHz -> 8 kHz by averaging sample pairs (good enough for a rate test). */
+function to8k(pcm16k: Buffer): Buffer {
+  const n = Math.floor(pcm16k.length / 4);
+  const out = Buffer.alloc(n * 2);
+  for (let i = 0; i < n; i++) out.writeInt16LE(Math.round((pcm16k.readInt16LE(i * 4) + pcm16k.readInt16LE(i * 4 + 2)) / 2), i * 2);
+  return out;
+}
+
+/** Streams PCM in 60 ms frames at `speed` x real time. */
+async function paced(c: TestClient, pcm: Buffer, rate: number, speed: number): Promise<void> {
+  const frame = Math.round(0.06 * rate) * 2;
+  const t0 = performance.now();
+  for (let off = 0, i = 0; off < pcm.length; off += frame, i++) {
+    c.ws.send(pcm.subarray(off, Math.min(pcm.length, off + frame)));
+    const wait = t0 + ((i + 1) * 60) / speed - performance.now();
+    if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+  }
+}
+
+const isAck = (m: ServerMessage): boolean => m.is_end === true;
+
+describe("e2e: gateway + real worker (fake engine)", { skip: SKIP_REASON }, () => {
+  let worker: RealWorker;
+  let gw: TestGateway;
+  let three: Buffer;
+  before(async () => {
+    three = loadPcm(THREE_PATH);
+    worker = await startRealWorker(["--engine", "fake"]);
+    gw = await startGateway([worker.address]);
+    assert.equal(gw.pool.servingCount(), 1, "worker never reported SERVING");
+  });
+  after(async () => {
+    await gw?.stop();
+    await worker?.stop();
+  });
+
+  test("three_utterances.wav in 2pass: partials during speech, exactly 3 finals, 2pass-offline, is_final true, wav_name echoed", async () => {
+    assert.equal(MANIFEST.files["synth/three_utterances.wav"]!.utterances!.length, 3);
+    const c = await TestClient.connect(gw.url, ["binary"]);
+    c.json({ mode: "2pass", chunk_size: [5, 10, 5], chunk_interval: 10, wav_name: "three", wav_format: "pcm", audio_fs: 16000, is_speaking: true, itn: true });
+    await paced(c, three, 16000, 4);
+    c.json({ is_speaking: false, is_end: true });
+    const msgs = await c.until((m) => m.some(isAck), 30_000);
+    const fin = finals(msgs);
+    assert.equal(fin.length, 3, JSON.stringify(msgs));
+    for (const f of fin) {
+      assert.equal(f.mode, "2pass-offline");
+      assert.equal(f.is_final, true);
+      assert.ok(f.text.length > 0);
+    }
+    assert.ok(msgs.every((m) => m.wav_name === "three"));
+    // Partials arrive during speech: before the first final and between finals.
+    const idx = fin.map((f) => msgs.indexOf(f));
+    const partialIdx = msgs.flatMap((m, i) => (m.mode === "2pass-online" ? [i] : []));
+    assert.ok(partialIdx.some((i) => i < idx[0]!), "no partial before the first final");
+    assert.ok(partialIdx.some((i) => i > idx[0]! && i < idx[1]!), "no partial during the second utterance");
+    assert.deepEqual(msgs[msgs.length - 1], { mode: "2pass-offline", wav_name: "three", text: "", is_final: true, is_end: true });
+    c.close();
+  });
+
+  test("offline mode gives one offline final", async () => {
+    const c = await TestClient.connect(gw.url);
+    c.json({ mode: "offline", wav_name: "off", wav_format: "pcm", audio_fs: 16000, is_speaking: true });
+    await c.audio(three, 204800);
+    c.json({ is_speaking: false, is_end: true });
+    const msgs = await c.until((m) => m.some(isAck), 30_000);
+    const off = msgs.filter((m) => !isAck(m));
+    assert.equal(off.length, 1, JSON.stringify(msgs));
+    assert.equal(off[0]!.mode, "offline");
+    assert.equal(off[0]!.is_final, true);
+    assert.ok(off[0]!.text.length > 0);
+    c.close();
+  });
+
+  test("an empty session gives one empty final; is_end gives the acknowledgement", async () => {
+    const c = await TestClient.connect(gw.url);
+    c.json({ mode: "2pass", wav_name: "empty", is_speaking: true });
+    c.json({ is_speaking: false, is_end: true });
+    const msgs = await c.until((m) => m.some(isAck), 10_000);
+    assert.deepEqual(msgs, [
+      { mode: "2pass-offline", wav_name: "empty", text: "", is_final: true },
+      { mode: "2pass-offline", wav_name: "empty", text: "", is_final: true, is_end: true },
+    ]);
+    c.close();
+  });
+
+  test("8 kHz input works", async () => {
+    const c = await TestClient.connect(gw.url);
+    c.json({ mode: "2pass", wav_name: "8k", audio_fs: 8000, is_speaking: true });
+    await c.audio(to8k(three), 960 * 4);
+    c.json({ is_speaking: false, is_end: true });
+    const msgs = await c.until((m) => m.some(isAck), 30_000);
+    const fin = finals(msgs);
+    assert.equal(fin.length, 3, JSON.stringify(msgs));
+    assert.ok(fin.every((f) => f.text.length > 0 && f.wav_name === "8k"));
+    c.close();
+  });
+
+  test("malformed frames on one connection get errors while a parallel session completes normally", async () => {
+    const good = await TestClient.connect(gw.url);
+    const bad = await TestClient.connect(gw.url);
+    good.json({ mode: "2pass", wav_name: "good", is_speaking: true });
+    const goodDone = (async () => {
+      await good.audio(three, 1920 * 8, 2);
+      good.json({ is_speaking: false, is_end: true });
+      return good.until((m) => m.some(isAck), 30_000);
+    })();
+    bad.ws.send("{not json");
+    bad.json({ mode: "3pass" });
+    bad.json({ mode: "2pass", wav_name: "bad", audio_fs: 22050 });
+    bad.json({ mode: "2pass", wav_name: "bad" });
+    bad.ws.send(Buffer.alloc(1919));
+    await bad.until((m) => m.filter((x) => x.error !== undefined).length === 4);
+    assert.deepEqual(bad.messages.map((m) => m.code), ["INVALID_JSON", "UNSUPPORTED_MODE", "UNSUPPORTED_SAMPLE_RATE", "ODD_FRAME_BYTES"]);
+    const msgs = await goodDone;
+    assert.equal(finals(msgs).length, 3);
+    assert.ok(msgs.every((m) => m.error === undefined));
+    bad.close();
+    good.close();
+  });
+
+  test("the CLI client against the real stack exits 0 and prints 3 finals", async () => {
+    const r = await runCli(["--url", gw.url, "--speed", "8", THREE_PATH]);
+    assert.equal(r.code, 0, r.stderr);
+    const lines = r.stdout.trim().split("\n");
+    assert.equal(lines.length, 3, r.stdout);
+    assert.ok(lines.every((l) => l.startsWith("[three_utterances] ") && l.length > "[three_utterances] ".length));
+  });
+});
+
+describe("e2e: gateway + real worker with the tiny Fun-ASR-Nano model", { skip: SKIP_REASON }, () => {
+  let worker: RealWorker;
+  let gw: TestGateway;
+  let dir: string;
+  before(async () => {
+    dir = mkdtempSync(path.join(tmpdir(), "nano-tiny-"));
+    const modelDir = path.join(dir, "model");
+    await runWorkerCli(["tiny-model", modelDir]);
+    worker = await startRealWorker(["--model-dir", modelDir, "--device", "cpu"]);
+    gw = await startGateway([worker.address]);
+    assert.equal(gw.pool.servingCount(), 1, "worker never reported SERVING");
+  });
+  after(async () => {
+    await gw?.stop();
+    await worker?.stop();
+    if (dir !== undefined) rmSync(dir, { recursive: true, force: true });
+  });
+
+  test("offline: a real recording gives exactly one offline final through the production model path", async () => {
+    const c = await TestClient.connect(gw.url, ["binary"]);
+    c.json({ mode: "offline", wav_name: "damo", wav_format: "pcm", audio_fs: 16000, is_speaking: true, hotwords: '{"达摩院": 20}', itn: true });
+    await c.audio(loadPcm(sharedAudio("zh/damo.wav")), 204800);
+    c.json({ is_speaking: false, is_end: true });
+    const msgs = await c.until((m) => m.some(isAck), 60_000);
+    assert.equal(msgs.length, 2, JSON.stringify(msgs));
+    assert.equal(msgs[0]!.mode, "offline");
+    assert.equal(msgs[0]!.is_final, true);
+    assert.equal(msgs[0]!.wav_name, "damo");
+    assert.equal(typeof msgs[0]!.text, "string");
+    assert.deepEqual(msgs[1], { mode: "offline", wav_name: "damo", text: "", is_final: true, is_end: true });
+    c.close();
+  });
+
+  test("2pass: three_utterances.wav gives finals and the acknowledgement", async () => {
+    const c = await TestClient.connect(gw.url);
+    c.json({ mode: "2pass", wav_name: "tiny3", is_speaking: true });
+    await c.audio(loadPcm(THREE_PATH), 1920 * 16, 1);
+    c.json({ is_speaking: false, is_end: true });
+    const msgs = await c.until((m) => m.some(isAck), 90_000);
+    const fin = finals(msgs);
+    assert.ok(fin.length >= 1);
+    assert.ok(fin.every((f) => f.mode === "2pass-offline" && f.is_final === true && f.wav_name === "tiny3"));
+    assert.equal(msgs[msgs.length - 1]!.is_final, true);
+    c.close();
+  });
+});
