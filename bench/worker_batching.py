@@ -5,7 +5,10 @@ fake engine (cost base + per item, so batching can pay) and the tiny random-weig
 Fun-ASR-Nano — the same engine both ways.
 
 Everything goes over gRPC through the REAL worker (`python -m asr_worker serve`,
-its VAD, sessions and its one scheduler); this script is only the client. Each
+its VAD, sessions and its one scheduler); this script is only the client. For the
+tiny model the worker is started through bench/capacity_worker.py, which only forces
+decode lengths (--tokens-per-second, default 5, as real speech yields), because
+random weights otherwise decode up to the length cap. Each
 stream sends a shared recording in 60 ms chunks, paced at `--speed` x real time
 (0 = as fast as flow control allows), then ends input.
 
@@ -46,6 +49,9 @@ def parse() -> argparse.Namespace:
     p.add_argument("--fake-per-item-ms", type=float, default=5.0)
     p.add_argument("--tiny-model-dir", type=Path, default=None,
                    help="tiny model dir (built with `python -m asr_worker tiny-model` if missing)")
+    p.add_argument("--tokens-per-second", type=float, default=5.0,
+                   help="tiny engine: force decode lengths to this rate (real speech: 4-6; 0 = off, "
+                        "random weights then decode up to the engine's cap)")
     p.add_argument("--worker-arg", action="append", default=[], help="extra serve argument(s)")
     p.add_argument("--pin-worker", default=None, help="taskset CPU list for the worker")
     p.add_argument("--timeout", type=float, default=300.0, help="per configuration bound (s)")
@@ -104,7 +110,11 @@ def main() -> int:
                     *[x for w in a.worker_arg for x in w.split()]]
             print(f"[batching] {engine} batching {mode}: serve {' '.join(args)}", file=sys.stderr)
             log = Path(tempfile.gettempdir()) / f"asr-bench-worker-{engine}-{mode}.log"
-            w = ab.spawn_worker(args, cpus=a.pin_worker, log_path=log)
+            launcher = None
+            if engine == "tiny" and a.tokens_per_second > 0:
+                launcher = [sys.executable, str(Path(__file__).resolve().parent / "capacity_worker.py"),
+                            "--tokens-per-second", str(a.tokens_per_second), "--"]
+            w = ab.spawn_worker(args, cpus=a.pin_worker, log_path=log, launcher=launcher)
             try:
                 for n in streams:
                     m = asyncio.run(one_config(w.address, w.pid, audios, n, a))
@@ -126,7 +136,8 @@ def print_table(rows: list[dict], a: argparse.Namespace) -> None:
     print(f"machine: {ab.machine()}")
     print(f"speed {a.speed or 'max'} x real time; batching on = max_batch_size {a.max_batch_size}, "
           f"window {a.batch_window_ms} ms; off = max_batch_size 1; fake cost {a.fake_base_ms} + "
-          f"{a.fake_per_item_ms} ms/item")
+          f"{a.fake_per_item_ms} ms/item; tiny Fun-ASR-Nano decode lengths forced to "
+          f"{a.tokens_per_second or 'off'} tokens/s")
     print()
     print("| engine | batching | streams | results/s | audio x RT | first partial p50/p95 (ms) "
           "| cadence p50/p95 (ms) | final after VAD end p50/p95 (ms) | final after stop p95 (ms) "
