@@ -11,6 +11,7 @@ containers do, short of the CUDA base image itself.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 from pathlib import Path
@@ -24,10 +25,10 @@ GATEWAY_MAIN = REPO / "gateway" / "src" / "main.ts"
 class Proc:
     """A script started in its own process group, logged to a file, always cleaned up."""
 
-    def __init__(self, cmd: list[str], env: dict[str, str], log: Path) -> None:
+    def __init__(self, cmd: list[str], env: dict[str, str], log: Path, cwd: Path = REPO) -> None:
         self.log = log
         self._fh = log.open("wb")
-        self.p = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, **env}, stdout=self._fh,
+        self.p = subprocess.Popen(cmd, cwd=cwd, env={**os.environ, **env}, stdout=self._fh,
                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                   start_new_session=True)
 
@@ -85,19 +86,30 @@ def test_start_worker_serves_health_and_drains_on_sigterm(fake_worker) -> None:
     assert not worker_healthy(addr)
 
 
-@pytest.mark.timeout(400)
+@pytest.mark.timeout(500)
 def test_gateway_from_dist_as_in_the_image(fake_worker, tmp_path) -> None:
+    """Dockerfile.gateway's two stages, replayed in a directory: dist/ from `npm run build`,
+    then a runtime tree with production dependencies only (setup.sh --node-only --no-dev)."""
     if not GATEWAY_MAIN.exists():
         pytest.skip("gateway/src/main.ts not present yet")
     _worker, addr = fake_worker
-    # The image's build stage: tsc to dist/ (tsconfig.build.json).
+    # Stage 1 (build): tsc to dist/ (tsconfig.build.json).
     run(["npm", "run", "--silent", "build"], timeout=300)
     assert (REPO / "dist/gateway/src/main.js").exists()
+    # Stage 2 (runtime): package files, scripts/, dist/; npm ci --omit=dev through setup.sh.
+    app = tmp_path / "app"
+    app.mkdir()
+    for name in ("package.json", "package-lock.json"):
+        shutil.copy2(REPO / name, app / name)
+    shutil.copytree(REPO / "scripts", app / "scripts")
+    shutil.copytree(REPO / "dist", app / "dist")
+    run(["bash", str(app / "scripts/setup.sh"), "--node-only", "--no-dev"], timeout=300)
+    assert not (app / "node_modules/typescript").exists(), "dev dependencies in the runtime tree"
     port = free_port()
-    g = Proc(["bash", "scripts/start-gateway.sh"],
+    g = Proc(["bash", str(app / "scripts/start-gateway.sh")],
              {"GATEWAY_FROM_DIST": "1", "GATEWAY_PORT": str(port), "WORKER_ADDRESSES": addr,
               "NODE_ENV": "production"},
-             tmp_path / "gateway.log")
+             tmp_path / "gateway.log", cwd=app)
     try:
         wait_for(lambda: gateway_ready(port) or not g.alive(), 90, "gateway /readyz 200")
         assert g.alive(), g.text()
