@@ -73,7 +73,7 @@ def test_gateway_readiness_drain_hpa_and_pdb() -> None:
     assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
     grace = int(d[("ConfigMap", "asr-gateway")]["data"]["SHUTDOWN_GRACE_SECONDS"])
-    pre_stop = c["lifecycle"]["preStop"]["sleep"]["seconds"]
+    pre_stop = int(c["lifecycle"]["preStop"]["exec"]["command"][-1])
     assert pod["terminationGracePeriodSeconds"] > grace + pre_stop
     assert pod["securityContext"]["runAsNonRoot"] is True
     hpa = d[("HorizontalPodAutoscaler", "asr-gateway")]
