@@ -1,0 +1,101 @@
+/**
+ * WAV sniffing/decoding, resampling, the file decoder without ffmpeg, and the
+ * replay buffer's bookkeeping.
+ */
+import assert from "node:assert/strict";
+import { describe, test } from "node:test";
+import { createFileDecoder, decodeWav, looksLikeWav, parseWavHeader, resampleLinear } from "../../gateway/src/audio.js";
+import { GatewayError } from "../../gateway/src/errors.js";
+import { ReplayBuffer } from "../../gateway/src/replay.js";
+import { pcm, wavFile } from "./helpers/harness.js";
+
+function wavWith(format: number, bits: number, channels: number, rate: number, data: Buffer): Buffer {
+  const h = wavFile(data, rate);
+  h.writeUInt16LE(format, 20);
+  h.writeUInt16LE(channels, 22);
+  h.writeUInt32LE((rate * channels * bits) / 8, 28);
+  h.writeUInt16LE((channels * bits) / 8, 32);
+  h.writeUInt16LE(bits, 34);
+  return h;
+}
+
+describe("WAV handling", () => {
+  test("sniffs RIFF/WAVE and finds the data chunk after extra chunks", () => {
+    const data = pcm([{ speech: 100 }]);
+    const plain = wavFile(data, 16000);
+    const list = Buffer.concat([Buffer.from("LIST"), Buffer.from([4, 0, 0, 0]), Buffer.from("INFO")]);
+    const withList = Buffer.concat([plain.subarray(0, 36), list, plain.subarray(36)]);
+    withList.writeUInt32LE(withList.length - 8, 4);
+    assert.ok(looksLikeWav(withList));
+    const info = parseWavHeader(withList)!;
+    assert.equal(info.dataOffset, 56);
+    assert.deepEqual(decodeWav(withList).pcm, data);
+    assert.equal(looksLikeWav(data), false);
+    assert.equal(parseWavHeader(plain.subarray(0, 30)), null);
+  });
+
+  test("stereo float 48 kHz becomes mono 16-bit 16 kHz", () => {
+    const n = 4800;
+    const data = Buffer.alloc(n * 2 * 4);
+    for (let i = 0; i < n; i++) {
+      data.writeFloatLE(0.5, i * 8);
+      data.writeFloatLE(0.0, i * 8 + 4);
+    }
+    const d = decodeWav(wavWith(3, 32, 2, 48000, data));
+    assert.equal(d.sampleRateHz, 16000);
+    assert.equal(d.pcm.length, 1600 * 2);
+    assert.ok(Math.abs(d.pcm.readInt16LE(200) - 8192) <= 1);
+  });
+
+  test("8 kHz 16-bit stays 8 kHz", () => {
+    const data = pcm([{ speech: 100 }], 8000);
+    const d = decodeWav(wavFile(data, 8000));
+    assert.equal(d.sampleRateHz, 8000);
+    assert.deepEqual(d.pcm, data);
+  });
+
+  test("unsupported WAV sample formats are refused with UNSUPPORTED_FORMAT", () => {
+    assert.throws(
+      () => decodeWav(wavWith(6, 8, 1, 8000, Buffer.alloc(100))),
+      (e: unknown) => e instanceof GatewayError && e.code === "UNSUPPORTED_FORMAT",
+    );
+  });
+
+  test("linear resampling keeps duration", () => {
+    assert.equal(resampleLinear(new Float32Array(441), 44100, 16000).length, 160);
+  });
+
+  test("without ffmpeg, non-WAV files are UNSUPPORTED_FORMAT; corrupt WAV is DECODE_FAILED", async () => {
+    const dec = createFileDecoder(null);
+    assert.equal(dec.canDecodeOthers, false);
+    await assert.rejects(dec.decode(Buffer.from("ID3 not audio"), "mp3"), (e: unknown) => e instanceof GatewayError && e.code === "UNSUPPORTED_FORMAT");
+    const bad = Buffer.from("RIFF\0\0\0\0WAVEdata\0\0\0\0");
+    await assert.rejects(dec.decode(bad, "wav"), (e: unknown) => e instanceof GatewayError && e.code === "DECODE_FAILED");
+  });
+});
+
+describe("replay buffer", () => {
+  test("keeps audio since the last delivered final with session-timeline offsets", () => {
+    const r = new ReplayBuffer(60);
+    r.push(Buffer.alloc(3200), 16000); // 0-100 ms
+    r.push(Buffer.alloc(3200), 16000); // 100-200 ms
+    r.push(Buffer.alloc(1600), 8000); // 200-300 ms at 8 kHz
+    assert.equal(r.audioMs, 300);
+    r.finalDelivered(0, 150);
+    const s = r.snapshot();
+    assert.equal(s.audioOffsetMs, 100);
+    assert.equal(s.finalizedSegments, 1);
+    assert.equal(s.chunks.length, 2);
+    assert.equal(s.complete, true);
+  });
+
+  test("is bounded; truncation is reported until a final covers it", () => {
+    const r = new ReplayBuffer(1);
+    for (let i = 0; i < 15; i++) r.push(Buffer.alloc(3200), 16000);
+    assert.ok(r.retainedBytes <= 32000);
+    assert.equal(r.snapshot().complete, false);
+    r.finalDelivered(0, 1500);
+    assert.equal(r.snapshot().complete, true);
+    assert.equal(r.retainedBytes, 0);
+  });
+});
