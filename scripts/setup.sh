@@ -92,6 +92,15 @@ pip_install() {
   "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
 }
 
+# Puts worker-py/ on the venv's import path (a .pth file, rewritten every run so a moved
+# checkout still works): `worker-py/.venv/bin/python -m asr_worker ...` then works from any
+# directory, as the docs show.
+link_worker_source() {
+  local site
+  site="$("$1" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+  echo "$root/worker-py" >"$site/asr-worker-src.pth"
+}
+
 setup_python() {
   command -v "$PYTHON" >/dev/null || die "$PYTHON not found: install Python 3.11+ with venv (Debian/Ubuntu: apt-get install python3-venv)"
   "$PYTHON" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' \
@@ -109,6 +118,7 @@ setup_python() {
     "python=$("$PYTHON" -c 'import sys; print(sys.version)')")"
   if [ $force = 0 ] && [ -x "$vpy" ] && [ -f "$stamp_file" ] && [ "$(cat "$stamp_file")" = "$stamp" ] \
     && "$vpy" -c 'import sys' 2>/dev/null; then
+    link_worker_source "$vpy"
     log "python venv $VENV_DIR up to date"
     return
   fi
@@ -149,6 +159,7 @@ setup_python() {
   "$vpy" -c 'import torch, grpc, funasr, silero_vad' >/dev/null 2>&1 \
     || "$vpy" -c 'import torch, grpc, funasr, silero_vad' \
     || die "the venv does not import torch/grpc/funasr/silero_vad after install"
+  link_worker_source "$vpy"
   echo "$stamp" >"$stamp_file"
   log "python venv ready in $((SECONDS - t0)) s (torch $("$vpy" -c 'import torch; print(torch.__version__)'))"
 }
