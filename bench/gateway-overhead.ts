@@ -151,27 +151,46 @@ async function main(): Promise<void> {
         // Every worker partial reaches the client on both paths, so events pair one to one.
         fullHypothesis: true,
       };
-      log(`N=${n}: direct`);
-      const direct = await runLoad({
-        ...common,
-        target: `grpc://${worker.address}`,
-        tag: `d${n}`,
-        pids: [{ pid: worker.pid, label: "worker" }],
-      });
-      printSummary(direct, (s) => process.stderr.write(s + "\n"));
-      await new Promise((r) => setTimeout(r, 3000));
-      log(`N=${n}: via gateway`);
-      const gw = await runLoad({
-        ...common,
-        target: `ws://${gateway.address}`,
-        tag: `g${n}`,
-        reference,
-        pids: [
-          { pid: gateway.pid, label: "gateway" },
-          { pid: worker.pid, label: "worker" },
-        ],
-      });
-      printSummary(gw, (s) => process.stderr.write(s + "\n"));
+      const runDirect = async (): Promise<LoadResult> => {
+        log(`N=${n}: direct`);
+        const r = await runLoad({
+          ...common,
+          target: `grpc://${worker.address}`,
+          tag: `d${n}`,
+          pids: [{ pid: worker.pid, label: "worker" }],
+        });
+        printSummary(r, (s) => process.stderr.write(s + "\n"));
+        return r;
+      };
+      const runGateway = async (): Promise<LoadResult> => {
+        log(`N=${n}: via gateway`);
+        const r = await runLoad({
+          ...common,
+          target: `ws://${gateway.address}`,
+          tag: `g${n}`,
+          reference,
+          pids: [
+            { pid: gateway.pid, label: "gateway" },
+            { pid: worker.pid, label: "worker" },
+          ],
+        });
+        printSummary(r, (s) => process.stderr.write(s + "\n"));
+        return r;
+      };
+      const pause = (): Promise<void> => new Promise((r) => setTimeout(r, 3000));
+      // Alternate the order from one N to the next so that drift on a shared machine does not
+      // always favour the same path.
+      let direct: LoadResult;
+      let gw: LoadResult;
+      if (rows.length % 2 === 0) {
+        direct = await runDirect();
+        await pause();
+        gw = await runGateway();
+      } else {
+        gw = await runGateway();
+        await pause();
+        direct = await runDirect();
+      }
       const pf = paired(direct.keyed.finalAfterSpeechEnd, gw.keyed.finalAfterSpeechEnd);
       const pp = paired(direct.keyed.firstPartial, gw.keyed.firstPartial);
       const q = (a: number | null, b: number | null): number | null => (a === null || b === null ? null : a - b);
@@ -195,6 +214,9 @@ async function main(): Promise<void> {
           ratioFinalP99: gw.summary.finalAfterSpeechEndMs.p99 && direct.summary.finalAfterSpeechEndMs.p99 ? gw.summary.finalAfterSpeechEndMs.p99 / direct.summary.finalAfterSpeechEndMs.p99 : null,
           gatewayCores: gwCores,
           streamsPerGatewayCore: gwCores ? n / gwCores : null,
+          // Gateway CPU per forwarded 60 ms frame (uplink frame + its share of results), in µs.
+          gatewayCpuUsPerFrame: gwCores ? (gwCores / (n * (1000 / 60))) * 1e6 : null,
+          gatewayKernelShare: gwProc?.sysShare ?? null,
           gatewayRssPerSessionKiB: gwProc ? ((gwProc.rssPeakMiB - gwProc.rssStartMiB) * 1024) / n : null,
           gatewayRssPeakMiB: gwProc?.rssPeakMiB ?? null,
           pairedFinals: pf.length,
@@ -227,8 +249,8 @@ function printTable(rows: Row[]): void {
   o(`machine: ${JSON.stringify(machine())}`);
   o(`worker: ${values.worker}, fake cost ${values["fake-base-ms"]} ms + ${values["fake-per-item-ms"]} ms/item, pin: ${values.pin || "none"}`);
   o("");
-  o("| N | final after speech end p50/p99 direct (ms) | via gateway (ms) | added p50/p99 (ms) | added paired p50/p99 (ms) | first partial added p50/p99 (ms) | uplink/frame added p50/p99 (ms) | p99 ratio | gateway cores | streams/gateway core | gateway RSS/session (KiB) | errors direct/gw | loadgen lateness p99 (ms) |");
-  o("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+  o("| N | final after speech end p50/p99 direct (ms) | via gateway (ms) | added p50/p99 (ms) | added paired p50/p99 (ms) | first partial added p50/p99 (ms) | uplink/frame added p50/p99 (ms) | p99 ratio | gateway cores | streams/gateway core | gateway CPU µs/frame | gateway RSS/session (KiB) | errors direct/gw | loadgen lateness p99 direct/gw (ms) |");
+  o("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
   for (const r of rows) {
     const d = r.direct.summary;
     const g = r.gateway.summary;
@@ -236,7 +258,7 @@ function printTable(rows: Row[]): void {
     o(
       `| ${r.n} | ${fmt(d.finalAfterSpeechEndMs.p50)} / ${fmt(d.finalAfterSpeechEndMs.p99)} | ${fmt(g.finalAfterSpeechEndMs.p50)} / ${fmt(g.finalAfterSpeechEndMs.p99)}` +
         ` | ${fmt(a.finalP50)} / ${fmt(a.finalP99)} | ${fmt(a.finalPairedP50)} / ${fmt(a.finalPairedP99)} | ${fmt(a.firstPartialP50)} / ${fmt(a.firstPartialP99)}` +
-        ` | ${fmt(a.uplinkP50, 2)} / ${fmt(a.uplinkP99, 2)} | ${fmt(a.ratioFinalP99, 3)} | ${fmt(a.gatewayCores, 3)} | ${fmt(a.streamsPerGatewayCore, 0)} | ${fmt(a.gatewayRssPerSessionKiB, 1)}` +
+        ` | ${fmt(a.uplinkP50, 2)} / ${fmt(a.uplinkP99, 2)} | ${fmt(a.ratioFinalP99, 3)} | ${fmt(a.gatewayCores, 3)} | ${fmt(a.streamsPerGatewayCore, 0)} | ${fmt(a.gatewayCpuUsPerFrame, 0)} | ${fmt(a.gatewayRssPerSessionKiB, 1)}` +
         ` | ${d.sessionsWithErrors}/${g.sessionsWithErrors} | ${fmt(d.pacerLatenessMs.p99)} / ${fmt(g.pacerLatenessMs.p99)} |`,
     );
   }
