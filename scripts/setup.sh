@@ -9,6 +9,7 @@
 #   scripts/setup.sh --no-dev        runtime dependencies only (no pytest/ruff/grpcio-tools,
 #                                    no npm devDependencies)
 #   scripts/setup.sh --force         reinstall even when the stamps match
+#   scripts/setup.sh --check         install nothing; exit 1 when something is out of date
 #
 # Environment:
 #   PYTHON           interpreter used to create the venv (default: python3; 3.11+)
@@ -30,14 +31,15 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
-want_python=1 want_node=1 dev=1 force=0
+want_python=1 want_node=1 dev=1 force=0 check=0
 for arg in "$@"; do
   case "$arg" in
     --python-only) want_node=0 ;;
     --node-only) want_python=0 ;;
     --no-dev) dev=0 ;;
     --force) force=1 ;;
-    -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
+    --check) check=1 ;;
+    -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
     *) echo "setup: unknown option '$arg' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -75,6 +77,7 @@ setup_node() {
     log "node_modules up to date ($mode)"
     return
   fi
+  if [ $check = 1 ]; then log "node_modules out of date ($mode)"; stale=1; return; fi
   log "npm ci ($mode) ..."
   local t0=$SECONDS
   if [ $dev = 1 ]; then
@@ -122,6 +125,7 @@ setup_python() {
     log "python venv $VENV_DIR up to date"
     return
   fi
+  if [ $check = 1 ]; then log "python venv $VENV_DIR out of date"; stale=1; return; fi
 
   local t0=$SECONDS
   if ! "$vpy" -c 'import sys' 2>/dev/null; then
@@ -164,5 +168,7 @@ setup_python() {
   log "python venv ready in $((SECONDS - t0)) s (torch $("$vpy" -c 'import torch; print(torch.__version__)'))"
 }
 
+stale=0
 [ $want_node = 0 ] || setup_node
 [ $want_python = 0 ] || setup_python
+[ $stale = 0 ]

@@ -21,11 +21,19 @@ def test_executable(script: str) -> None:
 
 
 def test_setup_is_idempotent_and_fast_when_done() -> None:
-    # The test stage runs after setup, so both stamps match: nothing may be reinstalled.
+    # The test stage runs after setup, so both stamps match: nothing is out of date, and a
+    # second setup.sh run is a no-op (--check installs nothing, so this test never does).
     t0 = time.monotonic()
-    proc = run(["bash", "scripts/setup.sh"], timeout=60)
-    assert "up to date" in proc.stdout and "installing" not in proc.stdout
+    proc = run(["bash", "scripts/setup.sh", "--check"], timeout=60)
+    assert proc.stdout.count("up to date") == 2, proc.stdout
     assert time.monotonic() - t0 < 20
+
+
+def test_setup_check_reports_a_changed_requirement() -> None:
+    # A different torch pin changes the stamp: --check must say "out of date" (and install nothing).
+    proc = run(["bash", "scripts/setup.sh", "--check", "--python-only"], check=False,
+               env={"TORCH_VERSION": "0.0.0-not-installed"})
+    assert proc.returncode == 1 and "out of date" in proc.stdout
 
 
 def test_setup_rejects_unknown_options() -> None:
