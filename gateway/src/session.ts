@@ -170,6 +170,7 @@ export class Session {
   private segDeltas = "";
   private pendingPartial: PendingPartial | null = null;
   private idleTimer: NodeJS.Timeout | null = null;
+  private lastActivity = Date.now();
   private lifeTimer: NodeJS.Timeout | null = null;
   /** Serializes client input while an async step (file decoding) runs. */
   private busy = false;
@@ -385,7 +386,7 @@ export class Session {
   private sendAudio(pcm: Buffer, rate: number): void {
     for (let off = 0; off < pcm.length; off += MAX_CHUNK_BYTES) {
       const chunk = pcm.subarray(off, Math.min(pcm.length, off + MAX_CHUNK_BYTES));
-      // Copy: ws may reuse the frame's memory, and the replay buffer keeps it.
+      // Copy: a frame can be a view into a larger socket read, and the replay buffer keeps it.
       const own = Buffer.from(chunk);
       this.replay.push(own, rate);
       this.write({ streamingRequest: { $case: "audio", value: { pcm16le: own, sampleRateHz: rate } } });
@@ -599,13 +600,27 @@ export class Session {
     this.d.onClosed?.(this);
   }
 
+  /**
+   * Records client activity. One timer per session checks the idle limit
+   * lazily, instead of re-creating a timer per frame (thousands of frames a
+   * second per gateway core).
+   */
   private armIdle(): void {
-    if (this.idleTimer !== null) clearTimeout(this.idleTimer);
+    this.lastActivity = Date.now();
+    if (this.idleTimer === null) this.scheduleIdleCheck(this.d.limits.idleTimeoutSeconds * 1000);
+  }
+
+  private scheduleIdleCheck(ms: number): void {
     this.idleTimer = setTimeout(() => {
+      this.idleTimer = null;
+      if (this.st === "closed") return;
+      const limit = this.d.limits.idleTimeoutSeconds * 1000;
+      const idle = Date.now() - this.lastActivity;
       // A client waiting for results of an ended round is not idle.
-      if (this.rounds.some((r) => r.eoiSent)) this.armIdle();
+      if (idle < limit) this.scheduleIdleCheck(Math.max(10, limit - idle));
+      else if (this.rounds.some((r) => r.eoiSent)) this.scheduleIdleCheck(limit);
       else this.fail("IDLE_TIMEOUT");
-    }, this.d.limits.idleTimeoutSeconds * 1000);
+    }, ms);
     this.idleTimer.unref();
   }
 }
