@@ -100,6 +100,8 @@ stage() {
 }
 
 t_start=$SECONDS
+echo "test: $(git rev-parse --short HEAD 2>/dev/null || echo '?') on $(uname -m), node $(node --version 2>/dev/null || echo none)," \
+  "$(python3 --version 2>&1), $(nproc) cores, CI=${CI:-false}, shared audio: ${ASR_SHARED_AUDIO:-../shared/audio}"
 stage setup check 2400 bash scripts/setup.sh
 stage proto-drift check 300 bash scripts/gen-proto.sh --check
 stage buf-lint check 120 node_modules/.bin/buf lint
