@@ -22,6 +22,7 @@ from asr_worker.engine.base import MODEL_SAMPLE_RATE, DecodeOptions, DecodeReque
 from asr_worker.engine.funasr_nano import (
     FunAsrNanoEngine,
     clean_prompt_text,
+    ctc_align,
     language_name,
     load_engine,
 )
@@ -208,13 +209,53 @@ def test_text_has_no_special_tokens(engine: FunAsrNanoEngine):
         assert r.text == r.text.strip()
 
 
-def test_token_times_when_available(engine: FunAsrNanoEngine):
-    res = engine.decode_batch([DecodeRequest(_audio(2.0, 1), DecodeOptions())])[0]
-    if not engine.timestamps:
-        assert res.tokens == ()
-        pytest.skip("CTC timestamps need torchaudio's forced_align (not installed)")
-    for tok in res.tokens:
-        assert 0 <= tok.start_ms <= tok.end_ms <= 2000 + 120
+def test_finals_carry_ctc_token_times(tiny_model_dir: Path, no_network):
+    # 2 tokens per second: text short enough for the CTC frames of random weights.
+    engine = load_engine(tiny_model_dir, "cpu", forced_tokens_per_second=2.0)
+    assert engine.timestamps  # the tiny model has the CTC branch, like the real one
+    final, partial = engine.decode_batch(
+        [
+            DecodeRequest(_audio(2.0, 1), DecodeOptions()),
+            DecodeRequest(_audio(2.0, 1), DecodeOptions(), kind="partial"),
+        ]
+    )
+    assert partial.tokens == ()  # partials skip the alignment
+    if not final.text:
+        pytest.skip("the random model produced no text to align")
+    assert final.tokens
+    ends = [t.end_ms for t in final.tokens]
+    starts = [t.start_ms for t in final.tokens]
+    assert starts == sorted(starts) and ends == sorted(ends)
+    for tok in final.tokens:
+        assert 0 <= tok.start_ms < tok.end_ms <= 2000 + 120
+        assert tok.start_ms % 60 == 0 and tok.end_ms % 60 == 0
+
+
+def test_ctc_align_finds_the_viterbi_path():
+    blank = 0
+    # 6 frames, tokens [1, 1, 2]: the repeated 1 needs a blank between its two copies.
+    frames = [0, 1, 1, 0, 1, 2]
+    log_probs = torch.full((6, 3), -10.0)
+    for t, k in enumerate(frames):
+        log_probs[t, k] = 0.0
+    assert ctc_align(log_probs, [1, 1, 2], blank) == [(1, 1, 3), (1, 4, 5), (2, 5, 6)]
+    # Too many tokens for the frames: no alignment.
+    assert ctc_align(log_probs[:2], [1, 1, 2], blank) == []
+    assert ctc_align(log_probs, [], blank) == []
+
+
+def test_ctc_align_matches_torchaudio_when_installed():
+    torchaudio = pytest.importorskip("torchaudio")
+    gen = torch.Generator().manual_seed(0)
+    log_probs = torch.randn(40, 12, generator=gen).log_softmax(-1)
+    targets = [3, 3, 7, 1, 5, 5, 5, 2]
+    ali, _ = torchaudio.functional.forced_align(log_probs[None], torch.tensor([targets]), blank=0)
+    ours = ctc_align(log_probs, targets, 0)
+    frames = [0] * 40
+    for tok, start, end in ours:
+        for t in range(start, end):
+            frames[t] = tok
+    assert frames == ali[0].tolist()
 
 
 def test_fp16_is_refused(tiny_model_dir: Path):

@@ -266,8 +266,18 @@ def _build_qwen_tokenizer(out_dir: Path) -> dict[str, int]:
 
 
 def _write_ctc_vocab(path: Path) -> None:
-    """A byte-level tiktoken vocabulary (256 single-byte ranks) in SenseVoice's file format."""
-    lines = [f"{base64.b64encode(bytes([b])).decode()} {b}" for b in range(256)]
+    """A small tiktoken vocabulary in SenseVoice's file format: the 256 bytes, then the
+    common Chinese characters of the training text as single tokens (as in the real one)."""
+    ranks: list[bytes] = [bytes([b]) for b in range(256)]
+    seen = set(ranks)
+    chars = sorted({c for c in _PROMPT_TEXT if ord(c) > 0x2E80})
+    for prefix_len in (2, 3):  # BPE needs every prefix merge: b1b2, then b1b2b3
+        for c in chars:
+            piece = c.encode("utf-8")[:prefix_len]
+            if len(piece) == prefix_len and piece not in seen:
+                seen.add(piece)
+                ranks.append(piece)
+    lines = [f"{base64.b64encode(tok).decode()} {rank}" for rank, tok in enumerate(ranks)]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 

@@ -173,6 +173,7 @@ class _Prepared:
     fake_token_len: int
     budget: int
     seconds: float
+    kind: str
 
 
 class FunAsrNanoEngine:
@@ -304,6 +305,7 @@ class FunAsrNanoEngine:
             fake_token_len=int(out["fake_token_len"][0, 0]),
             budget=max(1, min(limit, budget)),
             seconds=seconds,
+            kind=req.kind,
         )
 
     def _decode(self, items: list[_Prepared]) -> list[DecodeResult]:
@@ -369,46 +371,92 @@ class FunAsrNanoEngine:
             # FunASRNano.inference_llm's post-processing of the response.
             text = re.sub(r"\s+", " ", text.replace("/sil", " ")).strip()
             tokens: tuple[TokenTime, ...] = ()
-            if self.timestamps and text:
-                tokens = self._token_times(encoder_out[b : b + 1], encoder_lens[b : b + 1], text)
+            if self.timestamps and text and p.kind == "final":
+                n_frames = int(encoder_lens[b])
+                tokens = self._token_times(encoder_out[b : b + 1, :n_frames], encoder_lens[b : b + 1], text)
             results.append(DecodeResult(text=text, tokens=tokens))
         return results
 
     # ------------------------------------------------------------------ timestamps
 
     def _timestamps_available(self) -> bool:
-        """CTC timestamps need the CTC branch (loaded weights) and torchaudio's forced_align."""
-        if getattr(self.model, "ctc_decoder", None) is None or getattr(self.model, "ctc", None) is None:
-            return False
-        try:
-            from funasr.utils.torchaudio_compat import torchaudio_available
-
-            return bool(torchaudio_available())
-        except Exception:
-            return False
+        """CTC timestamps need the model's CTC branch (FunASR drops it when untrained)."""
+        model = self.model
+        return all(getattr(model, n, None) is not None for n in ("ctc_decoder", "ctc", "ctc_tokenizer"))
 
     def _token_times(self, encoder_out, encoder_lens, text: str) -> tuple[TokenTime, ...]:
-        """Character timestamps the way FunASRNano.inference_llm computes them (CTC alignment)."""
+        """Token timestamps as FunASRNano.inference_llm computes them: the final text
+        aligned to the CTC branch's frame posteriors (one LFR frame = 60 ms)."""
         import torch
-        from funasr.models.fun_asr_nano.tools.utils import forced_align
 
         model = self.model
         dec_out, dec_lens = model.ctc_decoder(encoder_out.float(), encoder_lens)
-        logits = model.ctc.log_softmax(dec_out)[0, : int(dec_lens[0])].float()
-        targets = torch.tensor(model.ctc_tokenizer.encode(text), dtype=torch.int64)
-        if targets.numel() == 0 or targets.numel() > logits.shape[0]:
-            return ()
+        log_probs = model.ctc.log_softmax(dec_out)[0, : int(dec_lens[0])].float().cpu()
+        targets = [int(t) for t in model.ctc_tokenizer.encode(text)]
         frame_ms = self.frontend.frame_shift * self.frontend.lfr_n
-        out = []
-        for item in forced_align(logits, targets, model.blank_id):
-            out.append(
-                TokenTime(
-                    text=model.ctc_tokenizer.decode([item["token"]]),
-                    start_ms=int(item["start_time"] * frame_ms),
-                    end_ms=int(item["end_time"] * frame_ms),
-                )
+        with torch.no_grad():
+            spans = ctc_align(log_probs, targets, int(model.blank_id))
+        return tuple(
+            TokenTime(
+                text=model.ctc_tokenizer.decode([tok]),
+                start_ms=int(start * frame_ms),
+                end_ms=int(end * frame_ms),
             )
-        return tuple(out)
+            for tok, start, end in spans
+        )
+
+
+def ctc_align(log_probs: Any, targets: Sequence[int], blank: int) -> list[tuple[int, int, int]]:
+    """Viterbi CTC forced alignment: (token, first frame, end frame) per target token.
+
+    log_probs: [T, V] log posteriors. Returns [] when the targets cannot fit in T frames.
+    The same alignment torchaudio.functional.forced_align computes (FunASR's forced_align
+    wraps it), without needing torchaudio.
+    """
+    import torch
+
+    n = len(targets)
+    frames = int(log_probs.shape[0])
+    if n == 0 or frames == 0:
+        return []
+    # Extended label sequence: blank, t1, blank, t2, ..., tn, blank.
+    ext = torch.full((2 * n + 1,), blank, dtype=torch.long)
+    ext[1::2] = torch.tensor(list(targets), dtype=torch.long)
+    states = ext.numel()
+    neg = torch.tensor(float("-inf"))
+    # A skip from s-2 to s is allowed into a token that differs from the token two back.
+    skip = torch.zeros(states, dtype=torch.bool)
+    skip[2:] = (ext[2:] != blank) & (ext[2:] != ext[:-2])
+    emit = log_probs[:, ext]  # [T, S]
+    score = torch.full((states,), float("-inf"))
+    score[0] = emit[0, 0]
+    score[1] = emit[0, 1]
+    back = torch.zeros((frames, states), dtype=torch.uint8)  # 0: stay, 1: from s-1, 2: from s-2
+    for t in range(1, frames):
+        stay = score
+        step = torch.cat([neg.view(1), score[:-1]])
+        jump = torch.where(skip, torch.cat([neg.expand(2), score[:-2]]), neg)
+        best = torch.stack([stay, step, jump])
+        score, choice = best.max(dim=0)
+        score = score + emit[t]
+        back[t] = choice.to(torch.uint8)
+    last = states - 1 if score[-1] >= score[-2] else states - 2
+    if not torch.isfinite(score[last]):
+        return []
+    path = [0] * frames
+    s = last
+    for t in range(frames - 1, -1, -1):
+        path[t] = s
+        s -= int(back[t, s])
+    spans: list[list[int]] = []  # [token, start, end, state]
+    for t, s in enumerate(path):
+        if s % 2 == 0:
+            continue
+        if spans and spans[-1][3] == s:
+            spans[-1][2] = t + 1
+        else:
+            spans.append([int(ext[s]), t, t + 1, s])
+    return [(tok, start, end) for tok, start, end, _ in spans]
 
 
 def load_engine(
