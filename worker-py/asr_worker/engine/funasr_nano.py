@@ -387,15 +387,13 @@ class FunAsrNanoEngine:
     def _token_times(self, encoder_out, encoder_lens, text: str) -> tuple[TokenTime, ...]:
         """Token timestamps as FunASRNano.inference_llm computes them: the final text
         aligned to the CTC branch's frame posteriors (one LFR frame = 60 ms)."""
-        import torch
 
         model = self.model
         dec_out, dec_lens = model.ctc_decoder(encoder_out.float(), encoder_lens)
         log_probs = model.ctc.log_softmax(dec_out)[0, : int(dec_lens[0])].float().cpu()
         targets = [int(t) for t in model.ctc_tokenizer.encode(text)]
         frame_ms = self.frontend.frame_shift * self.frontend.lfr_n
-        with torch.no_grad():
-            spans = ctc_align(log_probs, targets, int(model.blank_id))
+        spans = ctc_align(log_probs.numpy(), targets, int(model.blank_id))
         return tuple(
             TokenTime(
                 text=model.ctc_tokenizer.decode([tok]),
@@ -409,47 +407,45 @@ class FunAsrNanoEngine:
 def ctc_align(log_probs: Any, targets: Sequence[int], blank: int) -> list[tuple[int, int, int]]:
     """Viterbi CTC forced alignment: (token, first frame, end frame) per target token.
 
-    log_probs: [T, V] log posteriors. Returns [] when the targets cannot fit in T frames.
-    The same alignment torchaudio.functional.forced_align computes (FunASR's forced_align
-    wraps it), without needing torchaudio.
+    log_probs: [T, V] log posteriors (tensor or array). Returns [] when the targets cannot
+    fit in T frames. The same alignment torchaudio.functional.forced_align computes
+    (FunASR's forced_align wraps it), without needing torchaudio.
     """
-    import torch
-
+    lp = np.asarray(log_probs.detach().cpu() if hasattr(log_probs, "detach") else log_probs)
     n = len(targets)
-    frames = int(log_probs.shape[0])
+    frames = int(lp.shape[0])
     if n == 0 or frames == 0:
         return []
     # Extended label sequence: blank, t1, blank, t2, ..., tn, blank.
-    ext = torch.full((2 * n + 1,), blank, dtype=torch.long)
-    ext[1::2] = torch.tensor(list(targets), dtype=torch.long)
-    states = ext.numel()
-    neg = torch.tensor(float("-inf"))
+    ext = np.full(2 * n + 1, blank, dtype=np.int64)
+    ext[1::2] = np.asarray(targets, dtype=np.int64)
+    states = ext.size
     # A skip from s-2 to s is allowed into a token that differs from the token two back.
-    skip = torch.zeros(states, dtype=torch.bool)
+    skip = np.zeros(states, dtype=bool)
     skip[2:] = (ext[2:] != blank) & (ext[2:] != ext[:-2])
-    emit = log_probs[:, ext]  # [T, S]
-    score = torch.full((states,), float("-inf"))
+    emit = lp[:, ext].astype(np.float64)  # [T, S]
+    score = np.full(states, -np.inf)
     score[0] = emit[0, 0]
     score[1] = emit[0, 1]
-    back = torch.zeros((frames, states), dtype=torch.uint8)  # 0: stay, 1: from s-1, 2: from s-2
+    back = np.zeros((frames, states), dtype=np.int8)  # 0: stay, 1: from s-1, 2: from s-2
+    cand = np.full((3, states), -np.inf)
     for t in range(1, frames):
-        stay = score
-        step = torch.cat([neg.view(1), score[:-1]])
-        jump = torch.where(skip, torch.cat([neg.expand(2), score[:-2]]), neg)
-        best = torch.stack([stay, step, jump])
-        score, choice = best.max(dim=0)
-        score = score + emit[t]
-        back[t] = choice.to(torch.uint8)
+        cand[0] = score
+        cand[1, 1:] = score[:-1]
+        cand[2, 2:] = np.where(skip[2:], score[:-2], -np.inf)
+        choice = cand.argmax(axis=0)  # ties prefer staying, then the shorter step
+        back[t] = choice
+        score = cand[choice, np.arange(states)] + emit[t]
     last = states - 1 if score[-1] >= score[-2] else states - 2
-    if not torch.isfinite(score[last]):
+    if not np.isfinite(score[last]):
         return []
-    path = [0] * frames
+    path = np.empty(frames, dtype=np.int64)
     s = last
     for t in range(frames - 1, -1, -1):
         path[t] = s
         s -= int(back[t, s])
     spans: list[list[int]] = []  # [token, start, end, state]
-    for t, s in enumerate(path):
+    for t, s in enumerate(path.tolist()):
         if s % 2 == 0:
             continue
         if spans and spans[-1][3] == s:
