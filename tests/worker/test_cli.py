@@ -59,6 +59,19 @@ def test_incomplete_model_dir_is_one_line_and_exit_2(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+def test_taken_port_is_one_line_and_exit_2():
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = _run("serve", "--engine", "fake", "--listen", f"127.0.0.1:{port}")
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot listen" in lines[0], proc.stderr
+
+
 def test_cuda_without_gpu_is_one_line_and_exit_2():
     import torch
 

@@ -107,6 +107,7 @@ def check_serve_args(args: argparse.Namespace) -> None:
         raise StartupError("--max-queue, --batch-window-ms and --drain-grace-s must be >= 0")
     if args.max_segment_s < 1:
         raise StartupError("--max-segment-s must be >= 1")
+    check_port_free(host, int(port))
     check_device(args.device)
     if args.engine == "funasr-nano":
         if args.model_dir is None:
@@ -119,6 +120,24 @@ def check_serve_args(args: argparse.Namespace) -> None:
         from . import models
 
         models.validate_model_dir(args.model_dir)  # cheap file checks before loading anything
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Fail fast (one line) when a fixed port is taken, before gRPC logs its own error."""
+    if port == 0:
+        return
+    host = host.strip("[]")
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError as exc:
+        raise StartupError(f"cannot resolve --listen host {host!r}: {exc}") from exc
+    family, socktype, proto, _, addr = infos[0]
+    with socket.socket(family, socktype, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(addr)
+        except OSError as exc:
+            raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
 
 
 def check_device(device: str) -> str:

@@ -299,6 +299,8 @@ class WorkerServer:
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                # A second worker on a taken port must fail, not silently share it.
+                ("grpc.so_reuseport", 0),
             ]
         )
         asr_pb2_grpc.add_AsrServicer_to_server(service, self._server)
