@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import itertools
 
+import grpc
 import numpy as np
 import pytest
-from conftest import collect, read_wav, requests_for
+from conftest import collect, read_wav, requests_for, start_worker
 
-from asr.v1 import asr_pb2
+from asr.v1 import asr_pb2, asr_pb2_grpc
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -276,3 +277,53 @@ async def test_many_concurrent_streams_each_get_all_their_finals(silero, shared_
         assert max(w.scheduler.batch_sizes) > 1
     assert all(len(t) == 3 for t in texts)
     assert all(t == texts[0] for t in texts)  # same audio, same finals, whatever the chunking
+
+
+async def test_partial_still_running_at_segment_close_is_dropped(silero, shared_audio):
+    """A partial whose result arrives after its segment closed is never sent (no partial after final)."""
+    import asyncio
+    import threading
+
+    from asr_worker.engine.fake import FakeEngine
+
+    release = threading.Event()
+    started = threading.Event()
+
+    class SlowPartials(FakeEngine):
+        def decode_batch(self, requests):
+            if any(r.kind == "partial" for r in requests):
+                started.set()
+                release.wait(10)
+            return super().decode_batch(requests)
+
+    pcm, rate = read_wav(shared_audio / "zh/damo.wav")
+    async with start_worker(silero, engine=SlowPartials(0, 0), batch_window_ms=0) as w, \
+            grpc.aio.insecure_channel(w.address) as ch:
+        stub = asr_pb2_grpc.AsrStub(ch)
+        call = stub.StreamingRecognize()
+        await call.write(asr_pb2.StreamingRecognizeRequest(config=asr_pb2.StreamingConfig(
+            sample_rate_hz=rate, partial_interval_ms=480)))
+        pos = 0
+        while not started.is_set() and pos < len(pcm):
+            await call.write(asr_pb2.StreamingRecognizeRequest(
+                audio=asr_pb2.AudioChunk(pcm16le=pcm[pos:pos + 960].tobytes())))
+            pos += 960
+            await asyncio.sleep(0.002)
+        assert started.is_set()
+        # More audio while the partial runs: the next partial is deferred, not stacked up.
+        for _ in range(40):
+            await call.write(asr_pb2.StreamingRecognizeRequest(
+                audio=asr_pb2.AudioChunk(pcm16le=pcm[pos:pos + 960].tobytes())))
+            pos += 960
+        await call.write(asr_pb2.StreamingRecognizeRequest(
+            control=asr_pb2.Control(type=asr_pb2.CONTROL_TYPE_COMMIT)))
+        await asyncio.sleep(0.2)
+        release.set()
+        await call.write(asr_pb2.StreamingRecognizeRequest(
+            control=asr_pb2.Control(type=asr_pb2.CONTROL_TYPE_END_OF_INPUT)))
+        await call.done_writing()
+        responses = [r async for r in call]
+    finals, _ = _check_ordering(responses)
+    assert [f.reason for f in finals] == [asr_pb2.ENDPOINT_REASON_COMMIT]
+    assert not any(r.HasField("partial") for r in responses)  # the only partial came too late
+    assert responses[-1].HasField("end_of_input")
