@@ -123,3 +123,48 @@ def test_serve_fake_listens_serves_and_drains_on_sigterm():
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_sigterm_with_an_open_stream_drains_then_ends_it_unavailable(shared_audio):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "asr_worker", "serve", "--engine", "fake", "--listen", "127.0.0.1:0",
+         "--drain-grace-s", "1", "--torch-threads", "1"],
+        cwd=WORKER, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(WORKER)},
+    )
+    try:
+        address = proc.stdout.readline().split()[1]
+        with grpc.insecure_channel(address) as ch:
+            grpc.channel_ready_future(ch).result(timeout=20)
+            health = health_pb2_grpc.HealthStub(ch)
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                if health.Check(health_pb2.HealthCheckRequest()).status == \
+                        health_pb2.HealthCheckResponse.SERVING:
+                    break
+                time.sleep(0.05)
+            sent = []
+
+            def requests():
+                yield asr_pb2.StreamingRecognizeRequest(
+                    config=asr_pb2.StreamingConfig(sample_rate_hz=16000))
+                yield asr_pb2.StreamingRecognizeRequest(
+                    audio=asr_pb2.AudioChunk(pcm16le=b"\0\0" * 1600))
+                sent.append(True)
+                time.sleep(30)  # never ends input by itself
+
+            call = asr_pb2_grpc.AsrStub(ch).StreamingRecognize(requests())
+            while not sent:
+                time.sleep(0.01)
+            time.sleep(0.2)
+            t0 = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            with pytest.raises(grpc.RpcError) as info:
+                list(call)
+            assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert 0.8 <= time.monotonic() - t0 < 10
+        assert proc.wait(timeout=15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

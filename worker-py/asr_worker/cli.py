@@ -23,7 +23,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .errors import DeviceError, ModelLoadError, StartupError
+from .errors import DeviceError, Draining, ModelLoadError, StartupError
 
 #: Engines `--engine` accepts. funasr-nano is the default; fake is for tests and benchmarks.
 ENGINES = ("funasr-nano", "fake")
@@ -262,6 +262,14 @@ async def serve(args: argparse.Namespace) -> int:
         )
         await waiter
     log.info("signal received; draining", extra={"grace_s": args.drain_grace_s})
+
+    def stop_now() -> None:
+        # A second signal cuts the grace period short.
+        log.info("second signal; ending open streams now")
+        service.kill_all(Draining("worker shutting down; resume elsewhere"))
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop_now)
     await server.drain(args.drain_grace_s)
     await scheduler.stop()
     log.info("stopped")

@@ -241,7 +241,7 @@ class AsrService(asr_pb2_grpc.AsrServicer):
             async for response in session.responses():
                 yield response
             await reader
-            log.info("stream finished")
+            log.info("stream finished", extra=session.summary())
         except AsrError as err:
             log.info(
                 "stream ended with error",

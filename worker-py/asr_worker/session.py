@@ -473,6 +473,14 @@ class Session:
             self._failure.set_result(err)
         self._slot_ready.set()
 
+    def summary(self) -> dict[str, int]:
+        """Counters for the end-of-stream log line (no text, no audio)."""
+        return {
+            "finalized_segments": self._finalized,
+            "audio_received_ms": self._offset_ms + round(self._received_ms),
+            "partials_refused": self.partials_refused,
+        }
+
     def close(self) -> None:
         """Free the session: drop its queued inference work."""
         self._ended = True
