@@ -229,7 +229,7 @@ class Session:
         self._slot_ready = asyncio.Event()
         self._failure: asyncio.Future = asyncio.get_running_loop().create_future()
         self._ended = False
-        self._last_partial_slot: _Segment | _Slot | None = None
+        self._last_partial_slot: _Slot | None = None
         self.partials_refused = 0
 
     # -- input -------------------------------------------------------------
@@ -432,7 +432,7 @@ class Session:
         seg.partial_due = False
         ticket.future.add_done_callback(lambda _f: self._on_partial_done(seg))
         last = self._last_partial_slot
-        if isinstance(last, _Slot):
+        if last is not None:
             last.stale = True  # the newer partial makes an unemitted older one pointless
         slot = _Slot(
             ticket=ticket, segment=seg, audio_end_ms=self._ms(pos), windowed=start > seg.start
@@ -567,10 +567,10 @@ class Session:
                 delta = agreed_delta(seg.emitted, seg.prev_hyp, hyp)
                 seg.emitted += delta
             seg.prev_hyp = hyp
-            text = hyp if hyp.startswith(seg.emitted) else seg.emitted
+            text = hyp  # the full newest hypothesis; it may revise, the deltas never do
         else:
             text = seg.emitted
-        stability = len(seg.emitted) / len(text) if text else 0.0
+        stability = min(1.0, len(seg.emitted) / len(text)) if text else 0.0
         partial = asr_pb2.PartialResult(
             segment_id=seg.id,
             text=text,
