@@ -40,7 +40,6 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 # --------------------------------------------------------------------------- worker fixtures
 
-import asyncio  # noqa: E402
 import contextlib  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 
@@ -148,5 +147,3 @@ async def collect(call) -> list:
     """All responses of a streaming call."""
     return [r async for r in call]
 
-
-_ = asyncio  # imported for fixtures' event-loop use
