@@ -301,6 +301,12 @@ class WorkerServer:
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                 # A second worker on a taken port must fail, not silently share it.
                 ("grpc.so_reuseport", 0),
+                # Detect a vanished gateway (half-open TCP) so its sessions are freed...
+                ("grpc.keepalive_time_ms", 30_000),
+                ("grpc.keepalive_timeout_ms", 10_000),
+                # ...and accept gateways' own keepalive pings (every >= 10 s) on idle links.
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
             ]
         )
         asr_pb2_grpc.add_AsrServicer_to_server(service, self._server)
