@@ -190,6 +190,12 @@ async def serve(args: argparse.Namespace) -> int:
     from .session import SessionOptions
     from .vad import VadConfig
 
+    # stdout carries exactly one line, LISTENING: anything libraries print
+    # (FunASR prints notices) goes to stderr, at the file-descriptor level too.
+    listening_out = os.fdopen(os.dup(sys.stdout.fileno()), "w")
+    sys.stdout.flush()
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    sys.stdout = sys.stderr
     log = configure(args.log_level)
     torch.set_num_threads(args.torch_threads)
     try:
@@ -212,6 +218,7 @@ async def serve(args: argparse.Namespace) -> int:
         raise StartupError(str(exc)) from exc
     vad = build_vad(args)
     engine = load_engine(args)
+    configure(args.log_level)  # again: model code may have installed its own handlers
     scheduler = Scheduler(
         engine,
         max_batch_size=args.max_batch_size,
@@ -237,8 +244,8 @@ async def serve(args: argparse.Namespace) -> int:
         worker_id=args.worker_id or f"{os.environ.get('HOSTNAME') or socket.gethostname()}:{port}",
         session=session_options,
     )
-    sys.stdout.write(f"LISTENING {host}:{port}\n")
-    sys.stdout.flush()
+    listening_out.write(f"LISTENING {host}:{port}\n")
+    listening_out.flush()
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

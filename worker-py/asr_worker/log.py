@@ -34,15 +34,24 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure(level: str = "info") -> logging.Logger:
-    """Route the `asr_worker` logger tree to stderr as JSON lines; returns its root."""
-    root = logging.getLogger("asr_worker")
-    root.handlers.clear()
+    """Send every log record (ours and libraries') to stderr as JSON lines.
+
+    Returns the `asr_worker` logger. Libraries log through the root logger;
+    their handlers (FunASR installs a plain-text one) are replaced so that
+    stderr stays one JSON object per line.
+    """
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
     root.addHandler(handler)
     root.setLevel(level.upper())
-    root.propagate = False
-    return root
+    ours = logging.getLogger("asr_worker")
+    ours.handlers.clear()
+    ours.setLevel(level.upper())
+    ours.propagate = True
+    return ours
 
 
 class SessionLogger(logging.LoggerAdapter):
