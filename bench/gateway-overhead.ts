@@ -30,7 +30,7 @@ const { values } = parseArgs({
     ns: { type: "string", default: "100,500,1000,2000" },
     worker: { type: "string", default: "python" },
     files: { type: "string", default: "synth/three_utterances.wav,zh/binhai.wav*4,zh/damo.wav*4,zh/long.wav*3,zh/mid.wav*4" },
-    "ramp-ms": { type: "string", default: "5000" },
+    "ramp-ms-per-stream": { type: "string", default: "10" },
     "fake-base-ms": { type: "string", default: "5" },
     "fake-per-item-ms": { type: "string", default: "0.1" },
     "max-batch-size": { type: "string", default: "64" },
@@ -138,19 +138,26 @@ async function main(): Promise<void> {
   log(`gateway ${gateway.address} ready`);
   const rows: Row[] = [];
   try {
-    const reference = await calibrate(worker.address, files, 1, 60);
+    const refs = new Map<number, Awaited<ReturnType<typeof calibrate>>>();
     for (const n of ns) {
+      // Sessions connect at a fixed rate (default 100/s), and play long enough that every
+      // session streams together for at least ~15 s after the ramp.
+      const rampMs = n * Number(values["ramp-ms-per-stream"]);
+      const loops = Math.max(1, Math.ceil((rampMs + 15_000) / 24_000));
       const common = {
         ...DEFAULTS,
         streams: n,
         files,
-        rampMs: Number(values["ramp-ms"]),
+        loops,
+        rampMs,
         channels: Number(values.channels),
         maxSeconds: Number(values["max-seconds"]),
         uplinkTrace: values.worker === "stub" ? traceFile : undefined,
         // Every worker partial reaches the client on both paths, so events pair one to one.
         fullHypothesis: true,
       };
+      if (!refs.has(loops)) refs.set(loops, await calibrate(worker.address, files, loops, 60));
+      const reference = refs.get(loops)!;
       const runDirect = async (): Promise<LoadResult> => {
         log(`N=${n}: direct`);
         const r = await runLoad({
@@ -191,8 +198,12 @@ async function main(): Promise<void> {
         await pause();
         direct = await runDirect();
       }
-      const pf = paired(direct.keyed.finalAfterSpeechEnd, gw.keyed.finalAfterSpeechEnd);
-      const pp = paired(direct.keyed.firstPartial, gw.keyed.firstPartial);
+      // Steady state (every session streaming) when both runs have such a window; whole run otherwise.
+      const useSteady = direct.steady !== null && gw.steady !== null;
+      const dS = useSteady ? direct.steady! : { ...direct.summary, uplinkMs: direct.uplinkMs, keyed: direct.keyed };
+      const gS = useSteady ? gw.steady! : { ...gw.summary, uplinkMs: gw.uplinkMs, keyed: gw.keyed };
+      const pf = paired(dS.keyed.finalAfterSpeechEnd, gS.keyed.finalAfterSpeechEnd);
+      const pp = paired(dS.keyed.firstPartial, gS.keyed.firstPartial);
       const q = (a: number | null, b: number | null): number | null => (a === null || b === null ? null : a - b);
       const gwProc = gw.procs.find((p) => p.label === "gateway");
       const gwCores = gwProc?.steadyCores ?? gwProc?.cores ?? null;
@@ -201,17 +212,24 @@ async function main(): Promise<void> {
         direct: strip(direct),
         gateway: strip(gw),
         added: {
-          finalP50: q(gw.summary.finalAfterSpeechEndMs.p50, direct.summary.finalAfterSpeechEndMs.p50),
-          finalP99: q(gw.summary.finalAfterSpeechEndMs.p99, direct.summary.finalAfterSpeechEndMs.p99),
+          steady: useSteady ? 1 : 0,
+          finalP50: q(gS.finalAfterSpeechEndMs.p50, dS.finalAfterSpeechEndMs.p50),
+          finalP99: q(gS.finalAfterSpeechEndMs.p99, dS.finalAfterSpeechEndMs.p99),
+          finalWholeRunP99: q(gw.summary.finalAfterSpeechEndMs.p99, direct.summary.finalAfterSpeechEndMs.p99),
           finalPairedP50: percentile(pf, 50),
           finalPairedP99: percentile(pf, 99),
-          firstPartialP50: q(gw.summary.firstPartialMs.p50, direct.summary.firstPartialMs.p50),
-          firstPartialP99: q(gw.summary.firstPartialMs.p99, direct.summary.firstPartialMs.p99),
+          firstPartialP50: q(gS.firstPartialMs.p50, dS.firstPartialMs.p50),
+          firstPartialP99: q(gS.firstPartialMs.p99, dS.firstPartialMs.p99),
           firstPartialPairedP50: percentile(pp, 50),
           firstPartialPairedP99: percentile(pp, 99),
-          uplinkP50: direct.uplinkMs && gw.uplinkMs ? q(gw.uplinkMs.p50, direct.uplinkMs.p50) : null,
-          uplinkP99: direct.uplinkMs && gw.uplinkMs ? q(gw.uplinkMs.p99, direct.uplinkMs.p99) : null,
-          ratioFinalP99: gw.summary.finalAfterSpeechEndMs.p99 && direct.summary.finalAfterSpeechEndMs.p99 ? gw.summary.finalAfterSpeechEndMs.p99 / direct.summary.finalAfterSpeechEndMs.p99 : null,
+          uplinkP50: dS.uplinkMs && gS.uplinkMs ? q(gS.uplinkMs.p50, dS.uplinkMs.p50) : null,
+          uplinkP99: dS.uplinkMs && gS.uplinkMs ? q(gS.uplinkMs.p99, dS.uplinkMs.p99) : null,
+          uplinkWholeRunP99: direct.uplinkMs && gw.uplinkMs ? q(gw.uplinkMs.p99, direct.uplinkMs.p99) : null,
+          ratioFinalP99: gS.finalAfterSpeechEndMs.p99 && dS.finalAfterSpeechEndMs.p99 ? gS.finalAfterSpeechEndMs.p99 / dS.finalAfterSpeechEndMs.p99 : null,
+          directFinalP50: dS.finalAfterSpeechEndMs.p50,
+          directFinalP99: dS.finalAfterSpeechEndMs.p99,
+          gatewayFinalP50: gS.finalAfterSpeechEndMs.p50,
+          gatewayFinalP99: gS.finalAfterSpeechEndMs.p99,
           gatewayCores: gwCores,
           streamsPerGatewayCore: gwCores ? n / gwCores : null,
           // Gateway CPU per forwarded 60 ms frame (uplink frame + its share of results), in µs.
@@ -249,16 +267,18 @@ function printTable(rows: Row[]): void {
   o(`machine: ${JSON.stringify(machine())}`);
   o(`worker: ${values.worker}, fake cost ${values["fake-base-ms"]} ms + ${values["fake-per-item-ms"]} ms/item, pin: ${values.pin || "none"}`);
   o("");
-  o("| N | final after speech end p50/p99 direct (ms) | via gateway (ms) | added p50/p99 (ms) | added paired p50/p99 (ms) | first partial added p50/p99 (ms) | uplink/frame added p50/p99 (ms) | p99 ratio | gateway cores | streams/gateway core | gateway CPU µs/frame | gateway RSS/session (KiB) | errors direct/gw | loadgen lateness p99 direct/gw (ms) |");
-  o("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+  o("Latencies in the steady window (every session streaming; * = whole run). Whole-run columns include session setup.");
+  o("");
+  o("| N | final after speech end p50/p99, direct (ms) | via gateway (ms) | added p50/p99 (ms) | added, paired p50/p99 (ms) | first partial added p50/p99 (ms) | uplink per frame added p50/p99 (ms) | whole run: final / uplink added p99 (ms) | p99 ratio | gateway cores | streams per gateway core | gateway CPU µs/frame | gateway RSS/session (KiB) | errors direct/gw | loadgen lateness p99 direct/gw (ms) |");
+  o("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
   for (const r of rows) {
     const d = r.direct.summary;
     const g = r.gateway.summary;
     const a = r.added;
     o(
-      `| ${r.n} | ${fmt(d.finalAfterSpeechEndMs.p50)} / ${fmt(d.finalAfterSpeechEndMs.p99)} | ${fmt(g.finalAfterSpeechEndMs.p50)} / ${fmt(g.finalAfterSpeechEndMs.p99)}` +
+      `| ${r.n}${a.steady ? "" : "*"} | ${fmt(a.directFinalP50)} / ${fmt(a.directFinalP99)} | ${fmt(a.gatewayFinalP50)} / ${fmt(a.gatewayFinalP99)}` +
         ` | ${fmt(a.finalP50)} / ${fmt(a.finalP99)} | ${fmt(a.finalPairedP50)} / ${fmt(a.finalPairedP99)} | ${fmt(a.firstPartialP50)} / ${fmt(a.firstPartialP99)}` +
-        ` | ${fmt(a.uplinkP50, 2)} / ${fmt(a.uplinkP99, 2)} | ${fmt(a.ratioFinalP99, 3)} | ${fmt(a.gatewayCores, 3)} | ${fmt(a.streamsPerGatewayCore, 0)} | ${fmt(a.gatewayCpuUsPerFrame, 0)} | ${fmt(a.gatewayRssPerSessionKiB, 1)}` +
+        ` | ${fmt(a.uplinkP50, 2)} / ${fmt(a.uplinkP99, 2)} | ${fmt(a.finalWholeRunP99)} / ${fmt(a.uplinkWholeRunP99)} | ${fmt(a.ratioFinalP99, 3)} | ${fmt(a.gatewayCores, 3)} | ${fmt(a.streamsPerGatewayCore, 0)} | ${fmt(a.gatewayCpuUsPerFrame, 0)} | ${fmt(a.gatewayRssPerSessionKiB, 1)}` +
         ` | ${d.sessionsWithErrors}/${g.sessionsWithErrors} | ${fmt(d.pacerLatenessMs.p99)} / ${fmt(g.pacerLatenessMs.p99)} |`,
     );
   }

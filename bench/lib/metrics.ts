@@ -34,6 +34,8 @@ export interface TraceMetrics {
   /** Direct only: first partial EVENT of a segment (even with an empty delta). */
   firstPartialEvent: number[];
   finalAfterSpeechEnd: Map<string, number>;
+  /** Send time (performance.now) of the reference frame of each keyed value above. */
+  refAt: Map<string, number>;
   cadence: number[];
   finalAfterVadEnd: number[];
   lag: number[];
@@ -79,6 +81,7 @@ export function traceMetrics(tr: Trace, ref: Reference | undefined, visibleOnly 
     firstPartial: new Map(),
     firstPartialEvent: [],
     finalAfterSpeechEnd: new Map(),
+    refAt: new Map(),
     cadence: [],
     finalAfterVadEnd: [],
     lag: [],
@@ -112,7 +115,11 @@ export function traceMetrics(tr: Trace, ref: Reference | undefined, visibleOnly 
       const prev = lastPartialAt.get(k);
       if (prev === undefined) {
         const seg = segs?.[k];
-        if (seg && !e.afterStop) m.firstPartial.set(`${tr.idx}:${k}`, e.t - sentAtStart(tr, seg.startMs));
+        if (seg && !e.afterStop) {
+          const at = sentAtStart(tr, seg.startMs);
+          m.firstPartial.set(`${tr.idx}:${k}`, e.t - at);
+          m.refAt.set(`p${tr.idx}:${k}`, at);
+        }
       } else {
         m.cadence.push(e.t - prev);
       }
@@ -128,7 +135,9 @@ export function traceMetrics(tr: Trace, ref: Reference | undefined, visibleOnly 
       const k = tr.path === "grpc" ? (e.seg ?? finalsSeen) : finalsSeen;
       const seg = segs?.[finalsSeen];
       if (seg && !seg.atStop) {
-        m.finalAfterSpeechEnd.set(`${tr.idx}:${k}`, e.t - sentAtEnd(tr, seg.endMs));
+        const at = sentAtEnd(tr, seg.endMs);
+        m.finalAfterSpeechEnd.set(`${tr.idx}:${k}`, e.t - at);
+        m.refAt.set(`f${tr.idx}:${k}`, at);
         const endAt = e.seg !== undefined ? endEventAt.get(e.seg) : undefined;
         if (endAt !== undefined) m.finalAfterVadEnd.push(e.t - endAt);
       }
@@ -197,5 +206,21 @@ export function summarize(traces: Trace[], all: TraceMetrics[], lateness: number
     connectMs: dist(traces.map((t) => t.connectMs ?? Number.NaN).filter((v) => !Number.isNaN(v))),
     audioSeconds: traces.reduce((a, t) => a + t.audioMs / 1000, 0),
     wallSeconds,
+  };
+}
+
+/** Keyed per-segment latencies whose reference frame was sent inside [tA, tB] (all when no window). */
+export function keyedIn(
+  all: TraceMetrics[],
+  window: [number, number] | null,
+): { firstPartial: Record<string, number>; finalAfterSpeechEnd: Record<string, number> } {
+  const inside = (m: TraceMetrics, key: string): boolean => {
+    if (!window) return true;
+    const at = m.refAt.get(key);
+    return at !== undefined && at >= window[0] && at <= window[1];
+  };
+  return {
+    firstPartial: Object.fromEntries(all.flatMap((m) => [...m.firstPartial].filter(([k]) => inside(m, `p${k}`)))),
+    finalAfterSpeechEnd: Object.fromEntries(all.flatMap((m) => [...m.finalAfterSpeechEnd].filter(([k]) => inside(m, `f${k}`)))),
   };
 }

@@ -18,6 +18,15 @@ export function printSummary(r: LoadResult, out: (s: string) => void = (s) => pr
   out(`  response lag (partials)           ${d(s.lagMs)}; max per-client p95 ${fmt(s.lagP95MaxPerClientMs)}`);
   out(`  load generator pacing lateness    ${d(s.pacerLatenessMs)}; loadgen ${r.loadgenCores.toFixed(2)} cores`);
   if (r.uplinkMs) out(`  uplink per frame (send -> worker)   ${d(r.uplinkMs)}`);
+  if (r.uplinkTimeline)
+    out(`  uplink p50/p99 per 2 s: ${r.uplinkTimeline.map((b) => `${b.t}s ${fmt(b.p50, 0)}/${fmt(b.p99, 0)}`).join(", ")}`);
+  if (r.steady) {
+    const w = r.steady.windowSec;
+    out(`  steady window ${w[0].toFixed(1)}-${w[1].toFixed(1)} s (all sessions streaming):`);
+    out(`    first partial after speech start ${d(r.steady.firstPartialMs)}`);
+    out(`    final after speech end (audio)   ${d(r.steady.finalAfterSpeechEndMs)}`);
+    if (r.steady.uplinkMs) out(`    uplink per frame                 ${d(r.steady.uplinkMs)}`);
+  }
   out(`  partials ${s.partials}, finals ${s.finals}, segment mismatches ${s.segmentMismatches}, sessions with errors ${s.sessionsWithErrors}`);
   for (const p of r.procs) {
     out(

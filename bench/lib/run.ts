@@ -3,11 +3,11 @@
  * bounded in time; returns traces, metrics and server process usage.
  */
 import { frames as splitFrames, loadAudio } from "./audio.js";
-import { summarize, traceMetrics, segmentsOf, type Reference, type Summary, type TraceMetrics } from "./metrics.js";
+import { keyedIn, summarize, traceMetrics, segmentsOf, type Reference, type Summary, type TraceMetrics } from "./metrics.js";
 import { Pacer } from "./pacer.js";
 import { ProcSampler, type ProcUsage } from "./proc.js";
 import { GrpcPool, GrpcSession, RecognitionMode, WsSession, setTag, type BenchSession, type Trace } from "./sessions.js";
-import { dist, type Dist } from "./stats.js";
+import { dist, percentile, type Dist } from "./stats.js";
 
 export interface LoadOptions {
   /** ws://host:port[/path] (gateway) or grpc://host:port (worker). */
@@ -64,6 +64,16 @@ export interface LoadResult {
   metrics: TraceMetrics[];
   /** Client send -> worker receipt per frame (only with uplinkTrace). */
   uplinkMs?: Dist;
+  /** Uplink latency over the run: p50/p99 per 2 s of send time (does a backlog build up?). */
+  uplinkTimeline?: { t: number; p50: number | null; p99: number | null }[];
+  /** The same latencies restricted to the window in which every session was streaming. */
+  steady: {
+    windowSec: [number, number];
+    firstPartialMs: Dist;
+    finalAfterSpeechEndMs: Dist;
+    uplinkMs?: Dist | undefined;
+    keyed: { firstPartial: Record<string, number>; finalAfterSpeechEnd: Record<string, number> };
+  } | null;
   /** Keyed per-segment latencies, for pairing a gateway run with a direct run. */
   keyed: { firstPartial: Record<string, number>; finalAfterSpeechEnd: Record<string, number> };
 }
@@ -179,19 +189,35 @@ export async function runLoad(o: LoadOptions): Promise<LoadResult> {
   const summary = summarize(traces, metrics, pacer.lateness, wallSeconds);
   log(o, `done in ${wallSeconds.toFixed(1)} s, ${summary.sessionsWithErrors} sessions with errors`);
   let uplinkMs: Dist | undefined;
+  let uplinkTimeline: LoadResult["uplinkTimeline"];
+  let uplinkAll: [number, number][] | undefined;
   if (o.uplinkTrace) {
     const u = await uplinkLatencies(traces, o.uplinkTrace);
     uplinkMs = dist(u.lat);
+    uplinkTimeline = u.timeline;
+    uplinkAll = u.latAt;
     log(o, `uplink trace: ${u.matched}/${traces.length} sessions matched`);
   }
-  const keyed = {
-    firstPartial: Object.fromEntries(metrics.flatMap((m) => [...m.firstPartial])),
-    finalAfterSpeechEnd: Object.fromEntries(metrics.flatMap((m) => [...m.finalAfterSpeechEnd])),
-  };
+  const keyed = keyedIn(metrics, null);
+  // Steady state: every session connected and streaming (session setup excluded).
+  const window: [number, number] | null = tB - tA >= 3000 ? [tA, tB] : null;
+  let steady: LoadResult["steady"] = null;
+  if (window) {
+    const k = keyedIn(metrics, window);
+    steady = {
+      windowSec: [(tA - wall0) / 1000, (tB - wall0) / 1000],
+      firstPartialMs: dist(Object.values(k.firstPartial)),
+      finalAfterSpeechEndMs: dist(Object.values(k.finalAfterSpeechEnd)),
+      uplinkMs: uplinkAll ? dist(uplinkAll.filter(([at]) => at >= tA && at <= tB).map(([, v]) => v)) : undefined,
+      keyed: k,
+    };
+  }
   const { reference: _r, pids: _p, ...options } = o;
   return {
     uplinkMs,
+    uplinkTimeline,
     keyed,
+    steady,
     target: o.target,
     path: isWs ? "ws" : "grpc",
     options,
@@ -231,7 +257,16 @@ export async function calibrate(worker: string, files: string[], loops: number, 
  * receipt traces (bench/stub-worker.ts --trace-file). Both processes use
  * performance.timeOrigin + performance.now(), one machine, one clock.
  */
-export async function uplinkLatencies(traces: Trace[], traceFile: string, waitMs = 5000): Promise<{ lat: number[]; matched: number }> {
+export async function uplinkLatencies(
+  traces: Trace[],
+  traceFile: string,
+  waitMs = 5000,
+): Promise<{
+  lat: number[];
+  latAt: [number, number][];
+  matched: number;
+  timeline: { t: number; p50: number | null; p99: number | null }[];
+}> {
   const { readFileSync, existsSync } = await import("node:fs");
   const want = new Map(traces.map((t) => [t.wavName, t]));
   const deadline = performance.now() + waitMs;
@@ -243,6 +278,9 @@ export async function uplinkLatencies(traces: Trace[], traceFile: string, waitMs
     await new Promise((r) => setTimeout(r, 250));
   }
   const lat: number[] = [];
+  const latAt: [number, number][] = [];
+  const buckets = new Map<number, number[]>(); // 2 s buckets of send time since the first frame
+  const tFirst = Math.min(...traces.map((t) => t.sentAt[0] ?? Infinity));
   let matched = 0;
   const origin = performance.timeOrigin;
   for (const l of lines) {
@@ -257,8 +295,17 @@ export async function uplinkLatencies(traces: Trace[], traceFile: string, waitMs
       end += t.frameBytes[j]!;
       while (k < rec.recv.length && rec.recv[k]! < end) k += 2;
       if (k >= rec.recv.length) break;
-      lat.push(rec.recv[k + 1]! - (origin + t.sentAt[j]!));
+      const v = rec.recv[k + 1]! - (origin + t.sentAt[j]!);
+      lat.push(v);
+      latAt.push([t.sentAt[j]!, v]);
+      const b = Math.floor((t.sentAt[j]! - tFirst) / 2000) * 2;
+      let arr = buckets.get(b);
+      if (!arr) buckets.set(b, (arr = []));
+      arr.push(v);
     }
   }
-  return { lat, matched };
+  const timeline = [...buckets.entries()]
+    .sort((a, b) => a[0] - b[0])
+    .map(([t, v]) => ({ t, p50: percentile(v, 50), p99: percentile(v, 99) }));
+  return { lat, latAt, matched, timeline };
 }
