@@ -168,3 +168,32 @@ def test_sigterm_with_an_open_stream_drains_then_ends_it_unavailable(shared_audi
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_serve_tiny_model_stdout_is_only_the_listening_line(tiny_model_dir):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "asr_worker", "serve", "--listen", "127.0.0.1:0",
+         "--model-dir", str(tiny_model_dir), "--device", "cpu", "--torch-threads", "1"],
+        cwd=WORKER, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(WORKER)},
+    )
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("LISTENING 127.0.0.1:"), line
+        with grpc.insecure_channel(line.split()[1]) as ch:
+            health = health_pb2_grpc.HealthStub(ch)
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                if health.Check(health_pb2.HealthCheckRequest()).status == \
+                        health_pb2.HealthCheckResponse.SERVING:
+                    break
+                time.sleep(0.1)
+            report = next(asr_pb2_grpc.AsrStub(ch).WatchLoad(asr_pb2.WatchLoadRequest()))
+            assert report.engine == "funasr-nano" and report.accepting
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+        assert proc.stdout.read() == ""
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
