@@ -206,3 +206,29 @@ async def test_drain_refuses_new_streams_lets_open_ones_finish_then_ends_them(si
         assert info.value.code() == grpc.StatusCode.UNAVAILABLE
         await asyncio.wait_for(drain, 10)
         assert w.service.active_streams == 0
+
+
+async def test_full_inference_queue_ends_the_call_with_resource_exhausted(silero, shared_audio):
+    """A final that cannot be queued ends the call with a retryable status (the gateway replays)."""
+    from asr_worker.engine.fake import FakeEngine
+
+    pcm, rate = read_wav(shared_audio / "synth/three_utterances.wav")
+    cfg = asr_pb2.StreamingConfig(sample_rate_hz=rate, mode=asr_pb2.RECOGNITION_MODE_OFFLINE)
+    async with start_worker(silero, engine=FakeEngine(base_ms=400, per_item_ms=0), max_batch_size=1,
+                            batch_window_ms=0, max_queue=1) as w, \
+            grpc.aio.insecure_channel(w.address) as ch:
+        stub = asr_pb2_grpc.AsrStub(ch)
+
+        async def one():
+            call = stub.StreamingRecognize(iter(requests_for(pcm.tobytes(), config=cfg,
+                                                             chunk_bytes=64_000)))
+            try:
+                await collect(call)
+                return grpc.StatusCode.OK, ""
+            except grpc.aio.AioRpcError as e:
+                return e.code(), e.details()
+
+        results = await asyncio.gather(*(one() for _ in range(3)))
+    refused = [d for c, d in results if c == grpc.StatusCode.RESOURCE_EXHAUSTED]
+    assert refused and all("queue full" in d for d in refused)
+    assert all(c in (grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED) for c, _ in results)
