@@ -57,6 +57,16 @@ export class ReplayBuffer {
     while (this.chunks.length > 0 && this.chunks[0]!.endMs <= endMs) {
       this.bytes -= this.chunks.shift()!.pcm.length;
     }
+    // A chunk that straddles the final's end (large frames, whole files) keeps only its tail.
+    const c = this.chunks[0];
+    if (c !== undefined && c.startMs < endMs) {
+      const samples = Math.floor(((endMs - c.startMs) / 1000) * c.sampleRateHz);
+      if (samples > 0) {
+        this.bytes -= samples * 2;
+        c.pcm = c.pcm.subarray(samples * 2);
+        c.startMs += (samples / c.sampleRateHz) * 1000;
+      }
+    }
     // A final covers everything before its end, so earlier truncation no longer matters.
     if (this.chunks.length === 0 || this.chunks[0]!.startMs >= endMs) this.truncated = false;
   }

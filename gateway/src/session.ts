@@ -131,9 +131,13 @@ interface Round {
   held: ServerMessage | null;
   /** Something failed in this round (the ack carries is_final false + error). */
   error: string | null;
-  /** Whether the gateway sent audio for this round (file mode decodes later). */
+  /** Offline file mode: the file's bytes until end of input. */
   fileBytes: Buffer[];
   fileSize: number;
+  /** Session-timeline position where the round's audio starts (for replay). */
+  startMs: number;
+  /** Session-timeline position of its END_OF_INPUT (for replay). */
+  eoiAtMs: number;
 }
 
 /** Partial deltas that could not be sent to a slow client yet (sent before the next partial). */
@@ -148,6 +152,8 @@ interface PendingPartial {
 const SLOW_CLIENT_BYTES = 256 * 1024;
 /** Largest AudioChunk sent to a worker (the contract allows 4 MiB). */
 const MAX_CHUNK_BYTES = 1024 * 1024;
+/** Worker failures a session survives by replaying elsewhere. */
+const MAX_FAILOVERS = 3;
 
 /** One client connection (see module comment). */
 export class Session {
@@ -168,6 +174,17 @@ export class Session {
   private readonly replay: ReplayBuffer;
   /** Per open segment: the deltas sent so far (strict online derives the final remainder). */
   private segDeltas = "";
+  /**
+   * After a failover, the new worker re-decodes the open segment from its
+   * start: its deltas are matched against what the client already has
+   * (`segDeltas`) and only text beyond it is sent, so nothing is duplicated.
+   */
+  private replayDeltas: string | null = null;
+  /** Workers whose call failed in this session (not chosen again). */
+  private readonly failedWorkers = new Set<string>();
+  private failovers = 0;
+  /** ResumeState for the next config written (set by a failover with nothing to replay). */
+  private resumeNext: { audioOffsetMs: number; finalizedSegments: number } | null = null;
   private pendingPartial: PendingPartial | null = null;
   private idleTimer: NodeJS.Timeout | null = null;
   private lastActivity = Date.now();
@@ -347,6 +364,7 @@ export class Session {
       if (decoded !== null) this.sendAudio(decoded.pcm, decoded.sampleRateHz);
     }
     round.eoiSent = true;
+    round.eoiAtMs = this.replay.audioMs;
     this.stats.rounds++;
     this.write({ streamingRequest: { $case: "control", value: { type: ControlType.CONTROL_TYPE_END_OF_INPUT } } });
   }
@@ -368,6 +386,8 @@ export class Session {
       error: null,
       fileBytes: [],
       fileSize: 0,
+      startMs: this.replay.audioMs,
+      eoiAtMs: -1,
     };
     this.inputRound = round;
     this.rounds.push(round);
@@ -377,9 +397,11 @@ export class Session {
 
   private writeWorkerConfigIfNeeded(s: Settings): void {
     const cfg = workerConfig(this.id, s);
-    const key = JSON.stringify({ ...cfg, sessionId: "" });
-    if (key === this.sentWorkerConfig) return;
+    const key = JSON.stringify(cfg);
+    if (key === this.sentWorkerConfig && this.resumeNext === null) return;
     this.sentWorkerConfig = key;
+    if (this.resumeNext !== null) cfg.resume = this.resumeNext;
+    this.resumeNext = null;
     this.write({ streamingRequest: { $case: "config", value: cfg } });
   }
 
@@ -399,9 +421,14 @@ export class Session {
   private openWorker(): void {
     if (this.lease === null) this.lease = this.d.workers.acquire();
     if (this.lease === null) throw new GatewayError("NO_WORKER_AVAILABLE");
-    const call = this.lease.open();
+    this.attach(this.lease);
+  }
+
+  /** Opens the recognition call on `lease` and routes its events to this session. */
+  private attach(lease: WorkerLease): void {
+    const call = lease.open();
     this.call = call;
-    this.log = this.log.child({ worker: this.lease.address });
+    this.log = this.d.logger.child({ session: this.id, wav_name: this.settings.wavName, worker: lease.address });
     call.on("data", (r: StreamingRecognizeResponse) => {
       if (this.call !== call || this.st === "closed") return;
       try {
@@ -465,8 +492,20 @@ export class Session {
     const s = round.settings;
     if (s.kind === "offline") return;
     const mode: OutputMode = s.kind === "online" ? "online" : "2pass-online";
-    if (p.delta !== "") this.segDeltas += p.delta;
-    const text = s.fullHypothesis ? p.text : p.delta;
+    let delta = p.delta;
+    if (this.replayDeltas !== null) {
+      // Replayed segment: send only what goes beyond the text the client already has.
+      this.replayDeltas += delta;
+      const have = this.segDeltas;
+      if (this.replayDeltas.length <= have.length || !this.replayDeltas.startsWith(have)) {
+        delta = "";
+      } else {
+        delta = this.replayDeltas.slice(have.length);
+        this.replayDeltas = null;
+      }
+    }
+    if (delta !== "") this.segDeltas += delta;
+    const text = s.fullHypothesis ? p.text : delta;
     if (s.fullHypothesis) {
       this.pendingPartial = { mode, wavName: s.wavName, text, full: true };
     } else {
@@ -489,6 +528,7 @@ export class Session {
     this.pendingPartial = null;
     const deltas = this.segDeltas;
     this.segDeltas = "";
+    this.replayDeltas = null;
     this.stats.finals++;
     this.replay.finalDelivered(f.segmentId, f.endMs);
     if (s.kind === "offline") {
@@ -539,17 +579,61 @@ export class Session {
 
   private onWorkerEnded(s: StatusObject): void {
     if (this.st === "closed") return;
+    const code: ErrorCode = s.code === GrpcStatus.OK ? "WORKER_UNAVAILABLE" : errorCodeForGrpcStatus(s.code);
+    this.log.warn({ grpc_code: s.code, code }, "worker call ended");
+    if (ERRORS[code].retryable && this.failover()) return;
     if (s.code === GrpcStatus.OK) {
-      // The worker ended the call without being asked: the session cannot go on.
       this.fail("WORKER_UNAVAILABLE", "the recognition worker ended the session");
       return;
     }
-    const code = errorCodeForGrpcStatus(s.code);
-    this.log.warn({ grpc_code: s.code, code }, "worker call failed");
-    // Failover by replay belongs here: acquire(exclude this worker), open with
-    // StreamingConfig.resume from this.replay.snapshot(), replay, continue.
-    // Until it exists, the client gets a clear error.
     this.fail(code, s.details !== "" && code === "WORKER_REJECTED" ? `the worker rejected the input: ${s.details}` : undefined);
+  }
+
+  /**
+   * Re-opens the session on another worker and replays the audio since the
+   * last delivered final (StreamingConfig.resume tells the new worker where
+   * the session timeline stands and how many segments the client has), then
+   * repeats the END_OF_INPUT of every round still waiting for its
+   * acknowledgement. Returns false when that is impossible (no other worker,
+   * replay buffer overflowed, too many failovers).
+   */
+  private failover(): boolean {
+    if (this.st !== "streaming" && this.st !== "draining") return false;
+    if (this.failovers >= MAX_FAILOVERS) return false;
+    const snap = this.replay.snapshot();
+    if (!snap.complete) return false;
+    const failed = this.lease;
+    if (failed !== null) this.failedWorkers.add(failed.address);
+    const next = this.d.workers.acquire(this.failedWorkers);
+    if (next === null) return false;
+    failed?.release();
+    this.lease = next;
+    this.failovers++;
+    this.attach(next);
+    this.log.warn({ failover: this.failovers, replay_ms: Math.round(this.replay.audioMs - snap.audioOffsetMs), rounds: this.rounds.length }, "failing over to another worker");
+    // The new worker re-decodes the open segment: dedupe its partials against what was sent.
+    this.pendingPartial = null;
+    this.replayDeltas = this.segDeltas === "" ? null : "";
+    this.sentWorkerConfig = null;
+    const pending = this.rounds;
+    const firstStart = pending.length > 0 ? pending[0]!.startMs : this.replay.audioMs;
+    const chunks = snap.chunks.filter((c) => c.startMs >= firstStart);
+    this.resumeNext = {
+      audioOffsetMs: Math.round(chunks[0]?.startMs ?? this.replay.audioMs),
+      finalizedSegments: snap.finalizedSegments,
+    };
+    // With no round in flight, the next round's config carries the resume state.
+    for (const r of pending) {
+      // An offline file is sent at its end of input, which will carry the resume state itself.
+      if (!r.eoiSent && isFileMode(r.settings)) break;
+      this.writeWorkerConfigIfNeeded(r.settings);
+      for (const c of chunks) {
+        if (c.startMs < r.startMs || (r.eoiSent && c.startMs >= r.eoiAtMs)) continue;
+        this.write({ streamingRequest: { $case: "audio", value: { pcm16le: c.pcm, sampleRateHz: c.sampleRateHz } } });
+      }
+      if (r.eoiSent) this.write({ streamingRequest: { $case: "control", value: { type: ControlType.CONTROL_TYPE_END_OF_INPUT } } });
+    }
+    return true;
   }
 
   // -------------------------------------------------------------------------

@@ -393,3 +393,67 @@ describe("worker failures and limits", () => {
     }
   });
 });
+
+describe("failover by replay", () => {
+  /** Two workers: the session lands on `bad` (the only one serving at connect), then `good` becomes serving. */
+  async function setup(bad: ScriptedWorker): Promise<{ good: ScriptedWorker; gw: Awaited<ReturnType<typeof startGateway>>; c: TestClient }> {
+    const good = await new ScriptedWorker({ serving: false }).start();
+    const gw = await startGateway([bad.address, good.address]);
+    const c = await TestClient.connect(gw.url);
+    good.setServing(true);
+    const deadline = Date.now() + 3000;
+    while (gw.pool.servingCount() < 2 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    return { good, gw, c };
+  }
+
+  test("a worker dying mid-segment: the session continues elsewhere with no duplicate and no missing final", async () => {
+    const bad = await new ScriptedWorker({ failAfterAudioMs: { ms: 1800, code: GrpcStatus.UNAVAILABLE, details: "killed" } }).start();
+    const { good, gw, c } = await setup(bad);
+    try {
+      c.json({ mode: "2pass", wav_name: "fo", is_speaking: true });
+      await c.audio(THREE, 1920, 1);
+      c.json({ is_speaking: false, is_end: true });
+      const msgs = await c.until((m) => m.some((x) => x.is_end === true));
+      assert.ok(msgs.every((m) => m.error === undefined), JSON.stringify(msgs));
+      const fin = finals(msgs);
+      assert.deepEqual(fin.map((f) => f.text), ["S0wwww", "S1wwwwww", "S2ww"]);
+      // The client's concatenated deltas of the replayed segment are never duplicated.
+      const seg1 = msgs.slice(msgs.indexOf(fin[0]!) + 1, msgs.indexOf(fin[1]!)).filter((m) => m.mode === "2pass-online");
+      const joined = seg1.map((p) => p.text).join("");
+      assert.ok(fin[1]!.text.startsWith(joined), `deltas ${joined} vs final ${fin[1]!.text}`);
+      assert.equal(bad.calls.length, 1);
+      assert.equal(good.calls.length, 1);
+      const resume = good.calls[0]!.configs[0]!.resume as { audioOffsetMs: number; finalizedSegments: number };
+      assert.equal(resume.finalizedSegments, 1);
+      assert.ok(resume.audioOffsetMs >= 1100 && resume.audioOffsetMs <= 1300, String(resume.audioOffsetMs));
+      // Finals keep session-timeline times after the replay.
+      assert.ok(JSON.parse(fin[2]!.timestamp!)[0][0] > 2800);
+      c.close();
+    } finally {
+      await gw.stop();
+      await bad.stop();
+      await good.stop();
+    }
+  });
+
+  test("a worker dying after end of input: audio and END_OF_INPUT are replayed, the ack arrives", async () => {
+    const bad = await new ScriptedWorker({ failOnEndOfInput: GrpcStatus.INTERNAL }).start();
+    const { good, gw, c } = await setup(bad);
+    try {
+      c.json({ mode: "offline", wav_name: "fo2", is_speaking: true });
+      await c.audio(THREE, 204800);
+      c.json({ is_speaking: false, is_end: true });
+      const msgs = await c.until((m) => m.some((x) => x.is_end === true));
+      assert.deepEqual(msgs, [
+        { mode: "offline", wav_name: "fo2", text: "S0wwww S1wwwwww S2ww", is_final: true, timestamp: msgs[0]!.timestamp, stamp_sents: msgs[0]!.stamp_sents },
+        { mode: "offline", wav_name: "fo2", text: "", is_final: true, is_end: true },
+      ]);
+      assert.equal(good.calls[0]!.eois, 1);
+      c.close();
+    } finally {
+      await gw.stop();
+      await bad.stop();
+      await good.stop();
+    }
+  });
+});

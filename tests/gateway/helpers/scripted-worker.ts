@@ -45,6 +45,8 @@ export interface ScriptedWorkerOptions {
   failAfterAudioMs?: { ms: number; code: grpc.status; details: string };
   /** Attach tokens (timestamps) to finals (default true). */
   tokens?: boolean;
+  /** End the call with this status when an END_OF_INPUT arrives (before finalizing). */
+  failOnEndOfInput?: grpc.status;
 }
 
 type Json = Record<string, any>;
@@ -148,7 +150,8 @@ export class ScriptedWorker {
     let mode = 3;
     let configAllowed = true;
     let configured = false;
-    let samples = 0; // session timeline, samples at `rate`
+    let samples = 0; // samples received at `rate`
+    let offsetMs = 0; // StreamingConfig.resume.audio_offset_ms
     let timelineMs = 0;
     let seg: { id: number; startMs: number; speechMs: number; lastSpeechMs: number; sentText: string; nextPartialMs: number } | null = null;
     let nextId = 0;
@@ -202,7 +205,7 @@ export class ScriptedWorker {
           n++;
         }
         samples += n;
-        timelineMs = (samples / rate) * 1000;
+        timelineMs = offsetMs + (samples / rate) * 1000;
         const speech = n > 0 && acc / n > 500;
         if (speech && seg === null) {
           seg = { id: nextId++, startMs: timelineMs, speechMs: 0, lastSpeechMs: timelineMs, sentText: "", nextPartialMs: 200 };
@@ -233,7 +236,13 @@ export class ScriptedWorker {
         const c = req.config as Json;
         rec.configs.push(c);
         if (c.sampleRateHz !== 8000 && c.sampleRateHz !== 16000) return finish(grpc.status.INVALID_ARGUMENT, "sample_rate_hz must be 8000 or 16000");
-        if (rate !== 0 && rate !== c.sampleRateHz) samples = Math.round((timelineMs / 1000) * c.sampleRateHz);
+        if (c.resume != null) {
+          offsetMs = Number(c.resume.audioOffsetMs);
+          nextId = Number(c.resume.finalizedSegments);
+          timelineMs = offsetMs;
+        } else if (rate !== 0 && rate !== c.sampleRateHz) {
+          samples = Math.round(((timelineMs - offsetMs) / 1000) * c.sampleRateHz);
+        }
         rate = c.sampleRateHz;
         mode = c.mode || 3;
         configured = true;
@@ -250,6 +259,7 @@ export class ScriptedWorker {
       } else if (kind === "control") {
         if (req.control.type === 1) {
           rec.eois++;
+          if (this.opts.failOnEndOfInput !== undefined) return finish(this.opts.failOnEndOfInput, "scripted failure at end of input");
           closeSeg(2);
           if (roundSegments === 0) {
             const id = nextId++;
