@@ -83,10 +83,23 @@ describe("replay buffer", () => {
     assert.equal(r.audioMs, 300);
     r.finalDelivered(0, 150);
     const s = r.snapshot();
-    assert.equal(s.audioOffsetMs, 100);
+    // The chunk straddling the final's end keeps only its tail.
+    assert.equal(s.audioOffsetMs, 150);
+    assert.equal(s.chunks[0]!.pcm.length, 1600);
     assert.equal(s.finalizedSegments, 1);
     assert.equal(s.chunks.length, 2);
     assert.equal(s.complete, true);
+  });
+
+  test("a whole file sent as one chunk is trimmed at each final", () => {
+    const r = new ReplayBuffer(60);
+    r.push(Buffer.alloc(32000 * 3), 16000); // 0-3000 ms
+    r.finalDelivered(1, 1200);
+    const s = r.snapshot();
+    assert.equal(s.audioOffsetMs, 1200);
+    assert.equal(s.chunks[0]!.pcm.length, 32000 * 1.8);
+    assert.equal(r.retainedBytes, 32000 * 1.8);
+    assert.equal(s.finalizedSegments, 2);
   });
 
   test("is bounded; truncation is reported until a final covers it", () => {
