@@ -56,6 +56,10 @@ export interface ClientSocket {
   readonly bufferedAmount: number;
   /** 1 while open (ws readyState). */
   readonly readyState: number;
+  /** Stops reading from the client (backpressure while the worker call is full). */
+  pause?(): void;
+  /** Reads from the client again. */
+  resume?(): void;
 }
 
 /** Gateway settings that sessions use (a subset of GatewayConfig). */
@@ -183,6 +187,8 @@ export class Session {
   /** Workers whose call failed in this session (not chosen again). */
   private readonly failedWorkers = new Set<string>();
   private failovers = 0;
+  /** Whether reading from the client is paused for worker backpressure. */
+  private readPaused = false;
   /** ResumeState for the next config written (set by a failover with nothing to replay). */
   private resumeNext: { audioOffsetMs: number; finalizedSegments: number } | null = null;
   private pendingPartial: PendingPartial | null = null;
@@ -428,6 +434,8 @@ export class Session {
   private attach(lease: WorkerLease): void {
     const call = lease.open();
     this.call = call;
+    // A paused read belongs to the old call, whose drain will never come.
+    this.resumeReading();
     this.log = this.d.logger.child({ session: this.id, wav_name: this.settings.wavName, worker: lease.address });
     call.on("data", (r: StreamingRecognizeResponse) => {
       if (this.call !== call || this.st === "closed") return;
@@ -450,7 +458,20 @@ export class Session {
   private write(req: StreamingRecognizeRequest): void {
     const call = this.call;
     if (call === null || this.st === "closed") return;
-    call.write(req);
+    if (!call.write(req) && !this.readPaused) {
+      // The worker (or the network to it) is slower than the client sends, e.g. a
+      // C++ client streaming a file at full speed: stop reading the WebSocket
+      // until the call drains instead of buffering without bound.
+      this.readPaused = true;
+      this.d.socket.pause?.();
+      call.once("drain", () => this.resumeReading());
+    }
+  }
+
+  private resumeReading(): void {
+    if (!this.readPaused) return;
+    this.readPaused = false;
+    if (this.st !== "closed") this.d.socket.resume?.();
   }
 
   private onWorkerResponse(r: StreamingRecognizeResponse): void {

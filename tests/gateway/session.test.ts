@@ -203,6 +203,18 @@ describe("session over a scripted worker", () => {
     c.close();
   });
 
+  test("a long stream at full speed reaches the worker complete and in order (backpressure, no loss)", async () => {
+    const c = await TestClient.connect(gw.url);
+    const long = Buffer.concat(Array.from({ length: 20 }, () => THREE)); // 68 s
+    c.json({ mode: "2pass", wav_name: "fast", is_speaking: true });
+    await c.audio(long, 1920);
+    c.json({ is_speaking: false, is_end: true });
+    const msgs = await c.until((m) => m.some((x) => x.is_end === true), 20_000);
+    assert.equal(finals(msgs).length, 60);
+    assert.equal(worker.calls[worker.calls.length - 1]!.audioBytes, long.length);
+    c.close();
+  });
+
   test("socket close cancels the worker call", async () => {
     const before = worker.calls.length;
     const c = await TestClient.connect(gw.url);
