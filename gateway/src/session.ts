@@ -13,6 +13,10 @@
  * that sends the next config (new wav_name) before the previous round's
  * finals arrived still gets each final under the right name.
  *
+ * When the worker call fails with a retryable status, failover() re-opens the
+ * session on another worker and replays the audio kept since the last
+ * delivered final (see replay.ts), so the client sees no gap and no duplicate.
+ *
  * Every close path goes through close(), which is idempotent, cancels the
  * worker call and releases the worker placement.
  */
