@@ -50,8 +50,8 @@ describe("funasr-client CLI", () => {
     const r = await runCli(["--url", gw.url, "--no-pace", "--stdin", "--audio-fs", "8000", "--json", "--hotwords", "阿里巴巴 20"], pcm([{ speech: 600 }], 8000));
     assert.equal(r.code, 0, r.stderr);
     const msgs = r.stdout.trim().split("\n").map((l) => JSON.parse(l));
-    assert.ok(msgs.some((m) => m.mode === "2pass-offline" && m.text === "S0www"));
-    assert.ok(msgs.some((m) => m.is_end === true));
+    assert.ok(msgs.some((m) => m.mode === "2pass-offline" && m.text === "S0www"), "msgs.some((m) => m.mode === \"2pass-offline\" && m.text === \"S0www\")");
+    assert.ok(msgs.some((m) => m.is_end === true), "msgs.some((m) => m.is_end === true)");
   });
 
   test("--no-is-end completes at the single is_final message (cpp behaviour requested)", async () => {

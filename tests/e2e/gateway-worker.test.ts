@@ -74,9 +74,9 @@ describe("e2e: gateway + real worker (fake engine)", { skip: SKIP_REASON }, () =
     for (const f of fin) {
       assert.equal(f.mode, "2pass-offline");
       assert.equal(f.is_final, true);
-      assert.ok(f.text.length > 0);
+      assert.ok(f.text.length > 0, "f.text.length > 0");
     }
-    assert.ok(msgs.every((m) => m.wav_name === "three"));
+    assert.ok(msgs.every((m) => m.wav_name === "three"), "msgs.every((m) => m.wav_name === \"three\")");
     // Partials arrive during speech: before the first final and between finals.
     const idx = fin.map((f) => msgs.indexOf(f));
     const partialIdx = msgs.flatMap((m, i) => (m.mode === "2pass-online" ? [i] : []));
@@ -96,7 +96,7 @@ describe("e2e: gateway + real worker (fake engine)", { skip: SKIP_REASON }, () =
     assert.equal(off.length, 1, JSON.stringify(msgs));
     assert.equal(off[0]!.mode, "offline");
     assert.equal(off[0]!.is_final, true);
-    assert.ok(off[0]!.text.length > 0);
+    assert.ok(off[0]!.text.length > 0, "off[0]!.text.length > 0");
     c.close();
   });
 
@@ -120,7 +120,7 @@ describe("e2e: gateway + real worker (fake engine)", { skip: SKIP_REASON }, () =
     const msgs = await c.until((m) => m.some(isAck), 30_000);
     const fin = finals(msgs);
     assert.equal(fin.length, 3, JSON.stringify(msgs));
-    assert.ok(fin.every((f) => f.text.length > 0 && f.wav_name === "8k"));
+    assert.ok(fin.every((f) => f.text.length > 0 && f.wav_name === "8k"), "fin.every((f) => f.text.length > 0 && f.wav_name === \"8k\")");
     c.close();
   });
 
@@ -142,7 +142,7 @@ describe("e2e: gateway + real worker (fake engine)", { skip: SKIP_REASON }, () =
     assert.deepEqual(bad.messages.map((m) => m.code), ["INVALID_JSON", "UNSUPPORTED_MODE", "UNSUPPORTED_SAMPLE_RATE", "ODD_FRAME_BYTES"]);
     const msgs = await goodDone;
     assert.equal(finals(msgs).length, 3);
-    assert.ok(msgs.every((m) => m.error === undefined));
+    assert.ok(msgs.every((m) => m.error === undefined), "msgs.every((m) => m.error === undefined)");
     bad.close();
     good.close();
   });
@@ -152,7 +152,7 @@ describe("e2e: gateway + real worker (fake engine)", { skip: SKIP_REASON }, () =
     assert.equal(r.code, 0, r.stderr);
     const lines = r.stdout.trim().split("\n");
     assert.equal(lines.length, 3, r.stdout);
-    assert.ok(lines.every((l) => l.startsWith("[three_utterances] ") && l.length > "[three_utterances] ".length));
+    assert.ok(lines.every((l) => l.startsWith("[three_utterances] ") && l.length > "[three_utterances] ".length), "lines.every((l) => l.startsWith(\"[three_utterances] \") && l.length > \"[three_utterances] \".length)");
   });
 });
 
@@ -196,8 +196,8 @@ describe("e2e: gateway + real worker with the tiny Fun-ASR-Nano model", { skip: 
     c.json({ is_speaking: false, is_end: true });
     const msgs = await c.until((m) => m.some(isAck), 90_000);
     const fin = finals(msgs);
-    assert.ok(fin.length >= 1);
-    assert.ok(fin.every((f) => f.mode === "2pass-offline" && f.is_final === true && f.wav_name === "tiny3"));
+    assert.ok(fin.length >= 1, "fin.length >= 1");
+    assert.ok(fin.every((f) => f.mode === "2pass-offline" && f.is_final === true && f.wav_name === "tiny3"), "fin.every((f) => f.mode === \"2pass-offline\" && f.is_final === true && f.wav_name === \"tiny3\")");
     assert.equal(msgs[msgs.length - 1]!.is_final, true);
     c.close();
   });
@@ -225,7 +225,7 @@ describe("e2e: failover when a real worker is killed", { skip: SKIP_REASON }, ()
       assert.ok(msgs.every((m) => m.error === undefined), JSON.stringify(msgs));
       const fin = finals(msgs);
       assert.equal(fin.length, 3, JSON.stringify(msgs));
-      assert.ok(fin.every((f) => f.text.length > 0 && f.is_final));
+      assert.ok(fin.every((f) => f.text.length > 0 && f.is_final), "fin.every((f) => f.text.length > 0 && f.is_final)");
       // (The fake engine's partial and final texts use different windows, so deltas are not checked
       // against finals here; the scripted-worker test checks that replayed deltas are not repeated.)
       assert.equal(msgs[msgs.length - 1]!.is_final, true);

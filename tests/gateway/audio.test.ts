@@ -26,7 +26,7 @@ describe("WAV handling", () => {
     const list = Buffer.concat([Buffer.from("LIST"), Buffer.from([4, 0, 0, 0]), Buffer.from("INFO")]);
     const withList = Buffer.concat([plain.subarray(0, 36), list, plain.subarray(36)]);
     withList.writeUInt32LE(withList.length - 8, 4);
-    assert.ok(looksLikeWav(withList));
+    assert.ok(looksLikeWav(withList), "looksLikeWav(withList)");
     const info = parseWavHeader(withList)!;
     assert.equal(info.dataOffset, 56);
     assert.deepEqual(decodeWav(withList).pcm, data);
@@ -44,7 +44,7 @@ describe("WAV handling", () => {
     const d = decodeWav(wavWith(3, 32, 2, 48000, data));
     assert.equal(d.sampleRateHz, 16000);
     assert.equal(d.pcm.length, 1600 * 2);
-    assert.ok(Math.abs(d.pcm.readInt16LE(200) - 8192) <= 1);
+    assert.ok(Math.abs(d.pcm.readInt16LE(200) - 8192) <= 1, "Math.abs(d.pcm.readInt16LE(200) - 8192) <= 1");
   });
 
   test("8 kHz 16-bit stays 8 kHz", () => {
@@ -105,7 +105,7 @@ describe("replay buffer", () => {
   test("is bounded; truncation is reported until a final covers it", () => {
     const r = new ReplayBuffer(1);
     for (let i = 0; i < 15; i++) r.push(Buffer.alloc(3200), 16000);
-    assert.ok(r.retainedBytes <= 32000);
+    assert.ok(r.retainedBytes <= 32000, "r.retainedBytes <= 32000");
     assert.equal(r.snapshot().complete, false);
     r.finalDelivered(0, 1500);
     assert.equal(r.snapshot().complete, true);

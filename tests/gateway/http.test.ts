@@ -143,7 +143,7 @@ describe("upgrade details", () => {
     const worker = await new ScriptedWorker().start();
     const gw = await startGateway([worker.address], { TLS_CERT: cert, TLS_KEY: key });
     try {
-      assert.ok(gw.url.startsWith("wss://"));
+      assert.ok(gw.url.startsWith("wss://"), "gw.url.startsWith(\"wss://\")");
       const c = await TestClient.connect(gw.url, ["binary"], { rejectUnauthorized: false });
       c.json({ mode: "2pass", wav_name: "tls" });
       c.json({ is_speaking: false });

@@ -40,7 +40,7 @@ test("gateway process: serves, logs no transcript text, drains on SIGTERM and ex
       ready = (await fetch(`http://127.0.0.1:${port}/readyz`)).status === 200;
       if (!ready) await new Promise((r) => setTimeout(r, 50));
     }
-    assert.ok(ready);
+    assert.ok(ready, "ready");
     const c = await TestClient.connect(`ws://127.0.0.1:${port}/`, ["binary"]);
     c.json({ mode: "2pass", wav_name: "proc", is_speaking: true, hotwords: "秘密热词 30" });
     await c.audio(pcm([{ speech: 600 }]));

@@ -152,7 +152,7 @@ describe("client message schema", () => {
     });
   }
   test(`invalid corpus has at least 30 cases (${INVALID.length + BAD_HOTWORDS.length})`, () => {
-    assert.ok(INVALID.length + BAD_HOTWORDS.length >= 30);
+    assert.ok(INVALID.length + BAD_HOTWORDS.length >= 30, "INVALID.length + BAD_HOTWORDS.length >= 30");
   });
   for (const [name, text, code] of INVALID) {
     test(`rejects with ${code}: ${name}`, () => {

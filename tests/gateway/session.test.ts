@@ -40,15 +40,15 @@ describe("session over a scripted worker", () => {
     for (const f of fin) {
       assert.equal(f.is_final, true);
       assert.equal(typeof f.timestamp, "string");
-      assert.ok(Array.isArray(JSON.parse(f.timestamp!)));
-      assert.ok(Array.isArray(f.stamp_sents));
+      assert.ok(Array.isArray(JSON.parse(f.timestamp!)), "Array.isArray(JSON.parse(f.timestamp!))");
+      assert.ok(Array.isArray(f.stamp_sents), "Array.isArray(f.stamp_sents)");
     }
     const partials = msgs.filter((m) => m.mode === "2pass-online");
-    assert.ok(partials.length >= 3);
-    assert.ok(partials.every((p) => p.is_final === false));
+    assert.ok(partials.length >= 3, "partials.length >= 3");
+    assert.ok(partials.every((p) => p.is_final === false), "partials.every((p) => p.is_final === false)");
     // Deltas of segment 1 concatenate to a prefix of its final.
     const seg1 = msgs.slice(msgs.indexOf(fin[0]!) + 1, msgs.indexOf(fin[1]!)).filter((m) => m.mode === "2pass-online");
-    assert.ok(fin[1]!.text.startsWith(seg1.map((p) => p.text).join("")));
+    assert.ok(fin[1]!.text.startsWith(seg1.map((p) => p.text).join("")), "fin[1]!.text.startsWith(seg1.map((p) => p.text).join(\"\"))");
     const ack = msgs[msgs.length - 1]!;
     assert.deepEqual(ack, { mode: "2pass-offline", wav_name: "t1", text: "", is_final: true, is_end: true });
     assert.equal(c.ws.protocol, "binary");
@@ -268,7 +268,7 @@ describe("session over a scripted worker", () => {
     assert.equal(bad.closeCode, null);
     const msgs = await goodDone;
     assert.equal(finals(msgs).length, 3);
-    assert.ok(msgs.every((m) => m.error === undefined));
+    assert.ok(msgs.every((m) => m.error === undefined), "msgs.every((m) => m.error === undefined)");
     // Oversized frames end the session with 1009.
     bad.ws.send(Buffer.alloc(gw.config.maxFrameBytes + 2));
     assert.equal(await bad.closed(), 1009);
@@ -320,7 +320,7 @@ describe("worker failures and limits", () => {
       await c.audio(THREE);
       c.json({ is_speaking: false, is_end: true });
       const msgs = await c.until((m) => m.some((x) => x.is_end === true));
-      assert.ok(msgs.every((m) => m.mode === "online"));
+      assert.ok(msgs.every((m) => m.mode === "online"), "msgs.every((m) => m.mode === \"online\")");
       const text = msgs.filter((m) => m.is_end !== true).map((m) => m.text).join("");
       assert.equal(text, "S0wwwwS1wwwwwwS2ww");
       assert.equal(msgs.filter((m) => m.is_final && m.is_end !== true).length, 1);
@@ -340,7 +340,7 @@ describe("worker failures and limits", () => {
       await c.audio(pcm([{ speech: 600 }]));
       c.json({ is_speaking: false });
       const msgs = await c.until((m) => finals(m).length === 1);
-      assert.ok(msgs.some((m) => m.mode === "2pass-online"));
+      assert.ok(msgs.some((m) => m.mode === "2pass-online"), "msgs.some((m) => m.mode === \"2pass-online\")");
       assert.equal(finals(msgs)[0]!.mode, "2pass-offline");
       assert.equal(worker.calls[0]!.configs[0]!.mode, 3);
       c.close();
@@ -398,7 +398,7 @@ describe("worker failures and limits", () => {
       await done;
       assert.equal(code, 1001);
       assert.equal(finals(c.messages).length, 1);
-      assert.ok(c.messages.some((m) => m.is_end === true && m.is_final === true));
+      assert.ok(c.messages.some((m) => m.is_end === true && m.is_final === true), "c.messages.some((m) => m.is_end === true && m.is_final === true)");
     } finally {
       gw.pool.close();
       await worker.stop();
@@ -439,7 +439,7 @@ describe("failover by replay", () => {
       assert.equal(resume.finalizedSegments, 1);
       assert.ok(resume.audioOffsetMs >= 1100 && resume.audioOffsetMs <= 1300, String(resume.audioOffsetMs));
       // Finals keep session-timeline times after the replay.
-      assert.ok(JSON.parse(fin[2]!.timestamp!)[0][0] > 2800);
+      assert.ok(JSON.parse(fin[2]!.timestamp!)[0][0] > 2800, "JSON.parse(fin[2]!.timestamp!)[0][0] > 2800");
       c.close();
     } finally {
       await gw.stop();
