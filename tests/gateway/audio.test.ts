@@ -3,6 +3,9 @@
  * replay buffer's bookkeeping.
  */
 import assert from "node:assert/strict";
+import { chmodSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import path from "node:path";
 import { describe, test } from "node:test";
 import { createFileDecoder, decodeWav, looksLikeWav, parseWavHeader, resampleLinear } from "../../gateway/src/audio.js";
 import { GatewayError } from "../../gateway/src/errors.js";
@@ -71,6 +74,37 @@ describe("WAV handling", () => {
     await assert.rejects(dec.decode(Buffer.from("ID3 not audio"), "mp3"), (e: unknown) => e instanceof GatewayError && e.code === "UNSUPPORTED_FORMAT");
     const bad = Buffer.from("RIFF\0\0\0\0WAVEdata\0\0\0\0");
     await assert.rejects(dec.decode(bad, "wav"), (e: unknown) => e instanceof GatewayError && e.code === "DECODE_FAILED");
+  });
+});
+
+describe("ffmpeg child process for other containers", () => {
+  /** A stand-in ffmpeg: reads the file from stdin, writes 1 s of 16 kHz PCM (or fails). */
+  function fakeFfmpeg(ok: boolean): { bin: string; dir: string } {
+    const dir = mkdtempSync(path.join(tmpdir(), "fake-ffmpeg-"));
+    const bin = path.join(dir, "ffmpeg");
+    writeFileSync(bin, ok ? "#!/bin/sh\ncat > /dev/null\nhead -c 32000 /dev/zero\n" : "#!/bin/sh\ncat > /dev/null\nexit 1\n");
+    chmodSync(bin, 0o755);
+    return { bin, dir };
+  }
+
+  test("decodes through the child process to 16 kHz PCM", async () => {
+    const f = fakeFfmpeg(true);
+    try {
+      const d = await createFileDecoder(f.bin).decode(Buffer.from("ID3 pretend mp3"), "mp3");
+      assert.equal(d.sampleRateHz, 16000);
+      assert.equal(d.pcm.length, 32000);
+    } finally {
+      rmSync(f.dir, { recursive: true, force: true });
+    }
+  });
+
+  test("an ffmpeg failure is DECODE_FAILED", async () => {
+    const f = fakeFfmpeg(false);
+    try {
+      await assert.rejects(createFileDecoder(f.bin).decode(Buffer.from("junk"), "mp4"), (e: unknown) => e instanceof GatewayError && e.code === "DECODE_FAILED");
+    } finally {
+      rmSync(f.dir, { recursive: true, force: true });
+    }
   });
 });
 
