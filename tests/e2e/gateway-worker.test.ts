@@ -13,12 +13,16 @@ import { decodeWav } from "../../gateway/src/audio.js";
 import type { ServerMessage } from "../../gateway/src/protocol.js";
 import { runCli } from "../client/helpers/cli.js";
 import { finals, startGateway, TestClient, type TestGateway } from "../gateway/helpers/harness.js";
-import { runWorkerCli, sharedAudio, SKIP_REASON, startRealWorker, type RealWorker } from "./helpers/real-worker.js";
+import { AUDIO_SKIP_REASON, runWorkerCli, sharedAudio, SKIP_REASON as WORKER_SKIP, startRealWorker, type RealWorker } from "./helpers/real-worker.js";
+
+/** e2e tests need the worker venv and the shared recordings; either missing skips them with the reason. */
+const SKIP_REASON = WORKER_SKIP || AUDIO_SKIP_REASON;
 
 const THREE_PATH = sharedAudio("synth/three_utterances.wav");
-const MANIFEST = JSON.parse(readFileSync(sharedAudio("MANIFEST.json"), "utf8")) as {
-  files: Record<string, { utterances?: Array<{ segment: [number, number] }> }>;
-};
+/** The shared audio manifest (read lazily: the audio may be absent, then the tests skip). */
+function manifest(): { files: Record<string, { utterances?: Array<{ segment: [number, number] }> }> } {
+  return JSON.parse(readFileSync(sharedAudio("MANIFEST.json"), "utf8"));
+}
 
 function loadPcm(file: string): Buffer {
   const d = decodeWav(readFileSync(file));
@@ -63,7 +67,7 @@ describe("e2e: gateway + real worker (fake engine)", { skip: SKIP_REASON }, () =
   });
 
   test("three_utterances.wav in 2pass: partials during speech, exactly 3 finals, 2pass-offline, is_final true, wav_name echoed", async () => {
-    assert.equal(MANIFEST.files["synth/three_utterances.wav"]!.utterances!.length, 3);
+    assert.equal(manifest().files["synth/three_utterances.wav"]!.utterances!.length, 3);
     const c = await TestClient.connect(gw.url, ["binary"]);
     c.json({ mode: "2pass", chunk_size: [5, 10, 5], chunk_interval: 10, wav_name: "three", wav_format: "pcm", audio_fs: 16000, is_speaking: true, itn: true });
     await paced(c, three, 16000, 4);

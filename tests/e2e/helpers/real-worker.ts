@@ -17,6 +17,11 @@ export const SKIP_REASON: string | false = existsSync(WORKER_PYTHON)
   ? false
   : "worker-py/.venv is absent (run scripts/setup.sh): the real worker cannot start";
 
+/** Why tests that need the shared recordings skip, or false when they are present (as the worker tests do). */
+export const AUDIO_SKIP_REASON: string | false = existsSync(sharedAudio("MANIFEST.json"))
+  ? false
+  : `shared audio not found at ${sharedAudio("")} (set ASR_SHARED_AUDIO)`;
+
 /** Shared audio: ../shared/audio next to the checkout, or $ASR_SHARED_AUDIO. */
 export function sharedAudio(rel: string): string {
   const base = process.env.ASR_SHARED_AUDIO ?? path.resolve(REPO_ROOT, "..", "shared", "audio");
