@@ -98,6 +98,11 @@ export class WorkerPool implements WorkerSource {
         // Audio frames are small, but a whole decoded file is re-chunked to 1 MiB; results are small.
         "grpc.max_send_message_length": 8 * 1024 * 1024,
         "grpc.max_receive_message_length": 8 * 1024 * 1024,
+        // Detect a worker that vanished without closing TCP (host down, partition) within
+        // ~30 s, so its sessions fail over; the worker accepts pings every >= 10 s.
+        "grpc.keepalive_time_ms": 20_000,
+        "grpc.keepalive_timeout_ms": 10_000,
+        "grpc.keepalive_permit_without_calls": 1,
       });
       // Share the one channel: health, load and recognition use the same connection.
       const health = new HealthClient(address, credentials.createInsecure(), { channelOverride: asr.getChannel() });
