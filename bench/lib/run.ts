@@ -142,7 +142,11 @@ export async function runLoad(o: LoadOptions): Promise<LoadResult> {
     const p = prepared[i % prepared.length]!;
     const s = makeSession(o, i, p, pool);
     sessions.push(s);
-    const startAt = wall0 + (o.streams > 1 ? (i * o.rampMs) / o.streams : 0);
+    // Start times spread over the ramp, plus a golden-ratio phase within one frame period so
+    // that frame sends are spread evenly over the 60 ms period (a ramp step that divides the
+    // period would line sessions up in a few synchronized bursts, unlike real clients).
+    const phase = o.streams > 1 && o.pace > 0 ? ((i * 0.6180339887) % 1) * (o.frameMs / o.pace) : 0;
+    const startAt = wall0 + (o.streams > 1 ? (i * o.rampMs) / o.streams : 0) + phase;
     done.push(
       new Promise<void>((resolve) => {
         const begin = async (): Promise<void> => {
