@@ -9,12 +9,13 @@ out=bench-results
 mkdir -p "$out"
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
 
-echo "== gateway overhead, stub worker (isolates the gateway)"
-node --import tsx bench/gateway-overhead.ts --worker stub --ns "${NS:-100,500,1000,2000}" \
+echo "== gateway overhead, stub worker (isolates the gateway), gateway alone on CPU 0"
+node --import tsx bench/gateway-overhead.ts --worker stub --ns "${NS:-100,300,500,1000}" \
+  --pin "${PIN:-gateway=0,worker=1,load=1}" \
   --out "$out/gateway-overhead-stub-$stamp.json" | tee "$out/gateway-overhead-stub-$stamp.md"
 
 echo "== gateway overhead, real worker with the fake engine"
-node --import tsx bench/gateway-overhead.ts --worker python --ns "${NS_PY:-100,200}" \
+node --import tsx bench/gateway-overhead.ts --worker python --ns "${NS_PY:-50,100}" \
   --out "$out/gateway-overhead-python-$stamp.json" | tee "$out/gateway-overhead-python-$stamp.md"
 
 echo "== worker batching on CPU"
