@@ -23,9 +23,10 @@ import subprocess
 import sys
 import time
 import wave
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 WORKER_PY = REPO_ROOT / "worker-py"
@@ -138,7 +139,7 @@ def machine() -> dict[str, Any]:
         if torch.cuda.is_available():
             info["gpu"] = torch.cuda.get_device_name(0)
             info["gpu_mem_gib"] = round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1)
-    except Exception:  # noqa: BLE001 - informational only
+    except Exception:
         pass
     return info
 
@@ -165,9 +166,15 @@ class Worker:
                 self.proc.wait()
 
 
-def spawn_worker(args: Sequence[str], *, cpus: str | None = None, timeout: float = 600.0,
-                 env: dict[str, str] | None = None, log_path: Path | None = None,
-                 launcher: Sequence[str] | None = None) -> Worker:
+def spawn_worker(
+    args: Sequence[str],
+    *,
+    cpus: str | None = None,
+    timeout: float = 600.0,
+    env: dict[str, str] | None = None,
+    log_path: Path | None = None,
+    launcher: Sequence[str] | None = None,
+) -> Worker:
     """`python -m asr_worker serve --listen 127.0.0.1:0 <args>`; waits for LISTENING + SERVING.
 
     launcher replaces `python -m asr_worker` (e.g. bench/capacity_worker.py ... --).
@@ -177,7 +184,7 @@ def spawn_worker(args: Sequence[str], *, cpus: str | None = None, timeout: float
     if cpus:
         cmd = ["taskset", "-c", cpus, *cmd]
     e = {**os.environ, "PYTHONPATH": str(WORKER_PY), **(env or {})}
-    stderr = open(log_path, "wb") if log_path else subprocess.DEVNULL  # noqa: SIM115
+    stderr = open(log_path, "wb") if log_path else subprocess.DEVNULL
     proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=e, stdout=subprocess.PIPE, stderr=stderr)
     deadline = time.monotonic() + timeout
     address = None
@@ -258,15 +265,24 @@ class StreamTrace:
     errors: list[str] = field(default_factory=list)
 
 
-async def _one_stream(stub: asr_pb2_grpc.AsrStub, idx: int, audio: Audio, start_at: float,
-                      speed: float, partial_interval_ms: int, timeout: float) -> StreamTrace:
+async def _one_stream(
+    stub: asr_pb2_grpc.AsrStub,
+    idx: int,
+    audio: Audio,
+    start_at: float,
+    speed: float,
+    partial_interval_ms: int,
+    call_timeout: float,
+) -> StreamTrace:
     tr = StreamTrace(idx, audio.name, audio.seconds)
     frames = audio.frames()
     await asyncio.sleep(max(0.0, start_at - time.monotonic()))
-    call = stub.StreamingRecognize(timeout=timeout)
+    call = stub.StreamingRecognize(timeout=call_timeout)
     cfg = asr_pb2.StreamingConfig(
-        session_id=f"bench-{idx}", wav_name=f"bench-{idx}",
-        mode=asr_pb2.RECOGNITION_MODE_TWO_PASS, sample_rate_hz=16000,
+        session_id=f"bench-{idx}",
+        wav_name=f"bench-{idx}",
+        mode=asr_pb2.RECOGNITION_MODE_TWO_PASS,
+        sample_rate_hz=16000,
         partial_interval_ms=partial_interval_ms,
     )
 
@@ -281,11 +297,27 @@ async def _one_stream(stub: asr_pb2_grpc.AsrStub, idx: int, audio: Audio, start_
                 if kind == "partial":
                     tr.events.append((now, "partial", (r.partial.segment_id, r.partial.audio_end_ms)))
                 elif kind == "final":
-                    tr.events.append((now, "final", (r.final.segment_id, r.final.start_ms, r.final.end_ms,
-                                                     tr.stop_at is not None, r.final.reason)))
+                    tr.events.append(
+                        (
+                            now,
+                            "final",
+                            (
+                                r.final.segment_id,
+                                r.final.start_ms,
+                                r.final.end_ms,
+                                tr.stop_at is not None,
+                                r.final.reason,
+                            ),
+                        )
+                    )
                 elif kind == "speech_event":
-                    tr.events.append((now, "start" if r.speech_event.type == 1 else "end",
-                                      (r.speech_event.segment_id, r.speech_event.offset_ms)))
+                    tr.events.append(
+                        (
+                            now,
+                            "start" if r.speech_event.type == 1 else "end",
+                            (r.speech_event.segment_id, r.speech_event.offset_ms),
+                        )
+                    )
                 elif kind == "end_of_input":
                     tr.ack_at = now
                 elif kind == "error":
@@ -307,13 +339,14 @@ async def _one_stream(stub: asr_pb2_grpc.AsrStub, idx: int, audio: Audio, start_
             await call.write(asr_pb2.StreamingRecognizeRequest(audio=asr_pb2.AudioChunk(pcm16le=fr)))
             tr.sent_at.append(time.monotonic())
         tr.stop_at = time.monotonic()
-        await call.write(asr_pb2.StreamingRecognizeRequest(
-            control=asr_pb2.Control(type=asr_pb2.CONTROL_TYPE_END_OF_INPUT)))
+        await call.write(
+            asr_pb2.StreamingRecognizeRequest(control=asr_pb2.Control(type=asr_pb2.CONTROL_TYPE_END_OF_INPUT))
+        )
         await call.done_writing()
         await rtask
     except grpc.aio.AioRpcError as e:
         tr.errors.append(f"grpc {e.code().name}: {e.details()}")
-    except Exception as e:  # noqa: BLE001 - a benchmark reports, never crashes
+    except Exception as e:
         tr.errors.append(f"{type(e).__name__}: {e}")
     tr.done_at = time.monotonic()
     if tr.ack_at is None and not tr.errors:
@@ -321,17 +354,34 @@ async def _one_stream(stub: asr_pb2_grpc.AsrStub, idx: int, audio: Audio, start_
     return tr
 
 
-async def run_streams(address: str, audios: Sequence[Audio], streams: int, *, speed: float = 1.0,
-                      ramp_s: float = 1.0, partial_interval_ms: int = 600, timeout: float = 300.0,
-                      channels: int = 1) -> tuple[list[StreamTrace], float]:
+async def run_streams(
+    address: str,
+    audios: Sequence[Audio],
+    streams: int,
+    *,
+    speed: float = 1.0,
+    ramp_s: float = 1.0,
+    partial_interval_ms: int = 600,
+    call_timeout: float = 300.0,
+    channels: int = 1,
+) -> tuple[list[StreamTrace], float]:
     """C concurrent streams (file i % len(audios)); returns traces and wall seconds."""
     opts = [("grpc.max_receive_message_length", 8 << 20)]
-    chans = [grpc.aio.insecure_channel(address, options=opts + [("bench.channel", i)]) for i in range(channels)]
+    chans = [
+        grpc.aio.insecure_channel(address, options=[*opts, ("bench.channel", i)]) for i in range(channels)
+    ]
     stubs = [asr_pb2_grpc.AsrStub(c) for c in chans]
     t_start = time.monotonic()
     tasks = [
-        _one_stream(stubs[i % channels], i, audios[i % len(audios)],
-                    t_start + (ramp_s * i / streams if streams > 1 else 0.0), speed, partial_interval_ms, timeout)
+        _one_stream(
+            stubs[i % channels],
+            i,
+            audios[i % len(audios)],
+            t_start + (ramp_s * i / streams if streams > 1 else 0.0),
+            speed,
+            partial_interval_ms,
+            call_timeout,
+        )
         for i in range(streams)
     ]
     traces = await asyncio.gather(*tasks)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "worker-py"))
 
-from asr_worker import cli  # noqa: E402
+from asr_worker import cli
 
 
 def main() -> int:
@@ -36,7 +36,9 @@ def main() -> int:
         from asr_worker.engine import funasr_nano
 
         return funasr_nano.load_engine(
-            args.model_dir, args.device, dtype=args.dtype,
+            args.model_dir,
+            args.device,
+            dtype=args.dtype,
             forced_tokens_per_second=own.tokens_per_second,
         )
 

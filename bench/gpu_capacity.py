@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import asrbench as ab  # noqa: E402
+import asrbench as ab
 
 TARGETS = {
     "final_after_vad_end_ms": 600.0,
@@ -59,8 +59,12 @@ def parse() -> argparse.Namespace:
     p.add_argument("--tokens-per-second", type=float, default=5.0)
     p.add_argument("--max-batch-size", type=int, default=64)
     p.add_argument("--batch-window-ms", type=float, default=10.0)
-    p.add_argument("--partial-interval-ms", type=int, default=480,
-                   help="cadence the streams request (FunASR chunk_size[1]*60; worker clamps 480..1200)")
+    p.add_argument(
+        "--partial-interval-ms",
+        type=int,
+        default=480,
+        help="cadence the streams request (FunASR chunk_size[1]*60; worker clamps 480..1200)",
+    )
     p.add_argument("--dtype", default="auto")
     p.add_argument("--client-procs", type=int, default=0, help="load generator processes (default: N/150)")
     p.add_argument("--files", default=",".join(ab.DEFAULT_FILES))
@@ -81,7 +85,9 @@ def device_for(a: argparse.Namespace) -> str:
     except ImportError:
         pass
     if not a.tiny:
-        raise SystemExit("gpu_capacity: no CUDA GPU; the real-shape model needs one (use --tiny --cpu for a smoke run)")
+        raise SystemExit(
+            "gpu_capacity: no CUDA GPU; the real-shape model needs one (use --tiny --cpu for a smoke run)"
+        )
     return "cpu"
 
 
@@ -92,7 +98,10 @@ def ensure_model(a: argparse.Namespace) -> Path:
     d = a.model_dir
     if (d / "model.pt").exists() and (d / "config.yaml").exists():
         return d
-    print(f"[capacity] building {'tiny' if a.tiny else 'real-shape'} random-weight model in {d}", file=sys.stderr)
+    print(
+        f"[capacity] building {'tiny' if a.tiny else 'real-shape'} random-weight model in {d}",
+        file=sys.stderr,
+    )
     t = time.monotonic()
     from asr_worker.models import build_tiny_model
 
@@ -119,8 +128,11 @@ def stream_audio(audios: list[ab.Audio], n: int, seconds: float) -> list[ab.Audi
 def _client(args: tuple) -> list[ab.StreamTrace]:
     address, audios, n, offset, ramp_s, interval, timeout = args
     # Stagger this process's share inside the global ramp.
-    traces, _ = asyncio.run(ab.run_streams(address, audios, n, speed=1.0, ramp_s=ramp_s,
-                                           partial_interval_ms=interval, timeout=timeout))
+    traces, _ = asyncio.run(
+        ab.run_streams(
+            address, audios, n, speed=1.0, ramp_s=ramp_s, partial_interval_ms=interval, call_timeout=timeout
+        )
+    )
     for t in traces:
         t.idx += offset
     return traces
@@ -138,17 +150,27 @@ class GpuSampler:
     def _run(self) -> None:
         while not self._stop.wait(1.0):
             try:
-                out = subprocess.run(
-                    ["nvidia-smi", "--query-gpu=utilization.gpu,memory.used", "--format=csv,noheader,nounits"],
-                    capture_output=True, text=True, timeout=5,
-                ).stdout.strip().splitlines()[0]
+                out = (
+                    subprocess.run(
+                        [
+                            "nvidia-smi",
+                            "--query-gpu=utilization.gpu,memory.used",
+                            "--format=csv,noheader,nounits",
+                        ],
+                        capture_output=True,
+                        text=True,
+                        timeout=5,
+                    )
+                    .stdout.strip()
+                    .splitlines()[0]
+                )
                 u, m = (float(x) for x in out.split(","))
                 self.util.append(u)
                 self.mem.append(m)
-            except Exception:  # noqa: BLE001 - no GPU / no nvidia-smi
+            except Exception:
                 return
 
-    def __enter__(self) -> "GpuSampler":
+    def __enter__(self) -> GpuSampler:
         self._t.start()
         return self
 
@@ -177,8 +199,11 @@ def run_step(w: ab.Worker, audios: list[ab.Audio], n: int, a: argparse.Namespace
     wall = time.monotonic() - t0
     m = ab.stream_metrics(traces)
     m.update(
-        streams=n, wall_s=wall, client_procs=procs,
-        worker_cores=(ab.proc_cpu_seconds(w.pid) - cpu0) / wall, worker_rss_mib=ab.proc_rss_mib(w.pid),
+        streams=n,
+        wall_s=wall,
+        client_procs=procs,
+        worker_cores=(ab.proc_cpu_seconds(w.pid) - cpu0) / wall,
+        worker_rss_mib=ab.proc_rss_mib(w.pid),
         gpu_util_mean=sum(gpu.util) / len(gpu.util) if gpu.util else None,
         gpu_mem_max_mib=max(gpu.mem) if gpu.mem else None,
     )
@@ -201,12 +226,32 @@ def main() -> int:
     steps = sorted({int(x) for x in a.streams.split(",")})
     files = a.files.split(",")
     audios = stream_audio(ab.load_audio(files), max(steps), a.duration_s)
-    launcher = [sys.executable, str(Path(__file__).resolve().parent / "capacity_worker.py"),
-                "--tokens-per-second", str(a.tokens_per_second), "--"]
-    wargs = ["--engine", "funasr-nano", "--model-dir", str(model), "--device", dev, "--dtype", a.dtype,
-             "--max-batch-size", str(a.max_batch_size), "--batch-window-ms", str(a.batch_window_ms),
-             "--max-streams", str(max(steps) * 2 + 16), "--log-level", "warning",
-             *[x for w in a.worker_arg for x in w.split()]]
+    launcher = [
+        sys.executable,
+        str(Path(__file__).resolve().parent / "capacity_worker.py"),
+        "--tokens-per-second",
+        str(a.tokens_per_second),
+        "--",
+    ]
+    wargs = [
+        "--engine",
+        "funasr-nano",
+        "--model-dir",
+        str(model),
+        "--device",
+        dev,
+        "--dtype",
+        a.dtype,
+        "--max-batch-size",
+        str(a.max_batch_size),
+        "--batch-window-ms",
+        str(a.batch_window_ms),
+        "--max-streams",
+        str(max(steps) * 2 + 16),
+        "--log-level",
+        "warning",
+        *[x for w in a.worker_arg for x in w.split()],
+    ]
     log = Path(tempfile.gettempdir()) / "asr-bench-capacity-worker.log"
     print(f"[capacity] starting worker on {dev}: {' '.join(wargs)}", file=sys.stderr)
     t = time.monotonic()
@@ -224,7 +269,10 @@ def main() -> int:
                 break
             m = run_step(w, audios, n, a)
             rows.append(m)
-            print(f"[capacity] N={n}: {'PASS' if m['pass'] else 'FAIL ' + '; '.join(m['fails'])}", file=sys.stderr)
+            print(
+                f"[capacity] N={n}: {'PASS' if m['pass'] else 'FAIL ' + '; '.join(m['fails'])}",
+                file=sys.stderr,
+            )
             if m["pass"]:
                 last_pass = max(last_pass, n)
             else:
@@ -232,7 +280,12 @@ def main() -> int:
                 queue = [q for q in queue if q < n]
                 if not a.search:
                     break
-            if a.search and first_fail is not None and not queue and first_fail - last_pass > max(8, last_pass // 10):
+            if (
+                a.search
+                and first_fail is not None
+                and not queue
+                and first_fail - last_pass > max(8, last_pass // 10)
+            ):
                 queue = [(last_pass + first_fail) // 2]
             time.sleep(2.0)
     finally:
@@ -240,27 +293,51 @@ def main() -> int:
     capacity = max([r["streams"] for r in rows if r["pass"]], default=0)
     print_table(rows, a, dev, capacity)
     if a.json:
-        ab.dump(a.json, {"machine": ab.machine(), "device": dev, "args": vars(a), "capacity": capacity,
-                         "targets": TARGETS, "rows": rows})
+        ab.dump(
+            a.json,
+            {
+                "machine": ab.machine(),
+                "device": dev,
+                "args": vars(a),
+                "capacity": capacity,
+                "targets": TARGETS,
+                "rows": rows,
+            },
+        )
     bad = [r for r in rows if r["errors"]]
     return 1 if bad else 0
 
 
 def print_table(rows: list[dict], a: argparse.Namespace, dev: str, capacity: int) -> None:
     print(f"machine: {ab.machine()}")
-    print(f"model: {'tiny' if a.tiny else 'real shapes'} random weights, device {dev}, dtype {a.dtype}, "
-          f"forced {a.tokens_per_second} tokens/s, max_batch_size {a.max_batch_size}, "
-          f"window {a.batch_window_ms} ms, partial interval {a.partial_interval_ms} ms, {a.duration_s:.0f} s per step")
+    print(
+        f"model: {'tiny' if a.tiny else 'real shapes'} random weights, device {dev}, dtype {a.dtype}, "
+        f"forced {a.tokens_per_second} tokens/s, max_batch_size {a.max_batch_size}, "
+        f"window {a.batch_window_ms} ms, partial interval {a.partial_interval_ms} ms, "
+        f"{a.duration_s:.0f} s per step"
+    )
     print()
-    print("| streams | first partial p50/p95 (ms) | cadence p50/p95 (ms) | final after VAD end p50/p95 (ms) "
-          "| final after stop p95 (ms) | partials | finals | errors | worker cores | GPU util % | GPU mem MiB | pass |")
+    print(
+        "| streams | first partial p50/p95 (ms) | cadence p50/p95 (ms) | final after VAD end p50/p95 (ms) "
+        "| final after stop p95 (ms) | partials | finals | errors | worker cores | GPU util % "
+        "| GPU mem MiB | pass |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in sorted(rows, key=lambda r: r["streams"]):
-        fp, cd, fv, fs = r["first_partial_ms"], r["cadence_ms"], r["final_after_vad_end_ms"], r["final_after_stop_ms"]
-        print(f"| {r['streams']} | {ab.f(fp['p50'])} / {ab.f(fp['p95'])} | {ab.f(cd['p50'])} / {ab.f(cd['p95'])} "
-              f"| {ab.f(fv['p50'])} / {ab.f(fv['p95'])} | {ab.f(fs['p95'])} | {r['partials']} | {r['finals']} "
-              f"| {r['errors']} | {r['worker_cores']:.2f} | {ab.f(r['gpu_util_mean'])} | {ab.f(r['gpu_mem_max_mib'])} "
-              f"| {'yes' if r['pass'] else 'no: ' + '; '.join(r['fails'])} |")
+        fp, cd, fv, fs = (
+            r["first_partial_ms"],
+            r["cadence_ms"],
+            r["final_after_vad_end_ms"],
+            r["final_after_stop_ms"],
+        )
+        print(
+            f"| {r['streams']} | {ab.f(fp['p50'])} / {ab.f(fp['p95'])} "
+            f"| {ab.f(cd['p50'])} / {ab.f(cd['p95'])} "
+            f"| {ab.f(fv['p50'])} / {ab.f(fv['p95'])} | {ab.f(fs['p95'])} | {r['partials']} | {r['finals']} "
+            f"| {r['errors']} | {r['worker_cores']:.2f} | {ab.f(r['gpu_util_mean'])} "
+            f"| {ab.f(r['gpu_mem_max_mib'])} "
+            f"| {'yes' if r['pass'] else 'no: ' + '; '.join(r['fails'])} |"
+        )
     print()
     print(f"capacity: {capacity} streams within targets" if capacity else "capacity: no step passed")
 

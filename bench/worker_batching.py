@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import asrbench as ab  # noqa: E402
+import asrbench as ab
 
 
 def parse() -> argparse.Namespace:
@@ -47,11 +47,19 @@ def parse() -> argparse.Namespace:
     p.add_argument("--batch-window-ms", type=float, default=10.0)
     p.add_argument("--fake-base-ms", type=float, default=20.0)
     p.add_argument("--fake-per-item-ms", type=float, default=5.0)
-    p.add_argument("--tiny-model-dir", type=Path, default=None,
-                   help="tiny model dir (built with `python -m asr_worker tiny-model` if missing)")
-    p.add_argument("--tokens-per-second", type=float, default=5.0,
-                   help="tiny engine: force decode lengths to this rate (real speech: 4-6; 0 = off, "
-                        "random weights then decode up to the engine's cap)")
+    p.add_argument(
+        "--tiny-model-dir",
+        type=Path,
+        default=None,
+        help="tiny model dir (built with `python -m asr_worker tiny-model` if missing)",
+    )
+    p.add_argument(
+        "--tokens-per-second",
+        type=float,
+        default=5.0,
+        help="tiny engine: force decode lengths to this rate (real speech: 4-6; 0 = off, "
+        "random weights then decode up to the engine's cap)",
+    )
     p.add_argument("--worker-arg", action="append", default=[], help="extra serve argument(s)")
     p.add_argument("--pin-worker", default=None, help="taskset CPU list for the worker")
     p.add_argument("--timeout", type=float, default=300.0, help="per configuration bound (s)")
@@ -62,14 +70,24 @@ def parse() -> argparse.Namespace:
 
 def engine_args(engine: str, a: argparse.Namespace) -> list[str]:
     if engine == "fake":
-        return ["--engine", "fake", "--fake-base-ms", str(a.fake_base_ms),
-                "--fake-per-item-ms", str(a.fake_per_item_ms)]
+        return [
+            "--engine",
+            "fake",
+            "--fake-base-ms",
+            str(a.fake_base_ms),
+            "--fake-per-item-ms",
+            str(a.fake_per_item_ms),
+        ]
     if engine == "tiny":
         d = a.tiny_model_dir
         if not (d / "model.pt").exists():
             print(f"[batching] building tiny model in {d}", file=sys.stderr)
-            subprocess.run([sys.executable, "-m", "asr_worker", "tiny-model", str(d)], check=True,
-                           cwd=ab.REPO_ROOT, env={**__import__("os").environ, "PYTHONPATH": str(ab.WORKER_PY)})
+            subprocess.run(
+                [sys.executable, "-m", "asr_worker", "tiny-model", str(d)],
+                check=True,
+                cwd=ab.REPO_ROOT,
+                env={**__import__("os").environ, "PYTHONPATH": str(ab.WORKER_PY)},
+            )
         return ["--engine", "funasr-nano", "--model-dir", str(d), "--device", "cpu"]
     raise SystemExit(f"unknown engine {engine}")
 
@@ -78,16 +96,23 @@ async def one_config(address: str, pid: int, audios, n: int, a: argparse.Namespa
     cpu0 = ab.proc_cpu_seconds(pid)
     t0 = time.monotonic()
     traces, wall = await asyncio.wait_for(
-        ab.run_streams(address, audios, n, speed=a.speed, ramp_s=a.ramp_s if n > 1 else 0.0,
-                       timeout=a.timeout),
+        ab.run_streams(
+            address, audios, n, speed=a.speed, ramp_s=a.ramp_s if n > 1 else 0.0, call_timeout=a.timeout
+        ),
         a.timeout + 30,
     )
     cores = (ab.proc_cpu_seconds(pid) - cpu0) / (time.monotonic() - t0)
     m = ab.stream_metrics(traces)
     audio_s = sum(t.audio_s for t in traces)
-    m.update(streams=n, wall_s=wall, audio_s=audio_s, x_realtime=audio_s / wall,
-             results_per_s=(m["partials"] + m["finals"]) / wall, worker_cores=cores,
-             worker_rss_mib=ab.proc_rss_mib(pid))
+    m.update(
+        streams=n,
+        wall_s=wall,
+        audio_s=audio_s,
+        x_realtime=audio_s / wall,
+        results_per_s=(m["partials"] + m["finals"]) / wall,
+        worker_cores=cores,
+        worker_rss_mib=ab.proc_rss_mib(pid),
+    )
     return m
 
 
@@ -104,25 +129,41 @@ def main() -> int:
     for engine in a.engines.split(","):
         for mode in a.batching.split(","):
             mbs = a.max_batch_size if mode == "on" else 1
-            args = [*engine_args(engine, a), "--max-batch-size", str(mbs),
-                    "--batch-window-ms", str(a.batch_window_ms if mode == "on" else 0),
-                    "--max-streams", str(max(streams) + 8), "--log-level", "warning",
-                    *[x for w in a.worker_arg for x in w.split()]]
+            args = [
+                *engine_args(engine, a),
+                "--max-batch-size",
+                str(mbs),
+                "--batch-window-ms",
+                str(a.batch_window_ms if mode == "on" else 0),
+                "--max-streams",
+                str(max(streams) + 8),
+                "--log-level",
+                "warning",
+                *[x for w in a.worker_arg for x in w.split()],
+            ]
             print(f"[batching] {engine} batching {mode}: serve {' '.join(args)}", file=sys.stderr)
             log = Path(tempfile.gettempdir()) / f"asr-bench-worker-{engine}-{mode}.log"
             launcher = None
             if engine == "tiny" and a.tokens_per_second > 0:
-                launcher = [sys.executable, str(Path(__file__).resolve().parent / "capacity_worker.py"),
-                            "--tokens-per-second", str(a.tokens_per_second), "--"]
+                launcher = [
+                    sys.executable,
+                    str(Path(__file__).resolve().parent / "capacity_worker.py"),
+                    "--tokens-per-second",
+                    str(a.tokens_per_second),
+                    "--",
+                ]
             w = ab.spawn_worker(args, cpus=a.pin_worker, log_path=log, launcher=launcher)
             try:
                 for n in streams:
                     m = asyncio.run(one_config(w.address, w.pid, audios, n, a))
                     m.update(engine=engine, batching=mode, max_batch_size=mbs)
                     rows.append(m)
-                    print(f"[batching] {engine} {mode} C={n}: {m['results_per_s']:.1f} results/s, "
-                          f"final after VAD end p95 {ab.f(m['final_after_vad_end_ms']['p95'])} ms, "
-                          f"errors {m['errors']}", file=sys.stderr)
+                    print(
+                        f"[batching] {engine} {mode} C={n}: {m['results_per_s']:.1f} results/s, "
+                        f"final after VAD end p95 {ab.f(m['final_after_vad_end_ms']['p95'])} ms, "
+                        f"errors {m['errors']}",
+                        file=sys.stderr,
+                    )
                     time.sleep(1.0)
             finally:
                 w.stop()
@@ -134,22 +175,32 @@ def main() -> int:
 
 def print_table(rows: list[dict], a: argparse.Namespace) -> None:
     print(f"machine: {ab.machine()}")
-    print(f"speed {a.speed or 'max'} x real time; batching on = max_batch_size {a.max_batch_size}, "
-          f"window {a.batch_window_ms} ms; off = max_batch_size 1; fake cost {a.fake_base_ms} + "
-          f"{a.fake_per_item_ms} ms/item; tiny Fun-ASR-Nano decode lengths forced to "
-          f"{a.tokens_per_second or 'off'} tokens/s")
+    print(
+        f"speed {a.speed or 'max'} x real time; batching on = max_batch_size {a.max_batch_size}, "
+        f"window {a.batch_window_ms} ms; off = max_batch_size 1; fake cost {a.fake_base_ms} + "
+        f"{a.fake_per_item_ms} ms/item; tiny Fun-ASR-Nano decode lengths forced to "
+        f"{a.tokens_per_second or 'off'} tokens/s"
+    )
     print()
-    print("| engine | batching | streams | results/s | audio x RT | first partial p50/p95 (ms) "
-          "| cadence p50/p95 (ms) | final after VAD end p50/p95 (ms) | final after stop p95 (ms) "
-          "| worker cores | errors |")
+    print(
+        "| engine | batching | streams | results/s | audio x RT | first partial p50/p95 (ms) "
+        "| cadence p50/p95 (ms) | final after VAD end p50/p95 (ms) | final after stop p95 (ms) "
+        "| worker cores | errors |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        fp, cd, fv, fs = (r["first_partial_ms"], r["cadence_ms"], r["final_after_vad_end_ms"],
-                          r["final_after_stop_ms"])
-        print(f"| {r['engine']} | {r['batching']} | {r['streams']} | {r['results_per_s']:.1f} "
-              f"| {r['x_realtime']:.1f} | {ab.f(fp['p50'])} / {ab.f(fp['p95'])} "
-              f"| {ab.f(cd['p50'])} / {ab.f(cd['p95'])} | {ab.f(fv['p50'])} / {ab.f(fv['p95'])} "
-              f"| {ab.f(fs['p95'])} | {r['worker_cores']:.2f} | {r['errors']} |")
+        fp, cd, fv, fs = (
+            r["first_partial_ms"],
+            r["cadence_ms"],
+            r["final_after_vad_end_ms"],
+            r["final_after_stop_ms"],
+        )
+        print(
+            f"| {r['engine']} | {r['batching']} | {r['streams']} | {r['results_per_s']:.1f} "
+            f"| {r['x_realtime']:.1f} | {ab.f(fp['p50'])} / {ab.f(fp['p95'])} "
+            f"| {ab.f(cd['p50'])} / {ab.f(cd['p95'])} | {ab.f(fv['p50'])} / {ab.f(fv['p95'])} "
+            f"| {ab.f(fs['p95'])} | {r['worker_cores']:.2f} | {r['errors']} |"
+        )
 
 
 if __name__ == "__main__":

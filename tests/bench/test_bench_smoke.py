@@ -32,10 +32,27 @@ def _python() -> str:
 def test_gpu_capacity_cpu_smoke(tmp_path: Path) -> None:
     out = tmp_path / "capacity.json"
     r = subprocess.run(
-        [_python(), "bench/gpu_capacity.py", "--tiny", "--cpu", "--streams", "1,2", "--search",
-         "--duration-s", "9", "--files", "synth/three_utterances.wav",
-         "--model-dir", str(tmp_path / "tiny-model"), "--json", str(out)],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
+        [
+            _python(),
+            "bench/gpu_capacity.py",
+            "--tiny",
+            "--cpu",
+            "--streams",
+            "1,2",
+            "--search",
+            "--duration-s",
+            "9",
+            "--files",
+            "synth/three_utterances.wav",
+            "--model-dir",
+            str(tmp_path / "tiny-model"),
+            "--json",
+            str(out),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     data = json.loads(out.read_text())
@@ -50,9 +67,23 @@ def test_gpu_capacity_cpu_smoke(tmp_path: Path) -> None:
 def test_worker_batching_fake_smoke(tmp_path: Path) -> None:
     out = tmp_path / "batching.json"
     r = subprocess.run(
-        [_python(), "bench/worker_batching.py", "--engines", "fake", "--streams", "1,2", "--quick",
-         "--ramp-s", "0.5", "--json", str(out)],
-        cwd=REPO, capture_output=True, text=True, timeout=180,
+        [
+            _python(),
+            "bench/worker_batching.py",
+            "--engines",
+            "fake",
+            "--streams",
+            "1,2",
+            "--quick",
+            "--ramp-s",
+            "0.5",
+            "--json",
+            str(out),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     rows = json.loads(out.read_text())["rows"]
