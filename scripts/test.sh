@@ -10,6 +10,7 @@
 #   pytest       worker tests (tests/worker)
 #   node-tests   gateway, client and end-to-end tests (npm run test:ts)
 #   deploy       tests/deploy: compose file, k8s manifests, Dockerfiles, scripts
+#   bench-smoke  tests/bench: the benchmark scripts at tiny scale (GPU capacity on CPU)
 #
 #   scripts/test.sh                  all stages
 #   scripts/test.sh pytest deploy    only these stages (setup always runs)
@@ -22,7 +23,7 @@ set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root" || exit 1
 
-all_stages=(setup proto-drift buf-lint typecheck ruff pytest node-tests deploy)
+all_stages=(setup proto-drift buf-lint typecheck ruff pytest node-tests deploy bench-smoke)
 selected=("$@")
 want() {
   [ ${#selected[@]} = 0 ] && return 0
@@ -106,11 +107,12 @@ stage setup check 2400 bash scripts/setup.sh
 stage proto-drift check 300 bash scripts/gen-proto.sh --check
 stage buf-lint check 120 node_modules/.bin/buf lint
 stage typecheck check 600 npm run --silent typecheck
-stage ruff check 120 worker-py/.venv/bin/ruff check worker-py tests/worker tests/deploy \
+stage ruff check 120 worker-py/.venv/bin/ruff check worker-py tests/worker tests/deploy bench tests/bench \
   --extend-exclude worker-py/asr --extend-exclude worker-py/.venv
 stage pytest pytest 2400 "$py" -m pytest tests/worker -ra -p no:cacheprovider
 stage node-tests node 1800 npm run --silent test:ts
 stage deploy pytest 900 "$py" -m pytest tests/deploy -ra -p no:cacheprovider
+stage bench-smoke pytest 900 "$py" -m pytest tests/bench -ra -p no:cacheprovider
 
 echo
 echo "==================== summary ($((SECONDS - t_start)) s) ===================="
