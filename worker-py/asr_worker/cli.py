@@ -61,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="partials decode at most the last this-many ms of a segment (default 12000)")
     s.add_argument("--vad", default="silero", help="silero (default, weights ship in the wheel) or fsmn")
     s.add_argument("--vad-model-dir", type=Path, help="FunASR fsmn-vad model directory (--vad fsmn)")
-    s.add_argument("--vad-threshold", type=float, default=0.5, help="speech probability threshold (0.5)")
+    s.add_argument("--vad-threshold", type=float, default=None,
+                   help="speech probability threshold (0.5 for silero, 0.8 for fsmn)")
     s.add_argument("--vad-neg-threshold", type=float, default=None,
                    help="end-of-speech threshold (default threshold - 0.15)")
     s.add_argument("--vad-min-speech-ms", type=int, default=250, help="shortest speech that opens a segment")
@@ -107,6 +108,10 @@ def check_serve_args(args: argparse.Namespace) -> None:
         raise StartupError("--max-queue, --batch-window-ms and --drain-grace-s must be >= 0")
     if args.max_segment_s < 1:
         raise StartupError("--max-segment-s must be >= 1")
+    if args.vad == "fsmn":
+        from .vad import validate_fsmn_dir
+
+        validate_fsmn_dir(args.vad_model_dir)  # cheap file checks before loading anything
     check_port_free(host, int(port))
     check_device(args.device)
     if args.engine == "funasr-nano":
@@ -188,7 +193,7 @@ async def serve(args: argparse.Namespace) -> int:
     from .scheduler import Scheduler
     from .server import AsrService, ServiceConfig, WorkerServer
     from .session import SessionOptions
-    from .vad import VadConfig
+    from .vad import FSMN_DEFAULT_THRESHOLD, VadConfig
 
     # stdout carries exactly one line, LISTENING: anything libraries print
     # (FunASR prints notices) goes to stderr, at the file-descriptor level too.
@@ -200,7 +205,8 @@ async def serve(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.torch_threads)
     try:
         vad_config = VadConfig(
-            threshold=args.vad_threshold,
+            threshold=args.vad_threshold if args.vad_threshold is not None
+            else (FSMN_DEFAULT_THRESHOLD if args.vad == "fsmn" else 0.5),
             neg_threshold=args.vad_neg_threshold,
             min_speech_ms=args.vad_min_speech_ms,
             min_silence_ms=args.vad_min_silence_ms,

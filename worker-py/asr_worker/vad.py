@@ -9,6 +9,9 @@ Two parts, so that the cheap state machine is testable without a model:
   inner network is called as a pure function `(window+context, state) ->
   (probability, state)`, fed 512-sample windows (32 ms at 16 kHz) as audio
   arrives, any chunk size.
+- `FsmnVad` / `FsmnStream`: FunASR's fsmn-vad from a local model directory
+  (`--vad fsmn --vad-model-dir`), the same interface: per-window speech
+  probabilities from FunASR's streaming frontend + FSMN encoder caches.
 - `Endpointer`: turns per-window probabilities into segment boundaries with
   hysteresis (start above `threshold`, end below `neg_threshold`), a minimum
   speech duration, a minimum silence duration, pre-roll / post-roll padding and
@@ -31,13 +34,14 @@ import collections
 import concurrent.futures
 import contextlib
 import enum
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .engine.base import MODEL_SAMPLE_RATE
-from .errors import StartupError
+from .errors import ModelLoadError, StartupError
 
 #: Samples per VAD window at 16 kHz (silero's fixed size).
 WINDOW_SAMPLES = 512
@@ -397,14 +401,142 @@ class VadBatcher:
                     j.future.set_result(np.concatenate(j.parts))
 
 
+#: Files a FunASR fsmn-vad model directory must hold.
+FSMN_FILES = ("config.yaml", "model.pt", "am.mvn")
+#: fsmn-vad's own rule calls a frame speech when P(speech) >= P(silence) +
+#: speech_noise_thres (0.6 in the released config), i.e. P(speech) >= 0.8; the
+#: CLI uses this as the default `--vad-threshold` for `--vad fsmn`.
+FSMN_DEFAULT_THRESHOLD = 0.8
+
+
+def validate_fsmn_dir(model_dir: Path | None) -> Path:
+    """Cheap checks of an fsmn-vad directory; raises ModelLoadError (one line)."""
+    if model_dir is None:
+        raise ModelLoadError("fsmn-vad needs --vad-model-dir (a FunASR fsmn-vad model directory)")
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise ModelLoadError(f"fsmn-vad model directory {str(model_dir)!r} does not exist")
+    missing = [f for f in FSMN_FILES if not (model_dir / f).is_file()]
+    if missing:
+        raise ModelLoadError(
+            f"fsmn-vad model directory {str(model_dir)!r} is incomplete: missing {', '.join(missing)}"
+        )
+    return model_dir.resolve()
+
+
 class FsmnVad:
-    """Placeholder for FunASR's fsmn-vad backend (needs its weights on disk)."""
+    """FunASR's fsmn-vad (FsmnVADStreaming + WavFrontendOnline) from a local directory.
+
+    Built the way FunASR's AutoModel.build_model does it (registry classes from
+    config.yaml, the frontend with the directory's am.mvn, weights from model.pt),
+    with every path inside `model_dir`, so no model hub is consulted. Streaming
+    uses FunASR's own caches: the online frontend's cache dict (fbank input
+    remainder, LFR splice) and the FSMN encoder's cache dict (its memory blocks),
+    one pair per `FsmnStream`.
+
+    The encoder gives per-10-ms-frame posteriors; a frame's speech probability is
+    1 - P(silence pdfs). Each 512-sample window reports the mean over the frames
+    its samples completed (the frontend lags by its 25 ms frame and 2 LFR
+    look-ahead frames, ~45 ms); a window that completes no frame repeats the last
+    value. So it plugs into the same `Endpointer` and `VadBatcher` as silero.
+    FunASR's own segmentation state machine is not used: the worker's endpointer
+    owns hysteresis, minimum speech/silence, padding and the length cap.
+    """
 
     name = "fsmn"
 
     def __init__(self, model_dir: Path | None) -> None:
-        if model_dir is None:
-            raise StartupError("fsmn-vad needs --vad-model-dir (a FunASR fsmn-vad model directory)")
-        raise StartupError(
-            "fsmn-vad backend is not implemented in this build; use --vad silero"
+        model_dir = validate_fsmn_dir(model_dir)
+        try:
+            import torch
+            import yaml
+
+            # FunASR prints an ffmpeg notice on import; start-up errors must stay one line.
+            with contextlib.redirect_stdout(io.StringIO()):
+                import funasr.frontends.wav_frontend  # registers WavFrontendOnline
+                import funasr.models.fsmn_vad_streaming.model  # noqa: F401  (registers the model)
+                from funasr.register import tables
+        except ImportError as exc:  # pragma: no cover - funasr is a dependency
+            raise ModelLoadError(f"fsmn-vad needs funasr: {exc}") from exc
+        try:
+            cfg = yaml.safe_load((model_dir / "config.yaml").read_text(encoding="utf-8"))
+            if not isinstance(cfg, dict) or not cfg.get("encoder_conf"):
+                raise ValueError("config.yaml has no encoder_conf")
+            frontend_conf = dict(cfg.get("frontend_conf") or {})
+            frontend_conf["cmvn_file"] = str(model_dir / "am.mvn")
+            frontend_conf["dither"] = 0.0  # inference never dithers
+            frontend_cls = tables.frontend_classes.get(cfg.get("frontend", "WavFrontendOnline"))
+            model_cls = tables.model_classes.get(cfg.get("model", "FsmnVADStreaming"))
+            if frontend_cls is None or model_cls is None:
+                raise ValueError(
+                    f"unknown frontend/model {cfg.get('frontend')!r}/{cfg.get('model')!r}"
+                )
+            self._frontend = frontend_cls(**frontend_conf)
+            model = model_cls(
+                encoder=cfg.get("encoder", "FSMN"),
+                encoder_conf=cfg.get("encoder_conf") or {},
+                **(cfg.get("model_conf") or {}),
+            )
+            state = torch.load(model_dir / "model.pt", map_location="cpu", weights_only=True)
+            for key in ("state_dict", "model"):
+                if isinstance(state, dict) and isinstance(state.get(key), dict):
+                    state = state[key]
+            model.load_state_dict(state, strict=True)
+        except Exception as exc:
+            msg = " ".join(str(exc).split())[:300]
+            raise ModelLoadError(
+                f"cannot load fsmn-vad from {str(model_dir)!r}: {type(exc).__name__}: {msg}"
+            ) from exc
+        self._torch = torch
+        self._model = model.eval()
+        self.sample_rate = int(getattr(self._frontend, "fs", MODEL_SAMPLE_RATE))
+        if self.sample_rate != MODEL_SAMPLE_RATE:
+            raise ModelLoadError(f"fsmn-vad model is for {self.sample_rate} Hz; 16000 Hz needed")
+        self.sil_pdf_ids = list(model.vad_opts.sil_pdf_ids)
+        self.new_stream().process(np.zeros(WINDOW_SAMPLES * 4, dtype=np.float32))
+
+    def new_stream(self) -> FsmnStream:
+        """Fresh per-stream caches."""
+        return FsmnStream(self)
+
+    def _frame_probs(self, stream: FsmnStream, samples: np.ndarray) -> np.ndarray:
+        """Speech probabilities of the frames these samples complete."""
+        torch = self._torch
+        x = torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32))[None]
+        feats, _ = self._frontend(
+            x, torch.tensor([x.shape[1]]), cache=stream._frontend_cache, is_final=False
         )
+        if feats.numel() == 0:
+            return np.zeros(0, dtype=np.float32)
+        scores = self._model.encoder(feats, cache=stream._encoder_cache)  # [1, T, pdfs]
+        sil = scores[0, :, self.sil_pdf_ids].sum(dim=-1)
+        return (1.0 - sil).clamp(0.0, 1.0).numpy().astype(np.float32)
+
+    def score(self, jobs: list[tuple[FsmnStream, np.ndarray]]) -> list[np.ndarray]:
+        """Speech probabilities of each job's [n, 512] windows, advancing each stream.
+
+        Same contract as `SileroVad.score`. FunASR's online frontend holds one
+        stream per cache, so streams are scored one after another.
+        """
+        results = []
+        with self._torch.inference_mode():
+            for stream, windows in jobs:
+                out = np.empty(len(windows), dtype=np.float32)
+                for i, win in enumerate(windows):
+                    frames = self._frame_probs(stream, win)
+                    if len(frames):
+                        stream._last = float(frames.mean())
+                    out[i] = stream._last
+                results.append(out)
+        return results
+
+
+class FsmnStream(SileroStream):
+    """One stream's fsmn-vad state: FunASR's frontend and encoder cache dicts."""
+
+    def __init__(self, vad: FsmnVad) -> None:
+        self._vad = vad  # type: ignore[assignment]
+        self._frontend_cache: dict = {}
+        self._encoder_cache: dict = {}
+        self._last = 0.0
+        self._pending = np.zeros(0, dtype=np.float32)
