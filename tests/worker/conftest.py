@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -147,3 +148,25 @@ async def collect(call) -> list:
     """All responses of a streaming call."""
     return [r async for r in call]
 
+
+
+class NetworkBlockedError(RuntimeError):
+    """Raised by a connect attempt while `no_network` is active."""
+
+
+def _refuse_connect(*args, **kwargs):
+    raise NetworkBlockedError(f"network access attempted during a model test: {args!r}")
+
+
+@pytest.fixture(scope="module")
+def no_network():
+    """Block outgoing connections (TCP and UDP connect, create_connection) for the module.
+
+    Model loading must never reach a hub; a hidden download attempt fails the test.
+    Yields the exception class that a blocked connect raises.
+    """
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(socket.socket, "connect", _refuse_connect)
+        mp.setattr(socket.socket, "connect_ex", _refuse_connect)
+        mp.setattr(socket, "create_connection", _refuse_connect)
+        yield NetworkBlockedError
