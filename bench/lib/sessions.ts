@@ -99,6 +99,26 @@ export interface WsOptions {
   fullHypothesis: boolean;
 }
 
+/**
+ * Resolves once the end-of-input acknowledgement arrives (at once when `done`),
+ * or after `timeoutMs` with the miss recorded in the trace. `install` receives
+ * the function the message handler calls when the acknowledgement comes.
+ */
+function waitForAck(trace: Trace, timeoutMs: number, done: boolean, install: (resolve: () => void) => void): Promise<void> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(() => {
+      trace.errors.push(`no end-of-input acknowledgement within ${timeoutMs} ms`);
+      resolve();
+    }, timeoutMs);
+    const finish = (): void => {
+      clearTimeout(timer);
+      resolve();
+    };
+    install(finish);
+    if (done) finish();
+  });
+}
+
 export class WsSession implements BenchSession {
   readonly trace: Trace;
   private ws: WebSocket | undefined;
@@ -207,17 +227,7 @@ export class WsSession implements BenchSession {
     if (!ws || ws.readyState !== WebSocket.OPEN) return Promise.resolve();
     this.trace.stopAt = performance.now();
     ws.send(JSON.stringify({ is_speaking: false, is_end: true }));
-    return new Promise((resolve) => {
-      const timer = setTimeout(() => {
-        this.trace.errors.push(`no end-of-input acknowledgement within ${timeoutMs} ms`);
-        resolve();
-      }, timeoutMs);
-      this.ackResolve = () => {
-        clearTimeout(timer);
-        resolve();
-      };
-      if (this.trace.ackAt !== undefined) this.ackResolve();
-    });
+    return waitForAck(this.trace, timeoutMs, this.trace.ackAt !== undefined, (fn) => (this.ackResolve = fn));
   }
 
   close(): void {
@@ -364,17 +374,7 @@ export class GrpcSession implements BenchSession {
     if (!this.call || this.ended) return Promise.resolve();
     this.trace.stopAt = performance.now();
     this.call.write({ streamingRequest: { $case: "control", value: { type: ControlType.CONTROL_TYPE_END_OF_INPUT } } });
-    return new Promise((resolve) => {
-      const timer = setTimeout(() => {
-        this.trace.errors.push(`no end-of-input acknowledgement within ${timeoutMs} ms`);
-        resolve();
-      }, timeoutMs);
-      this.ackResolve = () => {
-        clearTimeout(timer);
-        resolve();
-      };
-      if (this.trace.ackAt !== undefined || this.ended) this.ackResolve();
-    });
+    return waitForAck(this.trace, timeoutMs, this.trace.ackAt !== undefined || this.ended, (fn) => (this.ackResolve = fn));
   }
 
   close(): void {
