@@ -108,6 +108,21 @@ def f(v: float | None, digits: int = 0) -> str:
     return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
 
 
+def latency_cells(r: dict[str, Any]) -> str:
+    """The four latency columns both result tables share, as markdown cells (no outer bars):
+    first partial p50/p95 | cadence p50/p95 | final after VAD end p50/p95 | final after stop p95."""
+    fp, cd, fv, fs = (
+        r["first_partial_ms"],
+        r["cadence_ms"],
+        r["final_after_vad_end_ms"],
+        r["final_after_stop_ms"],
+    )
+    return (
+        f"{f(fp['p50'])} / {f(fp['p95'])} | {f(cd['p50'])} / {f(cd['p95'])} "
+        f"| {f(fv['p50'])} / {f(fv['p95'])} | {f(fs['p95'])}"
+    )
+
+
 def machine() -> dict[str, Any]:
     cpu = platform.processor()
     try:

@@ -324,16 +324,8 @@ def print_table(rows: list[dict], a: argparse.Namespace, dev: str, capacity: int
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in sorted(rows, key=lambda r: r["streams"]):
-        fp, cd, fv, fs = (
-            r["first_partial_ms"],
-            r["cadence_ms"],
-            r["final_after_vad_end_ms"],
-            r["final_after_stop_ms"],
-        )
         print(
-            f"| {r['streams']} | {ab.f(fp['p50'])} / {ab.f(fp['p95'])} "
-            f"| {ab.f(cd['p50'])} / {ab.f(cd['p95'])} "
-            f"| {ab.f(fv['p50'])} / {ab.f(fv['p95'])} | {ab.f(fs['p95'])} | {r['partials']} | {r['finals']} "
+            f"| {r['streams']} | {ab.latency_cells(r)} | {r['partials']} | {r['finals']} "
             f"| {r['errors']} | {r['worker_cores']:.2f} | {ab.f(r['gpu_util_mean'])} "
             f"| {ab.f(r['gpu_mem_max_mib'])} "
             f"| {'yes' if r['pass'] else 'no: ' + '; '.join(r['fails'])} |"

@@ -189,17 +189,9 @@ def print_table(rows: list[dict], a: argparse.Namespace) -> None:
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        fp, cd, fv, fs = (
-            r["first_partial_ms"],
-            r["cadence_ms"],
-            r["final_after_vad_end_ms"],
-            r["final_after_stop_ms"],
-        )
         print(
             f"| {r['engine']} | {r['batching']} | {r['streams']} | {r['results_per_s']:.1f} "
-            f"| {r['x_realtime']:.1f} | {ab.f(fp['p50'])} / {ab.f(fp['p95'])} "
-            f"| {ab.f(cd['p50'])} / {ab.f(cd['p95'])} | {ab.f(fv['p50'])} / {ab.f(fv['p95'])} "
-            f"| {ab.f(fs['p95'])} | {r['worker_cores']:.2f} | {r['errors']} |"
+            f"| {r['x_realtime']:.1f} | {ab.latency_cells(r)} | {r['worker_cores']:.2f} | {r['errors']} |"
         )
 
 
