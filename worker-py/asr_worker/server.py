@@ -30,7 +30,7 @@ from .errors import AsrError, Draining, InternalError, InvalidConfig
 from .log import SessionLogger
 from .scheduler import Scheduler
 from .session import Session, SessionOptions, validate_config
-from .vad import SileroVad, VadBatcher
+from .vad import VadBatcher, VadModel
 
 #: Health service names that follow readiness.
 HEALTH_SERVICES = ("", "asr.v1.Asr")
@@ -65,7 +65,7 @@ class AsrService(asr_pb2_grpc.AsrServicer):
         self,
         *,
         scheduler: Scheduler,
-        vad: SileroVad,
+        vad: VadModel,
         engine_name: str,
         config: ServiceConfig,
         logger: logging.Logger,

@@ -41,7 +41,7 @@ from .audio import SUPPORTED_RATES, AudioBuffer, Upsampler2x, pcm16le_to_float
 from .engine.base import MODEL_SAMPLE_RATE, DecodeOptions, DecodeRequest, DecodeResult
 from .errors import AsrError, InferenceFailed, InvalidAudio, InvalidConfig
 from .scheduler import SUPERSEDED, Scheduler, Ticket, TicketState
-from .vad import WINDOW_SAMPLES, Endpointer, EventKind, SileroStream, SileroVad, VadConfig, VadEvent
+from .vad import WINDOW_SAMPLES, Endpointer, EventKind, VadConfig, VadEvent, VadModel, VadStream
 
 #: Most hotword phrases per session, and characters per phrase (see asr.proto).
 MAX_HOTWORDS = 256
@@ -183,7 +183,7 @@ class Session:
         key: unique key of this stream in the scheduler (not the client's id).
         settings: the validated first config.
         scheduler: the shared Scheduler.
-        vad: the shared SileroVad weights (a per-stream state is created here).
+        vad: the shared VAD weights, SileroVad or FsmnVad (a per-stream state is created here).
         options: worker-wide session settings.
         logger: logger or adapter carrying this session's id.
         vad_score: scores a stream's samples (the server's VadBatcher.score);
@@ -196,10 +196,10 @@ class Session:
         key: Hashable,
         settings: SessionSettings,
         scheduler: Scheduler,
-        vad: SileroVad,
+        vad: VadModel,
         options: SessionOptions,
         logger: logging.Logger | logging.LoggerAdapter,
-        vad_score: Callable[[SileroStream, np.ndarray], Awaitable[np.ndarray]] | None = None,
+        vad_score: Callable[[VadStream, np.ndarray], Awaitable[np.ndarray]] | None = None,
     ) -> None:
         self.key = key
         self.settings = settings

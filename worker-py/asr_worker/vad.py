@@ -37,6 +37,7 @@ import enum
 import io
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -219,6 +220,30 @@ class Endpointer:
         self._last_end = max(self._last_end, position)
 
 
+class VadStream(Protocol):
+    """One session's VAD state: turns audio into windows and speech probabilities."""
+
+    def take_windows(self, samples: np.ndarray) -> np.ndarray:
+        """Append samples; return the complete windows not yet scored."""
+        ...
+
+    def process(self, samples: np.ndarray) -> np.ndarray:
+        """Score the windows these samples complete, on the calling thread."""
+        ...
+
+
+class VadModel(Protocol):
+    """Shared VAD weights (SileroVad, FsmnVad): makes per-session streams, scores batches."""
+
+    def new_stream(self) -> VadStream:
+        """A fresh per-session state."""
+        ...
+
+    def score(self, jobs: list[tuple[Any, np.ndarray]]) -> list[np.ndarray]:
+        """Probabilities for each (stream, windows) job, in order."""
+        ...
+
+
 class SileroVad:
     """silero-vad's JIT weights, loaded once and shared by all streams.
 
@@ -306,7 +331,7 @@ class SileroStream:
 
 @dataclass(eq=False)
 class _Job:
-    stream: SileroStream
+    stream: VadStream
     windows: np.ndarray
     future: asyncio.Future
     parts: list[np.ndarray]
@@ -317,7 +342,7 @@ class VadBatcher:
     """Scores the windows of all streams together, off the event loop.
 
     Sessions `await score(stream, samples)`; one task takes everything queued
-    and scores it in one `SileroVad.score` call on the VAD thread, so streams
+    and scores it in one `VadModel.score` call on the VAD thread, so streams
     that send audio while a batch runs form the next batch (no timer, no
     polling). A stream with a long backlog (a client sending at full speed)
     gets at most `max_steps` windows per batch so it cannot stall the others.
@@ -330,7 +355,7 @@ class VadBatcher:
 
     def __init__(
         self,
-        vad: SileroVad,
+        vad: VadModel,
         executor: concurrent.futures.Executor,
         *,
         max_steps: int = 32,
@@ -361,7 +386,7 @@ class VadBatcher:
             if not job.future.done():
                 job.future.cancel()
 
-    async def score(self, stream: SileroStream, samples: np.ndarray) -> np.ndarray:
+    async def score(self, stream: VadStream, samples: np.ndarray) -> np.ndarray:
         """Probabilities of the windows these samples complete (possibly none)."""
         windows = stream.take_windows(samples)
         if len(windows) == 0:
