@@ -256,3 +256,15 @@ async def test_no_window_wait_once_every_stream_has_queued_work():
         assert engine.calls[-1] == 2
     finally:
         await sched.stop()
+
+
+def test_fake_engine_forces_the_agreed_prefix_of_a_partial():
+    engine = FakeEngine(0, 0)
+    req = _req(1.0, kind="partial", seed=3)
+    full = engine.transcribe(req.audio).text
+    assert len(full) == 5
+    same = engine.decode_batch([DecodeRequest(req.audio, OPTS, "partial", prefix=full[:2])])[0]
+    assert same.text == full
+    forced = engine.decode_batch([DecodeRequest(req.audio, OPTS, "partial", prefix="XY")])[0]
+    assert forced.text == "XY" + full[2:]
+    assert [t.text for t in forced.tokens] == list(full[2:])

@@ -38,6 +38,11 @@ class DecodeRequest:
     #: "final" decodes a closed segment; "partial" a hypothesis of an open one
     #: (engines may decode partials more cheaply, e.g. with fewer new tokens).
     kind: Literal["final", "partial"] = "final"
+    #: Text of the segment already agreed (emitted) by earlier partials. Partial decodes
+    #: force it into the answer, so only the unstable tail after it is generated; a
+    #: result's text then starts with it. Empty for finals, which decode the whole
+    #: segment afresh (the 2pass correction).
+    prefix: str = ""
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,10 @@ deterministically from the audio:
 So silence decodes to "", the same audio always gives the same text, and the
 text of a prefix of some audio is a prefix of the text of the whole — which is
 what a streaming re-decoder converges to and what stable partials need.
+
+A request's `prefix` (the agreed text of a partial) is honoured like a real engine
+forcing it into the answer: the result starts with the prefix, and only the syllables
+after its length come from the audio.
 """
 
 from __future__ import annotations
@@ -74,7 +78,15 @@ class FakeEngine:
         cost_s = (self.base_ms + self.per_item_ms * len(requests)) / 1000.0
         if cost_s > 0:
             time.sleep(cost_s)
-        return [self.transcribe(r.audio) for r in requests]
+        return [self._with_prefix(self.transcribe(r.audio), r.prefix) for r in requests]
+
+    @staticmethod
+    def _with_prefix(result: DecodeResult, prefix: str) -> DecodeResult:
+        """The result as a decode forced to start with `prefix` (one syllable per char)."""
+        if not prefix or result.text.startswith(prefix):
+            return result
+        tail = result.tokens[len(prefix) :]
+        return DecodeResult(text=prefix + "".join(t.text for t in tail), tokens=tail)
 
     def transcribe(self, audio: np.ndarray) -> DecodeResult:
         """The deterministic text of one utterance (no cost)."""
