@@ -13,6 +13,7 @@ import yaml
 
 from asr_worker import models
 from asr_worker.errors import ModelLoadError
+from asr_worker.models import download, tiny
 
 torch.set_num_threads(2)
 
@@ -204,7 +205,7 @@ def test_download_validates_what_it_got(tmp_path: Path, monkeypatch):
 
 def test_argparse_helpers(tmp_path: Path):
     p = argparse.ArgumentParser()
-    models.add_download_args(p)
+    download.add_download_args(p)
     args = p.parse_args(["--hub", "hf", "--cache-dir", str(tmp_path)])
     assert (args.model_id, args.hub, args.cache_dir, args.revision) == (
         models.DEFAULT_MODEL_ID,
@@ -213,6 +214,6 @@ def test_argparse_helpers(tmp_path: Path):
         None,
     )
     p2 = argparse.ArgumentParser()
-    models.add_tiny_model_args(p2)
+    tiny.add_tiny_model_args(p2)
     args2 = p2.parse_args([str(tmp_path / "out"), "--real-shapes", "--seed", "3"])
     assert (args2.out_dir, args2.real_shapes, args2.seed) == (tmp_path / "out", True, 3)

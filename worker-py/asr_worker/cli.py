@@ -23,7 +23,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .errors import DeviceError, Draining, ModelLoadError, StartupError
+from .errors import Draining, ModelLoadError, StartupError
 
 #: Engines `--engine` accepts. funasr-nano is the default; fake is for tests and benchmarks.
 ENGINES = ("funasr-nano", "fake")
@@ -82,13 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("download", help="download Fun-ASR-Nano into a cache directory")
     t = sub.add_parser("tiny-model", help="write a random-weight Fun-ASR-Nano directory (offline)")
-    try:
-        from . import models
+    from .models import download, tiny
 
-        models.add_download_args(d)
-        models.add_tiny_model_args(t)
-    except ImportError:  # pragma: no cover - models.py is part of the package
-        pass
+    download.add_download_args(d)
+    tiny.add_tiny_model_args(t)
     return p
 
 
@@ -113,7 +110,9 @@ def check_serve_args(args: argparse.Namespace) -> None:
 
         validate_fsmn_dir(args.vad_model_dir)  # cheap file checks before loading anything
     check_port_free(host, int(port))
-    check_device(args.device)
+    from .models.loader import resolve_device
+
+    resolve_device(args.device)  # the one place devices are resolved (models/loader.py)
     if args.engine == "funasr-nano":
         if args.model_dir is None:
             raise ModelLoadError(
@@ -145,23 +144,6 @@ def check_port_free(host: str, port: int) -> None:
             raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
 
 
-def check_device(device: str) -> str:
-    """cpu, cuda or cuda:N, and CUDA only where a GPU is present; raises DeviceError."""
-    dev = (device or "").strip().lower()
-    if dev == "cpu":
-        return dev
-    head, _, idx = dev.partition(":")
-    if head != "cuda" or (idx and not idx.isdigit()):
-        raise DeviceError(f"unknown device {device!r}; use cpu, cuda or cuda:N")
-    import torch
-
-    if not torch.cuda.is_available():
-        raise DeviceError(f"--device {device} requested but no CUDA GPU is available; use --device cpu")
-    if idx and int(idx) >= torch.cuda.device_count():
-        raise DeviceError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) present")
-    return dev
-
-
 def load_engine(args: argparse.Namespace):
     """The Engine named by --engine."""
     if args.engine == "fake":
@@ -171,9 +153,9 @@ def load_engine(args: argparse.Namespace):
             return FakeEngine(args.fake_base_ms, args.fake_per_item_ms)
         except ValueError as exc:
             raise StartupError(str(exc)) from exc
-    from .engine import funasr_nano
+    from .models.loader import load_engine as load_funasr_nano
 
-    return funasr_nano.load_engine(args.model_dir, args.device, dtype=args.dtype)
+    return load_funasr_nano(args.model_dir, args.device, dtype=args.dtype)
 
 
 def build_vad(args: argparse.Namespace):
@@ -296,12 +278,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             check_serve_args(args)
             return asyncio.run(serve(args))
-        from . import models
+        from .models import download, tiny
 
         if args.command == "download":
-            print(models.download_from_args(args))
+            print(download.download_from_args(args))
         else:
-            print(models.tiny_model_from_args(args))
+            print(tiny.tiny_model_from_args(args))
         return 0
     except StartupError as exc:
         print(f"asr_worker: error: {exc}", file=sys.stderr, flush=True)

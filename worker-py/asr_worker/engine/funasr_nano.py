@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import math
 import re
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,8 +29,6 @@ from asr_worker.engine.base import (
     DecodeResult,
     TokenTime,
 )
-from asr_worker.errors import DeviceError, ModelLoadError
-from asr_worker.models import build_funasr_kwargs, validate_model_dir
 
 log = logging.getLogger(__name__)
 
@@ -67,23 +64,6 @@ LANGUAGE_NAMES: dict[str, str | None] = {
     "korean": "韩文",
 }
 
-_DTYPE_ALIASES = {
-    "auto": "auto",
-    "bf16": "bf16",
-    "bfloat16": "bf16",
-    "fp32": "fp32",
-    "float32": "fp32",
-    "float": "fp32",
-    "fp16": "fp16",
-    "float16": "fp16",
-    "half": "fp16",
-}
-
-
-class DeviceUnavailableError(DeviceError, ModelLoadError):
-    """The requested device does not exist here (both a DeviceError and a ModelLoadError)."""
-
-
 def language_name(language: str | None) -> str | None:
     """The prompt language name for a code ("zh") or name ("中文"); None lets the model decide.
 
@@ -112,54 +92,6 @@ def clean_prompt_text(text: str) -> str:
     while previous != text:  # removal can join fragments into new markup
         previous, text = text, _MARKUP.sub("", text)
     return " ".join(text.split())
-
-
-def resolve_dtype(dtype: str, device: str) -> str:
-    """ "bf16" or "fp32" for a dtype request on a device; raises ModelLoadError for fp16."""
-    import torch
-
-    name = _DTYPE_ALIASES.get(str(dtype).lower())
-    if name is None:
-        raise ModelLoadError(f"unknown dtype {dtype!r}; use auto, bf16 or fp32")
-    if name == "fp16":
-        raise ModelLoadError(
-            "dtype fp16 is refused: the Qwen3 decoder of Fun-ASR-Nano overflows in float16 and "
-            "emits garbage; use bf16 (CUDA compute capability >= 8.0) or fp32"
-        )
-    is_cuda = device.startswith("cuda")
-    bf16_ok = is_cuda and torch.cuda.get_device_capability(torch.device(device))[0] >= 8
-    if name == "auto":
-        return "bf16" if bf16_ok else "fp32"
-    if name == "bf16" and is_cuda and not bf16_ok:
-        major, minor = torch.cuda.get_device_capability(torch.device(device))
-        raise ModelLoadError(
-            f"dtype bf16 needs CUDA compute capability >= 8.0 (Ampere or newer); {device} has "
-            f"{major}.{minor}: use fp32"
-        )
-    return name
-
-
-def resolve_device(device: str) -> str:
-    """Validate a device string ("cpu", "cuda", "cuda:N"); raises for missing CUDA."""
-    import torch
-
-    dev = (device or "").strip().lower()
-    if dev == "cpu":
-        return "cpu"
-    if re.fullmatch(r"cuda(:\d+)?", dev):
-        if not torch.cuda.is_available():
-            raise DeviceUnavailableError(
-                f"device {device!r} requested but CUDA is not available here "
-                f"(torch {torch.__version__}, cuda build {torch.version.cuda or 'none'}); "
-                "use --device cpu"
-            )
-        index = int(dev.split(":")[1]) if ":" in dev else 0
-        if index >= torch.cuda.device_count():
-            raise DeviceUnavailableError(
-                f"device {device!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist"
-            )
-        return f"cuda:{index}"
-    raise DeviceUnavailableError(f"unknown device {device!r}; use cpu, cuda or cuda:N")
 
 
 @dataclass
@@ -455,103 +387,11 @@ def ctc_align(log_probs: Any, targets: Sequence[int], blank: int) -> list[tuple[
     return [(tok, start, end) for tok, start, end, _ in spans]
 
 
-def load_engine(
-    model_dir: Path,
-    device: str = "cpu",
-    *,
-    dtype: str = "auto",
-    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-    partial_max_new_tokens: int = DEFAULT_PARTIAL_MAX_NEW_TOKENS,
-    max_tokens_per_second: float = DEFAULT_MAX_TOKENS_PER_SECOND,
-    forced_tokens_per_second: float | None = None,
-) -> FunAsrNanoEngine:
-    """Load a local Fun-ASR-Nano directory with FunASR's own loader; never touches a hub.
+def __getattr__(name: str) -> Any:
+    """`load_engine`, `resolve_device` and `resolve_dtype` moved to asr_worker.models.loader
+    (the engine decodes; the loader owns directories and devices); old imports keep working."""
+    if name in ("load_engine", "resolve_device", "resolve_dtype", "DeviceUnavailableError"):
+        from asr_worker.models import loader
 
-    dtype: "auto" (bf16 on CUDA with compute capability >= 8.0, else fp32), "bf16" or
-    "fp32"; "fp16" is refused (the Qwen3 decoder breaks in fp16). The audio encoder always
-    runs in fp32, as FunASR does. forced_tokens_per_second (benchmarks only) makes every
-    request generate exactly ceil(seconds * rate) tokens, whatever the weights say.
-    Raises ModelLoadError (one line) for a bad directory, device or dtype.
-    """
-    import torch
-
-    model_dir = Path(model_dir)
-    if max_new_tokens < 1 or partial_max_new_tokens < 1:
-        raise ModelLoadError("max_new_tokens and partial_max_new_tokens must be >= 1")
-    dev = resolve_device(device)
-    dt = resolve_dtype(dtype, dev)
-    validate_model_dir(model_dir)
-
-    import funasr.models.fun_asr_nano.model  # noqa: F401  (registers FunASRNano)
-    from funasr.auto.auto_model import AutoModel
-
-    kwargs = build_funasr_kwargs(model_dir)
-    kwargs.update(
-        device=dev,
-        ncpu=torch.get_num_threads(),  # build_model would otherwise force 4 threads
-        # A model_conf makes build_model skip FunASR's hub download step: this directory
-        # is all there is.
-        model_conf=kwargs.get("model_conf") or {},
-    )
-    started = time.monotonic()
-    try:
-        model, kwargs = AutoModel.build_model(**kwargs)
-    except ModelLoadError:
-        raise
-    except Exception as exc:
-        detail = " ".join(str(exc).split())[:300] or type(exc).__name__
-        raise ModelLoadError(
-            f"could not load Fun-ASR-Nano from {model_dir}: {type(exc).__name__}: {detail}"
-        ) from exc
-    _check_checkpoint(model, model_dir / "model.pt")
-    model.llm.to(torch.bfloat16 if dt == "bf16" else torch.float32)
-    model.audio_encoder.float()
-    model.audio_adaptor.float()
-    model.eval()
-    kwargs["llm_dtype"] = dt
-    log.info(
-        "loaded Fun-ASR-Nano from %s on %s (%s decoder) in %.1fs",
-        model_dir,
-        dev,
-        dt,
-        time.monotonic() - started,
-    )
-    return FunAsrNanoEngine(
-        model,
-        kwargs,
-        device=dev,
-        dtype=dt,
-        max_new_tokens=max_new_tokens,
-        partial_max_new_tokens=partial_max_new_tokens,
-        max_tokens_per_second=max_tokens_per_second,
-        forced_tokens_per_second=forced_tokens_per_second,
-        model_dir=model_dir,
-    )
-
-
-def _check_checkpoint(model: Any, path: Path) -> None:
-    """Fail if model.pt does not cover the model: FunASR only warns and keeps random weights."""
-    import torch
-
-    try:
-        state = torch.load(path, map_location="cpu", mmap=True)
-    except Exception:
-        state = torch.load(path, map_location="cpu")
-    for key in ("state_dict", "model_state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    state = {k.removeprefix("module."): v for k, v in state.items()}
-    expected = model.state_dict()
-    optional = ("ctc_decoder.", "ctc.")  # FunASR disables timestamps when these are absent
-    missing = [k for k in expected if k not in state and not k.startswith(optional)]
-    mismatched = [
-        k
-        for k, v in expected.items()
-        if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(v.shape)
-    ]
-    if missing or mismatched:
-        example = (missing or mismatched)[0]
-        raise ModelLoadError(
-            f"{path} does not match config.yaml: {len(missing)} tensors missing, "
-            f"{len(mismatched)} of another shape (e.g. {example}); wrong or partial checkpoint"
-        )
+        return getattr(loader, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,17 +1,10 @@
-"""Fun-ASR-Nano model directories: download, validate, and build random-weight ones offline.
+"""Random-weight Fun-ASR-Nano model directories, built offline.
 
-A Fun-ASR-Nano-2512 directory (ModelScope and Hugging Face ship the same files) looks like::
-
-    config.yaml            FunASR config: model FunASRNano, frontend, encoder, adaptor, LLM, CTC
-    configuration.json     ModelScope metadata (file_path_metas)
-    model.pt               one state dict: audio_encoder.*, audio_adaptor.*, llm.*, ctc_decoder.*, ctc.*
-    multilingual.tiktoken  SenseVoice tokenizer of the CTC (timestamp) branch
-    Qwen3-0.6B/            config.json + tokenizer of the Qwen3 decoder (weights live in model.pt)
-
-`build_tiny_model` writes the same layout with random weights so that tests and CPU
-benchmarks load a model through exactly the production path
-(`asr_worker.engine.funasr_nano.load_engine`). `real_shapes=True` keeps every dimension of
-the real model (about 0.98 B parameters) for GPU capacity benchmarks.
+`build_tiny_model` writes the layout of a real Fun-ASR-Nano-2512 directory (see
+`asr_worker.models.loader`) with random weights, so that tests and CPU benchmarks load a
+model through exactly the production path (`asr_worker.models.loader.load_engine`).
+`real_shapes=True` keeps every dimension of the real model (about 0.98 B parameters) for
+GPU capacity benchmarks.
 """
 
 from __future__ import annotations
@@ -25,27 +18,15 @@ from pathlib import Path
 from typing import Any
 
 from asr_worker.errors import ModelLoadError
+from asr_worker.models.loader import CTC_VOCAB_FILE, LLM_SUBDIR, build_funasr_kwargs
 
 log = logging.getLogger(__name__)
-
-#: Model id of Fun-ASR-Nano-2512 on both ModelScope and Hugging Face.
-DEFAULT_MODEL_ID = "FunAudioLLM/Fun-ASR-Nano-2512"
-#: Hub names accepted by `download_model` (FunASR's own spelling first).
-HUBS = {"ms": "ms", "modelscope": "ms", "hf": "hf", "huggingface": "hf"}
-#: Sub-directory of the Qwen3 decoder config + tokenizer (llm_conf.init_param_path).
-LLM_SUBDIR = "Qwen3-0.6B"
-#: Vocabulary of the SenseVoice CTC tokenizer (dataset_conf.ctc_tokenizer_conf.vocab_path).
-CTC_VOCAB_FILE = "multilingual.tiktoken"
-
-_BUILD_HINT = (
-    "build one with `python -m asr_worker tiny-model DIR` "
-    "or download one with `python -m asr_worker download`"
-)
 
 # Qwen3 chat-template tokens FunASRNano's prompt uses, in Qwen3's order.
 _QWEN_SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 # Tokens Qwen3 has as plain added tokens (FunASRNano inserts them when do_think is false).
 _QWEN_ADDED = ["<think>", "</think>"]
+
 
 
 # --------------------------------------------------------------------------- config
@@ -350,50 +331,6 @@ def write_model_config(out_dir: Path, *, real_shapes: bool = False) -> Path:
     return out_dir
 
 
-def build_funasr_kwargs(model_dir: Path) -> dict[str, Any]:
-    """FunASR build kwargs for a local model directory, every path made absolute.
-
-    config.yaml names the LLM / tokenizer directory relatively ("Qwen3-0.6B"); FunASR
-    would hand that to transformers as is, which resolves it against the current directory
-    and then treats it as a hub repo id. Here every path points into model_dir, so loading
-    never consults a model hub.
-    """
-    from omegaconf import OmegaConf
-
-    model_dir = Path(model_dir).resolve()
-    cfg = OmegaConf.load(model_dir / "config.yaml")
-    llm_rel = OmegaConf.select(cfg, "llm_conf.init_param_path", default=LLM_SUBDIR)
-    llm_dir = str(_under(model_dir, llm_rel))
-    overrides: dict[str, Any] = {
-        "model_path": str(model_dir),
-        "init_param": str(model_dir / "model.pt"),
-        "llm_conf": {"init_param_path": llm_dir},
-        "tokenizer_conf": {"init_param_path": llm_dir},
-        # kaldi fbank dithers by default: random noise in every decode. Inference never dithers.
-        "frontend_conf": {"dither": 0.0},
-        "disable_update": True,
-        "disable_log": True,
-    }
-    if OmegaConf.select(cfg, "dataset_conf.ctc_tokenizer", default=None):
-        vocab = OmegaConf.select(cfg, "dataset_conf.ctc_tokenizer_conf.vocab_path", default=None)
-        vocab_path = _under(model_dir, vocab) if vocab else model_dir / CTC_VOCAB_FILE
-        overrides["dataset_conf"] = {"ctc_tokenizer_conf": {"vocab_path": str(vocab_path)}}
-    cmvn = OmegaConf.select(cfg, "frontend_conf.cmvn_file", default=None)
-    if cmvn:
-        overrides["frontend_conf"]["cmvn_file"] = str(_under(model_dir, cmvn))
-    elif (model_dir / "am.mvn").exists():
-        overrides["frontend_conf"]["cmvn_file"] = str(model_dir / "am.mvn")
-    merged = OmegaConf.merge(cfg, OmegaConf.create(overrides))
-    kwargs = OmegaConf.to_container(merged, resolve=True)
-    assert isinstance(kwargs, dict)
-    return kwargs
-
-
-def _under(model_dir: Path, rel: str) -> Path:
-    p = Path(rel)
-    return p if p.is_absolute() else model_dir / p
-
-
 def _instantiate(model_dir: Path, *, meta: bool = False):
     """Construct FunASRNano from a directory's configs via FunASR's registry (no weights)."""
     import funasr.models.fun_asr_nano.model  # noqa: F401  (registers FunASRNano)
@@ -461,138 +398,8 @@ def build_tiny_model(out_dir: Path, *, real_shapes: bool = False, seed: int = 0)
     return out_dir
 
 
-# --------------------------------------------------------------------------- validation
-
-
-def validate_model_dir(path: Path) -> None:
-    """Raise ModelLoadError (one line) unless path is a loadable Fun-ASR-Nano directory."""
-    import yaml
-
-    path = Path(path)
-    if not path.exists():
-        raise ModelLoadError(f"model dir {path} does not exist ({_BUILD_HINT})")
-    if not path.is_dir():
-        raise ModelLoadError(f"model dir {path} is not a directory ({_BUILD_HINT})")
-    cfg_file = path / "config.yaml"
-    if not cfg_file.is_file():
-        raise ModelLoadError(
-            f"model dir {path} has no config.yaml (expected a Fun-ASR-Nano model directory; {_BUILD_HINT})"
-        )
-    try:
-        cfg = yaml.safe_load(cfg_file.read_text(encoding="utf-8")) or {}
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ModelLoadError(f"{cfg_file} is not valid YAML: {first}") from exc
-    if not isinstance(cfg, dict) or cfg.get("model") != "FunASRNano":
-        found = cfg.get("model") if isinstance(cfg, dict) else None
-        raise ModelLoadError(
-            f"{cfg_file} describes model {found!r}, not 'FunASRNano' "
-            "(this engine serves Fun-ASR-Nano directories only)"
-        )
-    enc_conf = cfg.get("audio_encoder_conf") or {}
-    if enc_conf.get("hub"):
-        raise ModelLoadError(
-            f"{cfg_file} loads its audio encoder from model hub {enc_conf['hub']!r}; "
-            "a served model directory must be self-contained"
-        )
-    weights = path / "model.pt"
-    if not weights.is_file():
-        raise ModelLoadError(f"model dir {path} has no model.pt (incomplete download? {_BUILD_HINT})")
-    with open(weights, "rb") as f:
-        head = f.read(64)
-    if head.startswith(b"version https://git-lfs"):
-        raise ModelLoadError(
-            f"{weights} is a git-lfs pointer, not weights (fetch it with `git lfs pull` "
-            "or use `python -m asr_worker download`)"
-        )
-    llm_rel = (cfg.get("llm_conf") or {}).get("init_param_path") or LLM_SUBDIR
-    llm_dir = _under(path, str(llm_rel))
-    if not (llm_dir / "config.json").is_file():
-        raise ModelLoadError(
-            f"model dir {path} lacks the LLM config {llm_dir / 'config.json'} "
-            f"(llm_conf.init_param_path is {llm_rel!r})"
-        )
-    if not (llm_dir / "tokenizer.json").is_file() and not (
-        (llm_dir / "vocab.json").is_file() and (llm_dir / "merges.txt").is_file()
-    ):
-        raise ModelLoadError(
-            f"model dir {path} lacks the LLM tokenizer in {llm_dir} "
-            "(need tokenizer.json, or vocab.json + merges.txt)"
-        )
-    ds = cfg.get("dataset_conf") or {}
-    if cfg.get("ctc_decoder") and ds.get("ctc_tokenizer"):
-        vocab = (ds.get("ctc_tokenizer_conf") or {}).get("vocab_path")
-        vocab_path = _under(path, str(vocab)) if vocab else path / CTC_VOCAB_FILE
-        if not vocab_path.is_file():
-            raise ModelLoadError(f"model dir {path} lacks the CTC tokenizer vocabulary {vocab_path}")
-
-
-# --------------------------------------------------------------------------- download
-
-
-def download_model(model_id: str, hub: str, cache_dir: Path, revision: str | None = None) -> Path:
-    """Download a Fun-ASR-Nano snapshot from ModelScope ("ms") or Hugging Face ("hf").
-
-    Returns the local snapshot directory after validating it. Any failure (unknown hub,
-    unreachable hub, missing id, incomplete files) raises ModelLoadError with one line.
-    """
-    hub_key = HUBS.get(hub.lower()) if isinstance(hub, str) else None
-    if hub_key is None:
-        raise ModelLoadError(f"unknown hub {hub!r}; use one of: ms (ModelScope), hf (Hugging Face)")
-    cache_dir = Path(cache_dir)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    hub_name = "ModelScope" if hub_key == "ms" else "Hugging Face"
-    try:
-        if hub_key == "ms":
-            from modelscope import snapshot_download as ms_snapshot
-
-            local = ms_snapshot(model_id, revision=revision or "master", cache_dir=str(cache_dir))
-        else:
-            from huggingface_hub import snapshot_download as hf_snapshot
-
-            local = hf_snapshot(repo_id=model_id, revision=revision, cache_dir=str(cache_dir))
-    except ModelLoadError:
-        raise
-    except Exception as exc:  # network, auth, 404: all end the command with one line
-        detail = " ".join(str(exc).split())[:300] or type(exc).__name__
-        raise ModelLoadError(
-            f"could not download {model_id} from {hub_name} into {cache_dir}: "
-            f"{type(exc).__name__}: {detail} (is the hub reachable from this machine? "
-            "try the other hub with --hub, or copy a model directory here and use --model-dir)"
-        ) from exc
-    local_path = Path(local)
-    validate_model_dir(local_path)
-    return local_path
-
 
 # --------------------------------------------------------------------------- CLI wiring
-
-
-def add_download_args(parser: argparse.ArgumentParser) -> None:
-    """Arguments of `python -m asr_worker download`."""
-    parser.add_argument(
-        "--model-id",
-        default=DEFAULT_MODEL_ID,
-        help=f"model id on the hub (default: {DEFAULT_MODEL_ID}, the same on both hubs)",
-    )
-    parser.add_argument(
-        "--hub",
-        choices=sorted(HUBS),
-        default="ms",
-        help="ms = ModelScope (default, FunASR's home), hf = Hugging Face",
-    )
-    parser.add_argument(
-        "--cache-dir",
-        type=Path,
-        default=Path(os.environ.get("ASR_MODEL_CACHE", "~/.cache/asr_worker/models")).expanduser(),
-        help="where snapshots are stored (default: $ASR_MODEL_CACHE or ~/.cache/asr_worker/models)",
-    )
-    parser.add_argument("--revision", default=None, help="hub revision (default: latest)")
-
-
-def download_from_args(args: argparse.Namespace) -> Path:
-    """Run `download` from parsed arguments; returns the model directory to pass to --model-dir."""
-    return download_model(args.model_id, args.hub, args.cache_dir, args.revision)
 
 
 def add_tiny_model_args(parser: argparse.ArgumentParser) -> None:
