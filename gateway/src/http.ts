@@ -1,7 +1,7 @@
 /**
- * The gateway's HTTP(S) server: /healthz and /readyz, and the WebSocket
- * upgrade on every other path (FunASR clients use "/", some proxies
- * "/wss/").
+ * The gateway's HTTP(S) server: /healthz and /readyz, the OpenAI-compatible
+ * POST /v1/audio/transcriptions (openai.ts), and the WebSocket upgrade on
+ * every other path (FunASR clients use "/", some proxies "/wss/").
  *
  * Upgrade rules (see PROTOCOL.md): echo the `binary` subprotocol when it is
  * offered and accept clients that offer none; answer pings (ws does) and
@@ -18,6 +18,7 @@ import type { Logger } from "pino";
 import { WebSocketServer, type WebSocket } from "ws";
 import type { FileDecoder } from "./audio.js";
 import type { GatewayConfig } from "./config.js";
+import { OpenAiTranscriptions, TRANSCRIPTIONS_PATH } from "./openai.js";
 import { Session } from "./session.js";
 import type { WorkerSource } from "./workers.js";
 
@@ -44,6 +45,8 @@ export class GatewayServer {
   readonly sessions = new Set<Session>();
   private readonly wss: WebSocketServer;
   private readonly d: GatewayServerDeps;
+  /** POST /v1/audio/transcriptions (openai.ts). */
+  private readonly openai: OpenAiTranscriptions;
   private draining = false;
 
   /** Builds the server; nothing listens before listen(). */
@@ -62,6 +65,21 @@ export class GatewayServer {
       handleProtocols: (protocols) => (protocols.has("binary") ? "binary" : false),
     });
     this.server.on("upgrade", (req: IncomingMessage, socket: Duplex, head: Buffer) => this.onUpgrade(req, socket, head));
+    this.openai = new OpenAiTranscriptions({
+      workers: deps.workers,
+      decoder: deps.decoder,
+      limits: config,
+      retryAfterSeconds: config.retryAfterSeconds,
+      authorize: (req) => config.authToken === undefined || authorized(req, config.authToken),
+      // HTTP transcriptions share MAX_SESSIONS with WebSocket sessions: both hold a worker stream.
+      refusal: () =>
+        this.draining
+          ? "the gateway is shutting down; retry"
+          : this.sessions.size + this.openai.inFlight > config.maxSessions
+            ? "the gateway is at its session limit (MAX_SESSIONS); retry later"
+            : null,
+      logger: deps.logger,
+    });
   }
 
   /** Starts listening; resolves with the bound address (port 0 picks a free port). */
@@ -83,6 +101,8 @@ export class GatewayServer {
       const serving = this.d.workers.servingCount();
       const ready = serving > 0 && !this.draining;
       json(res, ready ? 200 : 503, { ready, serving_workers: serving, sessions: this.sessions.size, draining: this.draining });
+    } else if (path === TRANSCRIPTIONS_PATH) {
+      void this.openai.handle(req, res);
     } else {
       res.setHeader("Connection", "close");
       json(res, 426, { error: "this endpoint speaks the FunASR WebSocket protocol; connect with ws:// or wss://" });
@@ -101,7 +121,7 @@ export class GatewayServer {
       refuse(socket, 503, "Service Unavailable", { "Retry-After": String(config.retryAfterSeconds) });
       return;
     }
-    if (this.sessions.size >= config.maxSessions) {
+    if (this.sessions.size + this.openai.inFlight >= config.maxSessions) {
       logger.warn({ sessions: this.sessions.size }, "upgrade refused: MAX_SESSIONS reached");
       refuse(socket, 503, "Service Unavailable", { "Retry-After": String(config.retryAfterSeconds) });
       return;
@@ -149,7 +169,7 @@ export class GatewayServer {
     this.draining = true;
     for (const s of [...this.sessions]) s.shutdown();
     const deadline = Date.now() + graceMs;
-    while (this.sessions.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    while ((this.sessions.size > 0 || this.openai.inFlight > 0) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
     for (const s of [...this.sessions]) s.forceClose();
     for (const c of this.wss.clients) c.terminate();
     await new Promise<void>((resolve) => {
