@@ -203,6 +203,29 @@ export class GatewayError extends Error {
   }
 }
 
+/** The client code of an in-band worker error (asr.v1.ErrorCode). */
+export function clientCodeForWorkerError(code: number): ErrorCode {
+  return code === 4 ? "INFERENCE_FAILED" : "WORKER_FAILED";
+}
+
+/** How a worker call ended, for the client: its code, whether a failover may save it, and a detail. */
+export interface CallEnd {
+  /** Client-facing code. */
+  code: ErrorCode;
+  /** Whether another worker may succeed (the session fails over). */
+  retryable: boolean;
+  /** A more specific message than the catalog's, if any. */
+  detail: string | undefined;
+}
+
+/** Classifies the status that ended a worker call. */
+export function classifyCallEnd(s: { code: GrpcStatus; details: string }): CallEnd {
+  if (s.code === GrpcStatus.OK) return { code: "WORKER_UNAVAILABLE", retryable: true, detail: "the recognition worker ended the session" };
+  const code = errorCodeForGrpcStatus(s.code);
+  const detail = s.details !== "" && code === "WORKER_REJECTED" ? `the worker rejected the input: ${s.details}` : undefined;
+  return { code, retryable: ERRORS[code].retryable, detail };
+}
+
 /**
  * Maps the status that ended a worker call to a client error code. CANCELLED
  * is never mapped: the gateway itself cancels calls when clients leave.

@@ -55,6 +55,24 @@ describe("session over a scripted worker", () => {
     c.close();
   });
 
+  test("emits its lifecycle for observers: states in order, each round's acknowledgement, closed once", async () => {
+    const c = await TestClient.connect(gw.url);
+    const session = [...gw.server.sessions].at(-1)!;
+    const seen: string[] = [];
+    session.on("state", (to, from) => seen.push(`${from}->${to}`));
+    session.on("roundDone", (r) => seen.push(`round ${r.mode} failed=${r.failed}`));
+    session.on("closed", (reason) => seen.push(`closed ${reason}`));
+    c.json({ mode: "2pass", wav_name: "ev" });
+    await c.audio(pcm([{ speech: 400 }, { silence: 400 }]));
+    c.json({ is_speaking: false, is_end: true });
+    await c.until((m) => m.some((x) => x.is_end === true));
+    c.close();
+    const deadline = Date.now() + 3000;
+    while (session.state !== "closed" && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+    session.close("again");
+    assert.deepEqual(seen, ["awaiting_config->streaming", "round 2pass-offline failed=false", "streaming->closed", "closed client closed"]);
+  });
+
   test("offline: exactly one offline message joining the round's finals", async () => {
     const c = await TestClient.connect(gw.url);
     c.json({ mode: "offline", wav_name: "off", is_speaking: true });

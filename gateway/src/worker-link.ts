@@ -1,0 +1,349 @@
+/**
+ * The worker link: one session's StreamingRecognize call, kept alive across
+ * worker failures.
+ *
+ * It owns everything about the call that the client never sees: placement
+ * (the lease), writing with backpressure (the client's reads pause while the
+ * call is full), the replay buffer, and failover — when the call ends with a
+ * retryable status it re-opens the session on another worker with
+ * StreamingConfig.resume, replays the audio since the last delivered final
+ * and repeats the END_OF_INPUT of every round still waiting for its
+ * acknowledgement. The session sees typed events only: results, in-band
+ * errors, `failover` (for logs and metrics) and, when nothing can be saved,
+ * `failed`.
+ *
+ * A replayed segment is re-decoded from its start by the new worker, so its
+ * partial deltas repeat text the client already has; the link drops that
+ * repetition before emitting `partial`, so consumers never know a failover
+ * happened.
+ */
+import { EventEmitter } from "node:events";
+import type { StatusObject } from "@grpc/grpc-js";
+import type { Logger } from "pino";
+import { GatewayError, classifyCallEnd, clientCodeForWorkerError, type ErrorCode } from "./errors.js";
+import {
+  ControlType,
+  type FinalResult,
+  type StreamingConfig,
+  type StreamingRecognizeRequest,
+  type StreamingRecognizeResponse,
+} from "./gen/asr/v1/asr.js";
+import { ReplayBuffer } from "./replay.js";
+import type { RecognizeCall, WorkerLease, WorkerSource } from "./workers.js";
+
+/** Largest AudioChunk sent to a worker (the contract allows 4 MiB). */
+const MAX_CHUNK_BYTES = 1024 * 1024;
+/** Worker failures a session survives by replaying elsewhere. */
+export const MAX_FAILOVERS = 3;
+
+/** A partial after failover de-duplication. */
+export interface LinkPartial {
+  /** The open segment. */
+  segmentId: number;
+  /** The full newest hypothesis. */
+  text: string;
+  /** Stable text the client does not have yet (possibly ""). */
+  delta: string;
+}
+
+/** An in-band worker error, mapped to the client catalog. */
+export interface LinkWorkerError {
+  /** Client-facing code. */
+  code: ErrorCode;
+  /** The worker's message. */
+  message: string;
+  /** The wire's `retryable`. */
+  retryable: boolean;
+  /** The segment concerned, if any. */
+  segmentId: number | undefined;
+}
+
+/** Events of a WorkerLink, with their payloads. */
+export interface WorkerLinkEvents {
+  /** A call was opened on `worker` (first placement or failover). */
+  attached: [worker: string];
+  /** A partial of the open segment. */
+  partial: [p: LinkPartial];
+  /** A segment's final; the replay buffer has already dropped its audio. */
+  final: [f: FinalResult];
+  /** The worker acknowledged the oldest pending END_OF_INPUT. */
+  endOfInput: [];
+  /** The worker reported an error in-band; the call goes on. */
+  workerError: [e: LinkWorkerError];
+  /** The call failed and the session was re-opened on another worker. */
+  failover: [info: { attempt: number; from: string; to: string; replayMs: number }];
+  /** The call ended and could not be saved; the link is closed. */
+  failed: [code: ErrorCode, detail: string | undefined];
+}
+
+/** Flow control of the client side (the WebSocket's reads). */
+export interface InputFlow {
+  /** Stop reading from the client. */
+  pause(): void;
+  /** Read from the client again. */
+  resume(): void;
+}
+
+/** What a link is built from. */
+export interface WorkerLinkDeps {
+  /** Sent to the worker as StreamingConfig.session_id. */
+  sessionId: string;
+  /** Where workers come from. */
+  workers: WorkerSource;
+  /** A placement made before the link existed (at upgrade time), or null. */
+  initialLease: WorkerLease | null;
+  /** Audio kept for replay, seconds. */
+  replayBufferSeconds: number;
+  /** The client's reads, paused while the call is full. */
+  input: InputFlow;
+  /** Session logger. */
+  logger: Logger;
+}
+
+/** A round as the worker has seen it, until its END_OF_INPUT is acknowledged. */
+interface SentRound {
+  config: StreamingConfig;
+  /** Session-timeline position of the round's first audio. */
+  startMs: number;
+  /** Session-timeline position of its END_OF_INPUT; null while audio may still come. */
+  eoiAtMs: number | null;
+}
+
+/** One session's worker call with backpressure and failover (see module comment). */
+export class WorkerLink extends EventEmitter<WorkerLinkEvents> {
+  private readonly d: WorkerLinkDeps;
+  private readonly replay: ReplayBuffer;
+  private lease: WorkerLease | null;
+  private call: RecognizeCall | null = null;
+  private closed = false;
+  private paused = false;
+  private failovers = 0;
+  private readonly failedWorkers = new Set<string>();
+  /** Rounds sent since the last acknowledged END_OF_INPUT, oldest first. */
+  private readonly rounds: SentRound[] = [];
+  /** JSON of the config last written on this call; null forces the next one out. */
+  private sentConfigKey: string | null = null;
+  /** Resume state for the next config written after a failover. */
+  private resumeNext: StreamingConfig["resume"] | null = null;
+  /** Deltas emitted for the open segment. */
+  private segmentText = "";
+  /** After a failover: deltas of the replayed segment so far, until they pass segmentText. */
+  private replayText: string | null = null;
+
+  /** Creates a link; nothing is opened before open(). */
+  constructor(deps: WorkerLinkDeps) {
+    super();
+    this.d = deps;
+    this.lease = deps.initialLease;
+    this.replay = new ReplayBuffer(deps.replayBufferSeconds);
+  }
+
+  /** Opens the call (placing the session unless placed at upgrade). Throws NO_WORKER_AVAILABLE. */
+  open(): void {
+    if (this.lease === null) this.lease = this.d.workers.acquire();
+    if (this.lease === null) throw new GatewayError("NO_WORKER_AVAILABLE");
+    this.attach(this.lease);
+  }
+
+  /** Address of the current worker, or null before open(). */
+  get worker(): string | null {
+    return this.lease?.address ?? null;
+  }
+
+  /** Session-timeline length of all audio sent, ms. */
+  get audioMs(): number {
+    return this.replay.audioMs;
+  }
+
+  /** Failovers so far. */
+  get failoverCount(): number {
+    return this.failovers;
+  }
+
+  /** Starts a round: writes its config when it differs from the last one (or carries resume state). */
+  beginRound(config: StreamingConfig): void {
+    this.rounds.push({ config, startMs: this.replay.audioMs, eoiAtMs: null });
+    this.writeConfig(config);
+  }
+
+  /** Sends audio of the current round (kept for replay; `pcm` is held, never copied or modified). */
+  audio(pcm: Buffer, sampleRateHz: number): void {
+    for (let off = 0; off < pcm.length; off += MAX_CHUNK_BYTES) {
+      const chunk = off === 0 && pcm.length <= MAX_CHUNK_BYTES ? pcm : pcm.subarray(off, Math.min(pcm.length, off + MAX_CHUNK_BYTES));
+      this.replay.push(chunk, sampleRateHz);
+      this.write({ streamingRequest: { $case: "audio", value: { pcm16le: chunk, sampleRateHz } } });
+    }
+  }
+
+  /** Ends the current round: END_OF_INPUT. */
+  endRound(): void {
+    const r = this.rounds[this.rounds.length - 1];
+    if (r !== undefined && r.eoiAtMs === null) r.eoiAtMs = this.replay.audioMs;
+    this.write(END_OF_INPUT);
+  }
+
+  /** Cancels the call and releases the placement (idempotent). */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    const call = this.call;
+    this.call = null;
+    call?.cancel();
+    this.lease?.release();
+    this.removeAllListeners();
+  }
+
+  // -------------------------------------------------------------------------
+
+  private attach(lease: WorkerLease): void {
+    const call = lease.open();
+    this.call = call;
+    // A paused read belongs to the old call, whose drain will never come.
+    this.resumeInput();
+    call.on("data", (r: StreamingRecognizeResponse) => {
+      if (this.call === call) this.onResponse(r);
+    });
+    call.on("error", () => {
+      // The status event handles every ending; this keeps grpc-js from throwing.
+    });
+    call.on("status", (s: StatusObject) => {
+      if (this.call !== call) return;
+      this.call = null;
+      this.onCallEnded(s);
+    });
+    this.emit("attached", lease.address);
+  }
+
+  private writeConfig(config: StreamingConfig): void {
+    const key = JSON.stringify(config);
+    if (key === this.sentConfigKey && this.resumeNext === null) return;
+    this.sentConfigKey = key;
+    const value = this.resumeNext !== null ? { ...config, resume: this.resumeNext } : config;
+    this.resumeNext = null;
+    this.write({ streamingRequest: { $case: "config", value } });
+  }
+
+  private write(req: StreamingRecognizeRequest): void {
+    const call = this.call;
+    if (call === null || this.closed) return;
+    if (!call.write(req) && !this.paused) {
+      // The worker (or the network to it) is slower than the client sends, e.g. a
+      // C++ client streaming a file at full speed: stop reading the WebSocket
+      // until the call drains instead of buffering without bound.
+      this.paused = true;
+      this.d.input.pause();
+      call.once("drain", () => this.resumeInput());
+    }
+  }
+
+  private resumeInput(): void {
+    if (!this.paused) return;
+    this.paused = false;
+    if (!this.closed) this.d.input.resume();
+  }
+
+  private onResponse(r: StreamingRecognizeResponse): void {
+    const x = r.streamingResponse;
+    if (x === undefined) return;
+    switch (x.$case) {
+      case "partial":
+        this.onPartial(x.value.segmentId, x.value.text, x.value.delta);
+        break;
+      case "final":
+        this.segmentText = "";
+        this.replayText = null;
+        this.replay.finalDelivered(x.value.segmentId, x.value.endMs);
+        this.emit("final", x.value);
+        break;
+      case "endOfInput":
+        this.rounds.shift();
+        this.emit("endOfInput");
+        break;
+      case "error":
+        this.emit("workerError", {
+          code: clientCodeForWorkerError(x.value.code),
+          message: x.value.message,
+          retryable: x.value.retryable,
+          segmentId: x.value.segmentId,
+        });
+        break;
+      case "speechEvent":
+        break;
+    }
+  }
+
+  private onPartial(segmentId: number, text: string, delta: string): void {
+    let fresh = delta;
+    if (this.replayText !== null) {
+      // Replayed segment: pass on only what goes beyond the text the client already has.
+      this.replayText += delta;
+      const have = this.segmentText;
+      if (this.replayText.length <= have.length || !this.replayText.startsWith(have)) {
+        fresh = "";
+      } else {
+        fresh = this.replayText.slice(have.length);
+        this.replayText = null;
+      }
+    }
+    this.segmentText += fresh;
+    this.emit("partial", { segmentId, text, delta: fresh });
+  }
+
+  private onCallEnded(s: StatusObject): void {
+    if (this.closed) return;
+    const end = classifyCallEnd(s);
+    const from = this.lease?.address ?? "";
+    this.d.logger.warn({ grpc_code: s.code, code: end.code, retryable: end.retryable, worker: from }, "worker call ended");
+    if (end.retryable && this.failover()) return;
+    const failedEvent: [ErrorCode, string | undefined] = [end.code, end.detail];
+    this.emit("failed", ...failedEvent);
+    this.close();
+  }
+
+  /**
+   * Re-opens the call on another worker and replays (see module comment).
+   * Returns false when that is impossible: no other worker, replay buffer
+   * overflowed, or too many failovers.
+   */
+  private failover(): boolean {
+    if (this.failovers >= MAX_FAILOVERS) return false;
+    const snap = this.replay.snapshot();
+    if (!snap.complete) return false;
+    const failed = this.lease;
+    if (failed !== null) this.failedWorkers.add(failed.address);
+    const next = this.d.workers.acquire(this.failedWorkers);
+    if (next === null) return false;
+    failed?.release();
+    this.lease = next;
+    this.failovers++;
+    this.sentConfigKey = null;
+    this.replayText = this.segmentText === "" ? null : "";
+    const firstStart = this.rounds[0]?.startMs ?? this.replay.audioMs;
+    const chunks = snap.chunks.filter((c) => c.startMs >= firstStart);
+    this.resumeNext = {
+      audioOffsetMs: Math.round(chunks[0]?.startMs ?? this.replay.audioMs),
+      finalizedSegments: snap.finalizedSegments,
+    };
+    this.attach(next);
+    this.emit("failover", {
+      attempt: this.failovers,
+      from: failed?.address ?? "",
+      to: next.address,
+      replayMs: Math.round(this.replay.audioMs - snap.audioOffsetMs),
+    });
+    // With no round in flight, the next round's config carries the resume state.
+    for (const r of this.rounds) {
+      this.writeConfig(r.config);
+      for (const c of chunks) {
+        if (c.startMs < r.startMs || (r.eoiAtMs !== null && c.startMs >= r.eoiAtMs)) continue;
+        this.write({ streamingRequest: { $case: "audio", value: { pcm16le: c.pcm, sampleRateHz: c.sampleRateHz } } });
+      }
+      if (r.eoiAtMs !== null) this.write(END_OF_INPUT);
+    }
+    return true;
+  }
+}
+
+const END_OF_INPUT: StreamingRecognizeRequest = {
+  streamingRequest: { $case: "control", value: { type: ControlType.CONTROL_TYPE_END_OF_INPUT } },
+};

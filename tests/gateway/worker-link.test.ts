@@ -1,0 +1,213 @@
+/**
+ * The worker link on its own: real grpc-js calls to scripted workers on port
+ * 0, through the real WorkerPool — its typed events, backpressure, failover
+ * with replay and de-duplicated deltas, and what it reports when nothing can
+ * be saved.
+ */
+import assert from "node:assert/strict";
+import { describe, test } from "node:test";
+import { status as GrpcStatus } from "@grpc/grpc-js";
+import { createLogger } from "../../gateway/src/log.js";
+import type { ErrorCode } from "../../gateway/src/errors.js";
+import type { FinalResult } from "../../gateway/src/gen/asr/v1/asr.js";
+import { defaultSettings, workerConfig } from "../../gateway/src/settings.js";
+import { WorkerLink, type LinkPartial } from "../../gateway/src/worker-link.js";
+import { WorkerPool } from "../../gateway/src/workers.js";
+import { pcm } from "./helpers/harness.js";
+import { ScriptedWorker } from "./helpers/scripted-worker.js";
+
+const THREE = pcm([{ silence: 300 }, { speech: 600 }, { silence: 500 }, { speech: 1000 }, { silence: 500 }, { speech: 400 }, { silence: 100 }]);
+const logger = createLogger("silent");
+const CONFIG = workerConfig("link-test", defaultSettings({ isFinalMode: "seed", onlineMode: "upgrade", maxHotwords: 8, maxHotwordChars: 16, maxHotwordsBytes: 256 }));
+
+async function pool(addresses: string[], serving = 1): Promise<WorkerPool> {
+  const p = new WorkerPool(addresses, logger, { minBackoffMs: 50, maxBackoffMs: 300, loadIntervalMs: 200 });
+  p.start();
+  const deadline = Date.now() + 5000;
+  while (p.servingCount() < serving && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+  return p;
+}
+
+/** A link with every event recorded. */
+function recordedLink(workers: WorkerPool) {
+  const flow = { pauses: 0, resumes: 0 };
+  const link = new WorkerLink({
+    sessionId: "link-test",
+    workers,
+    initialLease: null,
+    replayBufferSeconds: 60,
+    input: { pause: () => void flow.pauses++, resume: () => void flow.resumes++ },
+    logger,
+  });
+  const events: string[] = [];
+  const partials: LinkPartial[] = [];
+  const finals: FinalResult[] = [];
+  const failures: Array<[ErrorCode, string | undefined]> = [];
+  const failovers: Array<{ from: string; to: string }> = [];
+  let acks = 0;
+  link.on("attached", (w) => events.push(`attached ${w}`));
+  link.on("partial", (p) => partials.push(p));
+  link.on("final", (f) => {
+    events.push(`final ${f.text}`);
+    finals.push(f);
+  });
+  link.on("endOfInput", () => {
+    events.push("ack");
+    acks++;
+  });
+  link.on("failover", (f) => failovers.push(f));
+  link.on("failed", (code, detail) => failures.push([code, detail]));
+  const until = async (pred: () => boolean, ms = 5000): Promise<void> => {
+    const deadline = Date.now() + ms;
+    while (!pred()) {
+      if (Date.now() > deadline) throw new Error(`timed out; events ${JSON.stringify(events)} failures ${JSON.stringify(failures)}`);
+      await new Promise((r) => setTimeout(r, 10));
+    }
+  };
+  return { link, flow, events, partials, finals, failures, failovers, acks: () => acks, until };
+}
+
+function send(link: WorkerLink, audio: Buffer, frame = 1920): void {
+  for (let off = 0; off < audio.length; off += frame) link.audio(audio.subarray(off, off + frame), 16000);
+}
+
+describe("worker link", () => {
+  test("emits each segment's partials and final, then the round's acknowledgement, in order", async () => {
+    const w = await new ScriptedWorker().start();
+    const workers = await pool([w.address]);
+    const r = recordedLink(workers);
+    try {
+      r.link.open();
+      r.link.beginRound(CONFIG);
+      send(r.link, THREE);
+      r.link.endRound();
+      await r.until(() => r.acks() === 1);
+      assert.deepEqual(r.events, [`attached ${w.address}`, "final S0wwww", "final S1wwwwww", "final S2ww", "ack"]);
+      const seg1 = r.partials.filter((p) => p.segmentId === 1).map((p) => p.delta).join("");
+      assert.equal(seg1, "S1wwwwww");
+      assert.deepEqual(w.calls[0]!.order.slice(0, 2), ["config", "audio"]);
+      assert.equal(w.calls[0]!.audioBytes, THREE.length);
+    } finally {
+      r.link.close();
+      workers.close();
+      await w.stop();
+    }
+  });
+
+  test("an unchanged config is not sent again for the next round; a changed one is", async () => {
+    const w = await new ScriptedWorker().start();
+    const workers = await pool([w.address]);
+    const r = recordedLink(workers);
+    try {
+      r.link.open();
+      for (const cfg of [CONFIG, CONFIG, { ...CONFIG, wavName: "other" }]) {
+        r.link.beginRound(cfg);
+        send(r.link, pcm([{ speech: 300 }, { silence: 100 }]));
+        r.link.endRound();
+      }
+      await r.until(() => r.acks() === 3);
+      assert.deepEqual(w.calls[0]!.configs.map((c) => c.wavName), ["microphone", "other"]);
+    } finally {
+      r.link.close();
+      workers.close();
+      await w.stop();
+    }
+  });
+
+  test("pauses the client's reads while the call is full and resumes them when it drains", async () => {
+    const w = await new ScriptedWorker().start();
+    const workers = await pool([w.address]);
+    const r = recordedLink(workers);
+    try {
+      r.link.open();
+      r.link.beginRound(CONFIG);
+      // 40 s of audio written at once: far beyond the call's buffer.
+      send(r.link, pcm([{ speech: 20_000 }, { silence: 20_000 }]));
+      r.link.endRound();
+      assert.ok(r.flow.pauses >= 1, `pauses ${r.flow.pauses}`);
+      await r.until(() => r.acks() === 1, 20_000);
+      assert.equal(r.flow.resumes, r.flow.pauses);
+    } finally {
+      r.link.close();
+      workers.close();
+      await w.stop();
+    }
+  });
+
+  test("a call failing mid-segment fails over: resume state, replayed audio, and no repeated delta", async () => {
+    const bad = await new ScriptedWorker({ failAfterAudioMs: { ms: 1800, code: GrpcStatus.UNAVAILABLE, details: "killed" } }).start();
+    const good = await new ScriptedWorker({ serving: false }).start();
+    const workers = await pool([bad.address, good.address]);
+    const r = recordedLink(workers);
+    try {
+      r.link.open();
+      assert.equal(r.link.worker, bad.address);
+      good.setServing(true);
+      await r.until(() => workers.servingCount() === 2);
+      r.link.beginRound(CONFIG);
+      send(r.link, THREE);
+      r.link.endRound();
+      await r.until(() => r.acks() === 1);
+      assert.deepEqual(r.finals.map((f) => f.text), ["S0wwww", "S1wwwwww", "S2ww"]);
+      assert.deepEqual(r.failovers.map((f) => [f.from, f.to]), [[bad.address, good.address]]);
+      assert.equal(r.link.failoverCount, 1);
+      // Segment 1 was replayed from its start on `good`: its deltas still concatenate to its text once.
+      const seg1 = r.partials.filter((p) => p.segmentId === 1).map((p) => p.delta).join("");
+      assert.equal(seg1, "S1wwwwww");
+      const resume = good.calls[0]!.configs[0]!.resume as { audioOffsetMs: number; finalizedSegments: number };
+      assert.equal(resume.finalizedSegments, 1);
+      assert.ok(resume.audioOffsetMs >= 1100 && resume.audioOffsetMs <= 1300, String(resume.audioOffsetMs));
+      assert.equal(good.calls[0]!.eois, 1);
+      assert.deepEqual(r.failures, []);
+    } finally {
+      r.link.close();
+      workers.close();
+      await bad.stop();
+      await good.stop();
+    }
+  });
+
+  test("with no other worker a retryable failure is reported as failed, and a rejection is never retried", async () => {
+    for (const [code, expected] of [
+      [GrpcStatus.UNAVAILABLE, "WORKER_UNAVAILABLE"],
+      [GrpcStatus.INVALID_ARGUMENT, "WORKER_REJECTED"],
+    ] as const) {
+      const w = await new ScriptedWorker({ failAfterAudioMs: { ms: 500, code, details: "scripted" } }).start();
+      const workers = await pool([w.address]);
+      const r = recordedLink(workers);
+      try {
+        r.link.open();
+        r.link.beginRound(CONFIG);
+        send(r.link, THREE);
+        await r.until(() => r.failures.length === 1);
+        assert.equal(r.failures[0]![0], expected);
+        assert.deepEqual(r.failovers, []);
+        assert.equal(workers.status()[0]!.localSessions, 0, "the placement is released");
+      } finally {
+        r.link.close();
+        workers.close();
+        await w.stop();
+      }
+    }
+  });
+
+  test("close cancels the call and releases the placement once", async () => {
+    const w = await new ScriptedWorker().start();
+    const workers = await pool([w.address]);
+    const r = recordedLink(workers);
+    try {
+      r.link.open();
+      r.link.beginRound(CONFIG);
+      send(r.link, pcm([{ speech: 300 }]));
+      await r.until(() => w.calls[0]?.audioBytes === 9600);
+      assert.equal(workers.status()[0]!.localSessions, 1);
+      r.link.close();
+      r.link.close();
+      await r.until(() => w.calls[0]!.cancelled);
+      assert.equal(workers.status()[0]!.localSessions, 0);
+    } finally {
+      workers.close();
+      await w.stop();
+    }
+  });
+});
