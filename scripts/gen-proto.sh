@@ -35,6 +35,9 @@ touch "$py_out/asr/__init__.py" "$py_out/asr/v1/__init__.py"
   --ts_proto_opt=outputServices=grpc-js,env=node,esModuleInterop=true,importSuffix=.js,useOptionals=messages,oneof=unions-value,useDate=false,forceLong=number \
   proto/asr/v1/asr.proto proto/grpc/health/v1/health.proto
 
+# The error catalog of both languages, from proto/asr/v1/errors.toml (checked against the enum above).
+"$py" scripts/gen_error_catalog.py "$py_out" "$ts_out"
+
 if [ $check = 1 ]; then
   if ! diff -r "$py_out/asr" "$root/worker-py/asr" >/dev/null || ! diff -r "$ts_out" "$root/gateway/src/gen" >/dev/null; then
     diff -r "$py_out/asr" "$root/worker-py/asr" || true

@@ -133,8 +133,6 @@ function floatToPcm16(x: Float32Array): Buffer {
 
 /** Decodes whole files of any container; injected so that sessions and tests do not depend on PATH. */
 export interface FileDecoder {
-  /** Whether formats other than WAV can be decoded. */
-  readonly canDecodeOthers: boolean;
   /** Decodes a whole file to PCM at 8 or 16 kHz. */
   decode(file: Buffer, formatHint: string): Promise<Pcm16>;
 }
@@ -151,7 +149,6 @@ export function findFfmpeg(): string | null {
  */
 export function createFileDecoder(ffmpegPath: string | null, timeoutMs = 120_000): FileDecoder {
   return {
-    canDecodeOthers: ffmpegPath !== null,
     async decode(file: Buffer, formatHint: string): Promise<Pcm16> {
       if (looksLikeWav(file)) {
         try {

@@ -194,8 +194,7 @@ export function parseClientMessage(text: string): ClientMessage {
     const issue = r.error.issues[0]!;
     const field = issue.path.length > 0 ? issue.path.map(String).join(".") : "message";
     const code = codeForPath(issue.path);
-    const detail = code === "INVALID_MESSAGE" ? `${field}: ${issue.message}` : `${field}: ${issue.message}`;
-    throw new GatewayError(code, detail);
+    throw new GatewayError(code, `${field}: ${issue.message}`);
   }
   return r.data;
 }
@@ -203,8 +202,11 @@ export function parseClientMessage(text: string): ClientMessage {
 // ---------------------------------------------------------------------------
 // Server -> client messages
 
+/** The `mode` values of server messages. */
+export const OUTPUT_MODES = ["online", "offline", "2pass-online", "2pass-offline"] as const;
+
 /** The `mode` field of server messages. */
-export type OutputMode = "online" | "offline" | "2pass-online" | "2pass-offline";
+export type OutputMode = (typeof OUTPUT_MODES)[number];
 
 /** One sentence of `stamp_sents`, as FunASR servers send it. */
 export interface StampSent {
@@ -222,7 +224,7 @@ export interface StampSent {
 
 /** Every server message: mode, text, wav_name and is_final are always present. */
 export const ServerMessageSchema = z.looseObject({
-  mode: z.string(),
+  mode: z.enum(OUTPUT_MODES),
   text: z.string(),
   wav_name: z.string(),
   is_final: z.boolean(),

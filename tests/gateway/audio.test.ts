@@ -70,7 +70,6 @@ describe("WAV handling", () => {
 
   test("without ffmpeg, non-WAV files are UNSUPPORTED_FORMAT; corrupt WAV is DECODE_FAILED", async () => {
     const dec = createFileDecoder(null);
-    assert.equal(dec.canDecodeOthers, false);
     await assert.rejects(dec.decode(Buffer.from("ID3 not audio"), "mp3"), (e: unknown) => e instanceof GatewayError && e.code === "UNSUPPORTED_FORMAT");
     const bad = Buffer.from("RIFF\0\0\0\0WAVEdata\0\0\0\0");
     await assert.rejects(dec.decode(bad, "wav"), (e: unknown) => e instanceof GatewayError && e.code === "DECODE_FAILED");

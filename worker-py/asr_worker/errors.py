@@ -1,10 +1,11 @@
-"""The worker's one catalog of errors.
+"""The worker's side of the ONE error catalog (proto/asr/v1/errors.toml).
 
 Every failure the worker reports, in-band (`asr.v1.Error`) or as a call-ending
 gRPC status, is an `AsrError` subclass whose `code` is an `asr.v1.ErrorCode`.
 `CATALOG` maps each code to its gRPC status, whether a retry (elsewhere, with
-`StreamingConfig.resume`) may succeed, and a default message, so the mapping
-lives in exactly one place.
+`StreamingConfig.resume`) may succeed, and a default message. It is built from
+`asr.v1.errors_catalog`, which scripts/gen-proto.sh generates from the same
+table as the gateway's catalog, so the two sides cannot drift apart.
 
 Start-up failures (bad model directory, unknown device) are `StartupError`s:
 they never reach the wire; the CLI prints them as one line and exits with 2.
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 import grpc
 
 from asr.v1 import asr_pb2
+from asr.v1.errors_catalog import WORKER_ERRORS
 
 
 @dataclass(frozen=True)
@@ -31,24 +33,10 @@ class ErrorSpec:
     default_message: str
 
 
-#: ErrorCode -> how it is reported. The gateway keeps the mirror image of this table.
+#: ErrorCode -> how it is reported, from the generated catalog.
 CATALOG: dict[int, ErrorSpec] = {
-    asr_pb2.ERROR_CODE_INVALID_CONFIG: ErrorSpec(
-        grpc.StatusCode.INVALID_ARGUMENT, False, "invalid streaming config"
-    ),
-    asr_pb2.ERROR_CODE_INVALID_AUDIO: ErrorSpec(
-        grpc.StatusCode.INVALID_ARGUMENT, False, "invalid audio"
-    ),
-    asr_pb2.ERROR_CODE_OVERLOADED: ErrorSpec(
-        grpc.StatusCode.RESOURCE_EXHAUSTED, True, "worker at capacity; retry on another worker"
-    ),
-    asr_pb2.ERROR_CODE_INFERENCE_FAILED: ErrorSpec(
-        grpc.StatusCode.INTERNAL, True, "model inference failed"
-    ),
-    asr_pb2.ERROR_CODE_DRAINING: ErrorSpec(
-        grpc.StatusCode.UNAVAILABLE, True, "worker is draining; retry on another worker"
-    ),
-    asr_pb2.ERROR_CODE_INTERNAL: ErrorSpec(grpc.StatusCode.INTERNAL, True, "internal error"),
+    code: ErrorSpec(grpc.StatusCode[status], retryable, message)
+    for code, (status, retryable, message, _client_code) in WORKER_ERRORS.items()
 }
 
 

@@ -242,7 +242,14 @@ export function endpointReasonToJSON(object: EndpointReason): string {
   }
 }
 
-/** Machine-readable error codes shared by in-band errors and statuses. */
+/**
+ * Machine-readable error codes shared by in-band errors and statuses.
+ *
+ * How each code is reported (its gRPC status, whether it is retryable, its
+ * default message, the code a FunASR client sees) lives in ONE table,
+ * proto/asr/v1/errors.toml, from which scripts/gen-proto.sh generates both
+ * the worker's and the gateway's catalog; every value here needs a row there.
+ */
 export enum ErrorCode {
   /** ERROR_CODE_UNSPECIFIED - Not set. */
   ERROR_CODE_UNSPECIFIED = 0,
