@@ -11,6 +11,20 @@ from asr_worker.vad import WINDOW_SAMPLES, Endpointer, EventKind, VadConfig
 pytestmark = pytest.mark.timeout(60)
 
 
+@pytest.fixture(scope="module")
+def silero_onnx():
+    """silero-vad's ONNX file on onnxruntime (the same network as the `silero` fixture's JIT)."""
+    from asr_worker.vad import SileroVad
+
+    return SileroVad("onnx")
+
+
+@pytest.fixture(params=["torch", "onnx"])
+def vad(request, silero, silero_onnx):
+    """Each silero runtime: every segmentation test must hold for both."""
+    return silero if request.param == "torch" else silero_onnx
+
+
 def _segments(silero, pcm: np.ndarray, chunk: int = 960, config: VadConfig | None = None):
     """[(start_s, end_s, reason)] of a whole file, closed at the end as END_OF_INPUT would."""
     x = pcm.astype(np.float32) / 32768.0
@@ -28,10 +42,10 @@ def _segments(silero, pcm: np.ndarray, chunk: int = 960, config: VadConfig | Non
     return out
 
 
-def test_three_utterances_match_the_manifest(silero, shared_audio, audio_manifest):
+def test_three_utterances_match_the_manifest(vad, shared_audio, audio_manifest):
     pcm, rate = read_wav(shared_audio / "synth/three_utterances.wav")
     assert rate == 16000
-    segs = _segments(silero, pcm)
+    segs = _segments(vad, pcm)
     expected = [u["segment"] for u in audio_manifest["files"]["synth/three_utterances.wav"]["utterances"]]
     assert len(segs) == 3
     for (start, end, _), (es, ee) in zip(segs, expected, strict=True):
@@ -39,26 +53,26 @@ def test_three_utterances_match_the_manifest(silero, shared_audio, audio_manifes
 
 
 @pytest.mark.parametrize("name", ["binhai", "damo", "mid", "long"])
-def test_each_real_recording_is_one_segment(silero, shared_audio, name):
+def test_each_real_recording_is_one_segment(vad, shared_audio, name):
     pcm, _ = read_wav(shared_audio / f"zh/{name}.wav")
-    segs = _segments(silero, pcm)
+    segs = _segments(vad, pcm)
     assert len(segs) == 1, segs
 
 
-def test_chunk_size_does_not_change_the_result(silero, shared_audio):
+def test_chunk_size_does_not_change_the_result(vad, shared_audio):
     pcm, _ = read_wav(shared_audio / "synth/three_utterances.wav")
-    a = _segments(silero, pcm, chunk=160)
-    b = _segments(silero, pcm, chunk=102_400)
+    a = _segments(vad, pcm, chunk=160)
+    b = _segments(vad, pcm, chunk=102_400)
     assert a == b
 
 
-def test_streams_do_not_share_state(silero, shared_audio):
+def test_streams_do_not_share_state(vad, shared_audio):
     pcm, _ = read_wav(shared_audio / "zh/damo.wav")
     x = pcm.astype(np.float32) / 32768.0
-    s1, s2 = silero.new_stream(), silero.new_stream()
+    s1, s2 = vad.new_stream(), vad.new_stream()
     p1 = np.concatenate([s1.process(x[i:i + 512]) for i in range(0, 16000, 512)])
     s2.process(np.random.default_rng(0).standard_normal(8000).astype(np.float32) * 0.3)
-    s3 = silero.new_stream()
+    s3 = vad.new_stream()
     p3 = np.concatenate([s3.process(x[i:i + 512]) for i in range(0, 16000, 512)])
     assert np.allclose(p1, p3, atol=1e-6)
 
@@ -109,38 +123,66 @@ def test_vad_config_validation():
         VadConfig(min_silence_ms=10)
 
 
-def test_batched_scoring_equals_scoring_each_stream_alone(silero, shared_audio):
-    files = ["zh/damo.wav", "zh/binhai.wav", "zh/mid.wav"]
-    xs = [read_wav(shared_audio / f)[0][:24_000].astype(np.float32) / 32768.0 for f in files]
-    alone = [silero.new_stream().process(x) for x in xs]
-    streams = [silero.new_stream() for _ in xs]
-    batched = [np.zeros(0, dtype=np.float32) for _ in xs]
-    # Uneven chunking per stream: batches mix streams with different window counts.
-    for step in range(0, 24_000, 3000):
-        jobs = []
+def test_batched_scoring_equals_scoring_each_stream_alone(vad, shared_audio):
+    """Per-stream recurrent state and context survive batching with uneven window counts."""
+    files = ["zh/damo.wav", "zh/binhai.wav", "zh/mid.wav", "synth/three_utterances.wav"]
+    xs = [read_wav(shared_audio / f)[0][:48_000].astype(np.float32) / 32768.0 for f in files]
+    alone = [vad.new_stream().process(x) for x in xs]
+    streams = [vad.new_stream() for _ in xs]
+    batched = [[] for _ in xs]
+    # Stream k sends (k + 1) * 1000 samples per tick (stream 3: none on odd ticks), so batches
+    # mix streams with 0-8 windows each and rows change position from step to step.
+    pos = [0] * len(xs)
+    for tick in range(200):
+        jobs, owners = [], []
         for k, (s, x) in enumerate(zip(streams, xs, strict=True)):
-            w = s.take_windows(x[step:step + 1000 * (k + 1)] if k else x[step:step + 3000])
-            jobs.append((s, w))
-        for k, r in enumerate(silero.score(jobs)):
-            batched[k] = np.concatenate([batched[k], r])
-    n = min(len(batched[0]), len(alone[0]))
-    assert np.allclose(batched[0][:n], alone[0][:n], atol=1e-5)
+            if k == 3 and tick % 2:
+                continue
+            n = (k + 1) * 1000
+            w = s.take_windows(x[pos[k]:pos[k] + n])
+            pos[k] += n
+            if len(w):
+                jobs.append((s, w))
+                owners.append(k)
+        if not jobs:
+            break
+        for k, r in zip(owners, vad.score(jobs), strict=True):
+            batched[k].append(r)
+    for k, x in enumerate(xs):
+        got = np.concatenate(batched[k])
+        assert len(got) == len(alone[k]) == len(x) // WINDOW_SAMPLES
+        np.testing.assert_allclose(got, alone[k], rtol=0, atol=1e-5, err_msg=files[k])
 
 
-async def test_vad_batcher_serves_concurrent_streams_like_inline(silero, shared_audio):
+def test_onnx_and_torch_runtimes_give_the_same_probabilities(silero, silero_onnx, shared_audio):
+    x = read_wav(shared_audio / "zh/damo.wav")[0].astype(np.float32) / 32768.0
+    a, b = silero.new_stream().process(x), silero_onnx.new_stream().process(x)
+    assert a.std() > 0.1  # real speech and silence, not a constant
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-4)
+
+
+def test_unknown_silero_runtime_is_a_startup_error():
+    from asr_worker.errors import StartupError
+    from asr_worker.vad import SileroVad
+
+    with pytest.raises(StartupError, match="unknown silero runtime"):
+        SileroVad("tensorflow")
+
+
+async def test_vad_batcher_serves_concurrent_streams_like_inline(vad, shared_audio):
     import asyncio
     import concurrent.futures
 
     from asr_worker.vad import VadBatcher
 
     x = read_wav(shared_audio / "zh/damo.wav")[0].astype(np.float32) / 32768.0
-    expected = silero.new_stream().process(x)
+    expected = vad.new_stream().process(x)
     with concurrent.futures.ThreadPoolExecutor(1) as ex:
-        batcher = VadBatcher(silero, ex, max_steps=4)
+        batcher = VadBatcher(vad, ex, max_steps=4)
         batcher.start()
 
         async def one(chunk):
-            s = silero.new_stream()
+            s = vad.new_stream()
             parts = [await batcher.score(s, x[i:i + chunk]) for i in range(0, len(x), chunk)]
             return np.concatenate(parts)
 

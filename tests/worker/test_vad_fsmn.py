@@ -1,8 +1,8 @@
 """FunASR fsmn-vad as a VAD backend (`--vad fsmn --vad-model-dir DIR`).
 
-A tiny random-weight fsmn-vad directory (config.yaml in the released model's
-structure with small dims, model.pt from the model's state_dict, a Kaldi-style
-am.mvn) is built offline and loaded through the production path with the socket
+A tiny random-weight fsmn-vad directory (asr_worker.vad_tiny: config.yaml in the
+released model's structure with small dims, model.pt from the model's state_dict,
+a Kaldi-style am.mvn) is built offline and loaded through the production path with the socket
 layer blocked. Random weights cannot find the right segments, so these tests
 check the streaming contract (incremental, chunking-invariant, one probability
 per 512-sample window), well-formed events through a real session, and the CLI;
@@ -26,69 +26,16 @@ import yaml
 from conftest import collect, read_wav, requests_for, start_worker
 
 from asr.v1 import asr_pb2, asr_pb2_grpc
+from asr_worker.vad_tiny import build_fsmn_vad_dir, fsmn_vad_config
 
 pytestmark = pytest.mark.timeout(120)
 
 REPO = Path(__file__).resolve().parents[2]
 WORKER = REPO / "worker-py"
 
-#: The released model's config.yaml structure (speech_fsmn_vad_zh-cn-16k-common-pytorch),
-#: with tiny dims: 8 mel bins x LFR 5 = 40 inputs, 2 small FSMN layers, 6 output pdfs.
-TINY_CONFIG = {
-    "frontend": "WavFrontendOnline",
-    "frontend_conf": {
-        "fs": 16000, "window": "hamming", "n_mels": 8, "frame_length": 25,
-        "frame_shift": 10, "dither": 0.0, "lfr_m": 5, "lfr_n": 1,
-    },
-    "model": "FsmnVADStreaming",
-    "model_conf": {
-        "sample_rate": 16000, "detect_mode": 1, "snr_mode": 0, "max_end_silence_time": 800,
-        "max_start_silence_time": 3000, "do_start_point_detection": True,
-        "do_end_point_detection": True, "window_size_ms": 200, "sil_to_speech_time_thres": 150,
-        "speech_to_sil_time_thres": 150, "speech_2_noise_ratio": 1.0, "do_extend": 1,
-        "lookback_time_start_point": 200, "lookahead_time_end_point": 100,
-        "max_single_segment_time": 60000, "snr_thres": -100.0,
-        "noise_frame_num_used_for_snr": 100, "decibel_thres": -100.0,
-        "speech_noise_thres": 0.6, "fe_prior_thres": 0.0001, "silence_pdf_num": 1,
-        "sil_pdf_ids": [0], "speech_noise_thresh_low": -0.1, "speech_noise_thresh_high": 0.3,
-        "output_frame_probs": False, "frame_in_ms": 10, "frame_length_ms": 25,
-    },
-    "encoder": "FSMN",
-    "encoder_conf": {
-        "input_dim": 40, "input_affine_dim": 16, "fsmn_layers": 2, "linear_dim": 16,
-        "proj_dim": 8, "lorder": 4, "rorder": 0, "lstride": 1, "rstride": 0,
-        "output_affine_dim": 16, "output_dim": 6,
-    },
-}
-
-
-def build_tiny_fsmn_dir(out: Path, seed: int = 0) -> Path:
-    """Write config.yaml, model.pt (random weights) and am.mvn into `out`."""
-    import funasr.models.fsmn_vad_streaming.model  # noqa: F401  (registers the classes)
-    from funasr.register import tables
-
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(yaml.safe_dump(TINY_CONFIG), encoding="utf-8")
-    dim = TINY_CONFIG["encoder_conf"]["input_dim"]
-    shift = " ".join(["-8.0"] * dim)
-    scale = " ".join(["0.3"] * dim)
-    (out / "am.mvn").write_text(
-        f"<Nnet>\n<Splice> {dim} {dim}\n[ 0 ]\n"
-        f"<AddShift> {dim} {dim}\n<LearnRateCoef> 0 [ {shift} ]\n"
-        f"<Rescale> {dim} {dim}\n<LearnRateCoef> 0 [ {scale} ]\n</Nnet>\n",
-        encoding="utf-8",
-    )
-    torch.manual_seed(seed)
-    model_cls = tables.model_classes.get(TINY_CONFIG["model"])
-    model = model_cls(encoder=TINY_CONFIG["encoder"], encoder_conf=TINY_CONFIG["encoder_conf"],
-                      **TINY_CONFIG["model_conf"])
-    torch.save(model.state_dict(), out / "model.pt")
-    return out
-
-
 @pytest.fixture(scope="module")
 def fsmn_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_fsmn_dir(tmp_path_factory.mktemp("vad") / "fsmn-vad-tiny")
+    return build_fsmn_vad_dir(tmp_path_factory.mktemp("vad") / "fsmn-vad-tiny")
 
 
 @pytest.fixture(scope="module")
@@ -141,6 +88,57 @@ def test_streams_are_independent_in_one_batch(fsmn, damo):
     alone = fsmn.new_stream()
     np.testing.assert_allclose(alone.process(damo), ra, rtol=0, atol=1e-5)
     assert not np.allclose(ra[: len(rb)], rb)
+
+
+def _funasr_reference(fsmn_dir: Path, x: np.ndarray) -> np.ndarray:
+    """One stream through FunASR's own streaming path, window by window: its frontend and
+    `FSMN.forward(feats, cache)` with its cache dict; per window the mean speech probability
+    of the frames it completes (the last value when it completes none)."""
+    from asr_worker.vad import WINDOW_SAMPLES, FsmnVad
+
+    ref = FsmnVad(fsmn_dir)  # fresh weights holder: nothing shared with the model under test
+    frontend, encoder = ref._frontend, ref._model.encoder
+    fcache: dict = {}
+    ecache: dict = {}
+    out, last = [], 0.0
+    with torch.inference_mode():
+        for i in range(len(x) // WINDOW_SAMPLES):
+            w = torch.from_numpy(x[i * WINDOW_SAMPLES:(i + 1) * WINDOW_SAMPLES])[None]
+            feats, _ = frontend(w, torch.tensor([w.shape[1]]), cache=fcache, is_final=False)
+            if feats.numel():
+                post = encoder(feats, cache=ecache)[0]
+                last = float((1.0 - post[:, ref.sil_pdf_ids].sum(-1)).clamp(0, 1).mean())
+            out.append(last)
+    return np.array(out, dtype=np.float32)
+
+
+def test_batched_scoring_equals_funasrs_own_streaming_per_stream(fsmn, fsmn_dir, shared_audio):
+    """Streams with uneven window counts share one encoder pass per batch, and each stream's
+    probabilities equal FunASR's own streaming encoder run on that stream alone."""
+    files = ["zh/damo.wav", "zh/binhai.wav", "synth/three_utterances.wav"]
+    xs = [read_wav(shared_audio / f)[0][:40_000].astype(np.float32) / 32768.0 for f in files]
+    streams = [fsmn.new_stream() for _ in xs]
+    got: list[list[np.ndarray]] = [[] for _ in xs]
+    pos = [0] * len(xs)
+    for tick in range(100):
+        jobs, owners = [], []
+        for k, (s, x) in enumerate(zip(streams, xs, strict=True)):
+            if k == 2 and tick % 3:  # stream 2 sends a big chunk every third tick only
+                continue
+            n = (700, 1500, 4000)[k]
+            w = s.take_windows(x[pos[k]:pos[k] + n])
+            pos[k] += n
+            if len(w):
+                jobs.append((s, w))
+                owners.append(k)
+        if not jobs and min(pos) >= 40_000:
+            break
+        for k, r in zip(owners, fsmn.score(jobs), strict=True):
+            got[k].append(r)
+    for k, x in enumerate(xs):
+        expected = _funasr_reference(fsmn_dir, x)
+        np.testing.assert_allclose(np.concatenate(got[k]), expected, rtol=0, atol=1e-5,
+                                   err_msg=files[k])
 
 
 def _check_well_formed(responses: list, audio_ms: int) -> list:
@@ -232,7 +230,8 @@ def test_weights_that_do_not_match_config_are_refused(fsmn_dir: Path, tmp_path: 
     d.mkdir()
     for f in ("model.pt", "am.mvn"):
         (d / f).write_bytes((fsmn_dir / f).read_bytes())
-    cfg = {**TINY_CONFIG, "encoder_conf": {**TINY_CONFIG["encoder_conf"], "linear_dim": 24}}
+    cfg = fsmn_vad_config()
+    cfg["encoder_conf"]["linear_dim"] = 24
     (d / "config.yaml").write_text(yaml.safe_dump(cfg), encoding="utf-8")
     with pytest.raises(ModelLoadError) as err:
         FsmnVad(d)
@@ -341,3 +340,14 @@ def test_real_weights_find_three_utterances(shared_audio: Path, audio_manifest: 
     assert len(segments) == 3, segments
     for (s, e), (es, ee) in zip(segments, expected, strict=True):
         assert abs(s - es) <= 0.3 and abs(e - ee) <= 0.3, (segments, expected)
+
+
+def test_released_shapes_dir_loads_and_streams(tmp_path: Path, damo, no_network):
+    """The real-shapes random-weight dir (what bench/vad_cost.py measures) loads through the
+    production path with the released model's geometry."""
+    from asr_worker.vad import WINDOW_SAMPLES, FsmnVad
+
+    vad = FsmnVad(build_fsmn_vad_dir(tmp_path / "fsmn-real-shapes", real_shapes=True))
+    assert vad.memory_shape == (4, 128, 19)
+    probs = vad.new_stream().process(damo[:16_000])
+    assert len(probs) == 16_000 // WINDOW_SAMPLES and np.isfinite(probs).all()

@@ -2,16 +2,19 @@
 
 Two parts, so that the cheap state machine is testable without a model:
 
-- `SileroVad` / `SileroStream`: silero-vad's JIT model, which ships inside the
-  silero-vad wheel (no model hub). The weights are loaded once per process and
-  shared; the model's recurrent state and its 64-sample context live in each
-  `SileroStream`, one per session, so no state is shared across sessions. The
-  inner network is called as a pure function `(window+context, state) ->
-  (probability, state)`, fed 512-sample windows (32 ms at 16 kHz) as audio
-  arrives, any chunk size.
+- `SileroVad` / `SileroStream`: silero-vad v6, which ships inside the
+  silero-vad wheel (no model hub) both as TorchScript and as ONNX; `SileroVad`
+  runs either (torch, or onnxruntime with one thread). The weights are loaded
+  once per process and shared; the model's recurrent state and its 64-sample
+  context live in each `SileroStream`, one per session, so no state is shared
+  across sessions. The network is called as a pure function
+  `(window+context, state) -> (probability, state)` on a batch of streams,
+  fed 512-sample windows (32 ms at 16 kHz) as audio arrives, any chunk size.
 - `FsmnVad` / `FsmnStream`: FunASR's fsmn-vad from a local model directory
   (`--vad fsmn --vad-model-dir`), the same interface: per-window speech
-  probabilities from FunASR's streaming frontend + FSMN encoder caches.
+  probabilities from FunASR's streaming frontend + FSMN encoder, whose layer
+  memories live in each stream so that one encoder pass serves a whole batch.
+- `WindowBuffer`: the windowing every backend's stream shares.
 - `Endpointer`: turns per-window probabilities into segment boundaries with
   hysteresis (start above `threshold`, end below `neg_threshold`), a minimum
   speech duration, a minimum silence duration, pre-roll / post-roll padding and
@@ -35,6 +38,7 @@ import concurrent.futures
 import contextlib
 import enum
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -244,30 +248,77 @@ class VadModel(Protocol):
         ...
 
 
-class SileroVad:
-    """silero-vad's JIT weights, loaded once and shared by all streams.
+class WindowBuffer:
+    """Cuts one stream's audio into whole 512-sample windows, keeping the remainder.
 
-    `score()` runs many streams' windows as one batch: per step, the next window
-    of every stream that has one is stacked with its context and recurrent
-    state into one [B, 576] call. Rows are independent, so the result equals
-    scoring each stream alone; the cost of a step hardly grows with B, which
-    is what makes VAD for hundreds of streams cheap.
+    Shared by every backend's stream so that all of them window audio the same
+    way (any chunk size in, the same windows out).
     """
 
+    def __init__(self) -> None:
+        self._pending = np.zeros(0, dtype=np.float32)
+
+    def take(self, samples: np.ndarray) -> np.ndarray:
+        """Append 16 kHz float32 samples; return the completed [n, 512] windows."""
+        buf = np.concatenate([self._pending, samples.astype(np.float32, copy=False)])
+        n = len(buf) // WINDOW_SAMPLES
+        self._pending = buf[n * WINDOW_SAMPLES :]
+        return buf[: n * WINDOW_SAMPLES].reshape(n, WINDOW_SAMPLES)
+
+
+def score_alone(vad: VadModel, stream: Any, samples: np.ndarray) -> np.ndarray:
+    """`VadStream.process` for every backend: window the samples, score them as a batch of one."""
+    windows = stream.take_windows(samples)
+    if len(windows) == 0:
+        return np.zeros(0, dtype=np.float32)
+    return vad.score([(stream, windows)])[0]
+
+
+#: Runtimes `SileroVad` can run the same silero-vad v6 network on.
+SILERO_RUNTIMES = ("torch", "onnx")
+#: Size of silero's recurrent state per stream (2 x 128: LSTM h and c).
+_SILERO_STATE = (2, 128)
+#: Samples of the previous window silero-vad v6 prepends to each 16 kHz window.
+SILERO_CONTEXT = 64
+
+
+class SileroVad:
+    """silero-vad v6, loaded once per process and shared by all streams.
+
+    Two runtimes of the same network, both shipped in the silero-vad wheel:
+    ``torch`` runs its TorchScript file (`silero_vad.jit`), ``onnx`` runs
+    `silero_vad.onnx` on onnxruntime with one intra-op thread (fronts are one
+    process per core). Both are called as a pure function
+    ``([B, 64 + 512] context+window, [2, B, 128] state) -> ([B, 1] probability,
+    [2, B, 128] state)``; the 64-sample context and the state of each stream
+    live in its `SileroStream`, so a batch can hold any set of streams.
+
+    `score()` runs many streams' windows as one batch: per step, the next window
+    of every stream that has one is stacked with its context and state into one
+    call. Rows are independent, so the result equals scoring each stream alone;
+    the cost of a step hardly grows with B, which is what makes VAD for
+    hundreds of streams cheap (docs/benchmarks.md, "VAD cost").
+
+    Args:
+        runtime: "torch" or "onnx" (see SILERO_RUNTIMES).
+        threads: onnxruntime intra-op threads (torch follows torch.set_num_threads).
+    """
+
+    #: Backend name as `--vad` spells it ("silero" for torch, "silero-onnx").
     name = "silero"
 
-    def __init__(self) -> None:
-        import torch
-        from silero_vad import load_silero_vad
-
+    def __init__(self, runtime: str = "torch", *, threads: int = 1) -> None:
+        if runtime not in SILERO_RUNTIMES:
+            raise StartupError(f"unknown silero runtime {runtime!r}; use {' or '.join(SILERO_RUNTIMES)}")
+        self.runtime = runtime
+        self.name = "silero" if runtime == "torch" else f"silero-{runtime}"
         try:
-            wrapper = load_silero_vad()
+            self._run = _silero_onnx(threads) if runtime == "onnx" else _silero_torch()
+        except StartupError:
+            raise
         except Exception as exc:
-            raise StartupError(f"cannot load silero-vad weights: {exc}") from exc
-        self._torch = torch
-        self._model = wrapper._model  # the stateless inner network, 16 kHz
-        self.context = int(self._model.context_size_samples)
-        # The first call optimizes the TorchScript graph; do it here, not in a session.
+            raise StartupError(f"cannot load silero-vad ({runtime}): {exc}") from exc
+        # First calls build/optimize the graph; do it here, not in a session.
         self.new_stream().process(np.zeros(WINDOW_SAMPLES * 2, dtype=np.float32))
 
     def new_stream(self) -> SileroStream:
@@ -277,31 +328,69 @@ class SileroVad:
     def score(self, jobs: list[tuple[SileroStream, np.ndarray]]) -> list[np.ndarray]:
         """Speech probabilities of each job's [n, 512] windows, advancing each stream's state.
 
-        A stream must appear at most once per call. Thread-safe across calls
-        on different streams (the weights are read-only).
+        One model call per step (per window position), whatever the number of
+        streams. A stream must appear at most once per call. Thread-safe across
+        calls on different streams (the weights are read-only).
         """
-        torch = self._torch
-        ctx_len = self.context
+        ctx = SILERO_CONTEXT
         results = [np.empty(len(w), dtype=np.float32) for _, w in jobs]
         steps = max((len(w) for _, w in jobs), default=0)
-        with torch.inference_mode():
-            for step in range(steps):
-                idx = [j for j, (_, w) in enumerate(jobs) if len(w) > step]
-                streams = [jobs[j][0] for j in idx]
-                win = torch.from_numpy(np.stack([jobs[j][1][step] for j in idx]))
-                if len(idx) == 1:
-                    ctx, state = streams[0]._context, streams[0]._state
-                else:
-                    ctx = torch.cat([s._context for s in streams], dim=0)
-                    state = torch.cat([s._state for s in streams], dim=1)
-                inp = torch.cat([ctx, win], dim=1)
-                out, new_state = self._model(inp, state)
-                probs = out.reshape(-1).numpy()
-                for k, (j, s) in enumerate(zip(idx, streams, strict=True)):
-                    s._state = new_state[:, k : k + 1].clone()
-                    s._context = inp[k : k + 1, -ctx_len:].clone()
-                    results[j][step] = probs[k]
+        for step in range(steps):
+            idx = [j for j, (_, w) in enumerate(jobs) if len(w) > step]
+            streams = [jobs[j][0] for j in idx]
+            inp = np.empty((len(idx), ctx + WINDOW_SAMPLES), dtype=np.float32)
+            inp[:, :ctx] = [s.context for s in streams]
+            inp[:, ctx:] = [jobs[j][1][step] for j in idx]
+            state = np.stack([s.state for s in streams], axis=1)
+            probs, new_state = self._run(inp, state)
+            for k, (j, s) in enumerate(zip(idx, streams, strict=True)):
+                # Copies: a view would keep the whole batch's arrays alive per stream.
+                s.state = new_state[:, k].copy()
+                s.context = inp[k, -ctx:].copy()
+                results[j][step] = probs[k]
         return results
+
+
+_Runner = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+def _silero_torch() -> _Runner:
+    """silero's TorchScript network as a numpy function."""
+    import torch
+    from silero_vad import load_silero_vad
+
+    model = load_silero_vad()._model  # the stateless inner network, 16 kHz
+    if int(model.context_size_samples) != SILERO_CONTEXT:
+        raise StartupError(f"unexpected silero-vad context {model.context_size_samples}")
+
+    def run(inp: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        with torch.inference_mode():
+            out, new_state = model(torch.from_numpy(inp), torch.from_numpy(state))
+        return out.numpy().reshape(-1), new_state.numpy()
+
+    return run
+
+
+def _silero_onnx(threads: int) -> _Runner:
+    """silero's ONNX network on onnxruntime's CPU provider as a numpy function."""
+    from importlib import resources
+
+    import onnxruntime
+
+    opts = onnxruntime.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3  # the file carries unused initializers ORT warns about
+    path = resources.files("silero_vad.data").joinpath("silero_vad.onnx")
+    with resources.as_file(path) as f:
+        session = onnxruntime.InferenceSession(str(f), opts, providers=["CPUExecutionProvider"])
+    sr = np.array(MODEL_SAMPLE_RATE, dtype=np.int64)
+
+    def run(inp: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        out, new_state = session.run(None, {"input": inp, "state": state, "sr": sr})
+        return out.reshape(-1), new_state
+
+    return run
 
 
 class SileroStream:
@@ -309,24 +398,19 @@ class SileroStream:
 
     def __init__(self, vad: SileroVad) -> None:
         self._vad = vad
-        torch = vad._torch
-        self._state = torch.zeros(2, 1, 128)
-        self._context = torch.zeros(1, vad.context)
-        self._pending = np.zeros(0, dtype=np.float32)
+        self._windows = WindowBuffer()
+        #: silero's recurrent state [2, 128], advanced by `SileroVad.score`.
+        self.state = np.zeros(_SILERO_STATE, dtype=np.float32)
+        #: The last 64 samples scored, prepended to the next window.
+        self.context = np.zeros(SILERO_CONTEXT, dtype=np.float32)
 
     def take_windows(self, samples: np.ndarray) -> np.ndarray:
         """Append 16 kHz float32 samples; return the completed [n, 512] windows."""
-        buf = np.concatenate([self._pending, samples.astype(np.float32, copy=False)])
-        n = len(buf) // WINDOW_SAMPLES
-        self._pending = buf[n * WINDOW_SAMPLES :]
-        return buf[: n * WINDOW_SAMPLES].reshape(n, WINDOW_SAMPLES)
+        return self._windows.take(samples)
 
     def process(self, samples: np.ndarray) -> np.ndarray:
         """Append samples and score the completed windows on the calling thread."""
-        windows = self.take_windows(samples)
-        if len(windows) == 0:
-            return np.zeros(0, dtype=np.float32)
-        return self._vad.score([(self, windows)])[0]
+        return score_alone(self._vad, self, samples)
 
 
 @dataclass(eq=False)
@@ -518,50 +602,124 @@ class FsmnVad:
         if self.sample_rate != MODEL_SAMPLE_RATE:
             raise ModelLoadError(f"fsmn-vad model is for {self.sample_rate} Hz; 16000 Hz needed")
         self.sil_pdf_ids = list(model.vad_opts.sil_pdf_ids)
+        enc = self._model.encoder
+        blocks = list(getattr(enc, "fsmn", []))
+        if not blocks or any(
+            getattr(b.fsmn_block, "conv_left", None) is None or b.fsmn_block.conv_right is not None
+            for b in blocks
+        ):
+            raise ModelLoadError(
+                f"fsmn-vad from {str(model_dir)!r}: streaming needs a causal FSMN encoder "
+                "(lorder set, rorder 0), as in the released model"
+            )
+        #: Per FSMN layer: (projection width, frames of left memory).
+        self.memory_shape = (
+            len(blocks),
+            blocks[0].fsmn_block.dim,
+            (blocks[0].lorder - 1) * blocks[0].lstride,
+        )
         self.new_stream().process(np.zeros(WINDOW_SAMPLES * 4, dtype=np.float32))
 
     def new_stream(self) -> FsmnStream:
         """Fresh per-stream caches."""
         return FsmnStream(self)
 
-    def _frame_probs(self, stream: FsmnStream, samples: np.ndarray) -> np.ndarray:
-        """Speech probabilities of the frames these samples complete."""
+    def _features(self, stream: FsmnStream, window: np.ndarray) -> Any:
+        """[T, D] LFR features of the frames this window completes (FunASR's online frontend)."""
         torch = self._torch
-        x = torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32))[None]
+        x = torch.from_numpy(np.ascontiguousarray(window, dtype=np.float32))[None]
         feats, _ = self._frontend(
-            x, torch.tensor([x.shape[1]]), cache=stream._frontend_cache, is_final=False
+            x, torch.tensor([x.shape[1]]), cache=stream.frontend_cache, is_final=False
         )
-        if feats.numel() == 0:
-            return np.zeros(0, dtype=np.float32)
-        scores = self._model.encoder(feats, cache=stream._encoder_cache)  # [1, T, pdfs]
-        sil = scores[0, :, self.sil_pdf_ids].sum(dim=-1)
-        return (1.0 - sil).clamp(0.0, 1.0).numpy().astype(np.float32)
+        if feats.numel() == 0:  # not a whole frame yet (shape varies then)
+            return torch.zeros(0, self._model.encoder.input_dim)
+        return feats[0]
+
+    def _encode(self, feats: list[Any], streams: list[FsmnStream]) -> Any:
+        """Frame posteriors [B, T_max, pdfs] of many streams' frames in one encoder pass.
+
+        FunASR's FSMN.forward(feats, cache) takes one cache for the whole batch
+        and keeps the last frames of the padded input as the next cache, so it
+        cannot batch streams whose frame counts differ. This runs the same
+        layers (FunASR's modules and weights) on the right-padded batch and
+        keeps, per stream, the memory ending at its own last real frame. The
+        encoder is causal (rorder 0, checked at load), so padding never reaches
+        a real frame's output.
+        """
+        torch = self._torch
+        enc = self._model.encoder
+        lengths = [int(f.shape[0]) for f in feats]
+        x = torch.nn.utils.rnn.pad_sequence(feats, batch_first=True)  # [B, T, D]
+        x = enc.relu(enc.in_linear2(enc.in_linear1(x)))
+        memory = torch.stack([s.memory for s in streams])  # [B, layers, P, L]
+        mem_len = memory.shape[-1]
+        new_memory = torch.empty_like(memory)
+        for i, block in enumerate(enc.fsmn):
+            proj = block.linear(x).transpose(1, 2)  # [B, P, T]
+            history = torch.cat((memory[:, i], proj), dim=2)  # [B, P, L + T]
+            mixed = proj + block.fsmn_block.conv_left(history.unsqueeze(-1)).squeeze(-1)
+            for b, n in enumerate(lengths):
+                new_memory[b, i] = history[b, :, n : n + mem_len]
+            x = block.relu(block.affine(mixed.transpose(1, 2)))
+        x = enc.out_linear2(enc.out_linear1(x))
+        if enc.use_softmax:
+            x = enc.softmax(x)
+        for b, s in enumerate(streams):
+            s.memory = new_memory[b].clone()  # a view would keep the batch tensor alive
+        return x
 
     def score(self, jobs: list[tuple[FsmnStream, np.ndarray]]) -> list[np.ndarray]:
         """Speech probabilities of each job's [n, 512] windows, advancing each stream.
 
-        Same contract as `SileroVad.score`. FunASR's online frontend holds one
-        stream per cache, so streams are scored one after another.
+        Same contract as `SileroVad.score`. FunASR's online frontend keeps one
+        stream per cache, so features are made stream by stream (window by
+        window, which fixes the frames each window reports); the encoder then
+        runs once for all streams' frames of the batch.
         """
-        results = []
-        with self._torch.inference_mode():
+        torch = self._torch
+        results = [np.empty(len(w), dtype=np.float32) for _, w in jobs]
+        with torch.inference_mode():
+            per_window: list[list[int]] = []
+            feats, streams = [], []
             for stream, windows in jobs:
-                out = np.empty(len(windows), dtype=np.float32)
-                for i, win in enumerate(windows):
-                    frames = self._frame_probs(stream, win)
-                    if len(frames):
-                        stream._last = float(frames.mean())
-                    out[i] = stream._last
-                results.append(out)
+                parts = [self._features(stream, w) for w in windows]
+                per_window.append([int(p.shape[0]) for p in parts])
+                feats.append(torch.cat(parts) if parts else torch.zeros(0))
+                streams.append(stream)
+            active = [j for j, f in enumerate(feats) if f.shape[0]]
+            frame_probs: dict[int, np.ndarray] = {}
+            if active:
+                post = self._encode([feats[j] for j in active], [streams[j] for j in active])
+                sil = post[..., self.sil_pdf_ids].sum(dim=-1)
+                speech = (1.0 - sil).clamp(0.0, 1.0).numpy()
+                frame_probs = {j: speech[k] for k, j in enumerate(active)}
+        for j, (stream, counts) in enumerate(zip(streams, per_window, strict=True)):
+            at = 0
+            for i, n in enumerate(counts):
+                if n:  # a window that completes no frame repeats the last value
+                    stream.last = float(frame_probs[j][at : at + n].mean())
+                    at += n
+                results[j][i] = stream.last
         return results
 
 
-class FsmnStream(SileroStream):
-    """One stream's fsmn-vad state: FunASR's frontend and encoder cache dicts."""
+class FsmnStream:
+    """One stream's fsmn-vad state: FunASR's frontend cache and the FSMN layers' memory."""
 
     def __init__(self, vad: FsmnVad) -> None:
-        self._vad = vad  # type: ignore[assignment]
-        self._frontend_cache: dict = {}
-        self._encoder_cache: dict = {}
-        self._last = 0.0
-        self._pending = np.zeros(0, dtype=np.float32)
+        self._vad = vad
+        self._windows = WindowBuffer()
+        #: FunASR's online frontend cache dict (waveform remainder, LFR splice).
+        self.frontend_cache: dict = {}
+        #: Per FSMN layer, the projections of the last frames [layers, P, L].
+        self.memory = vad._torch.zeros(vad.memory_shape)
+        #: The last reported probability (repeated by windows that complete no frame).
+        self.last = 0.0
+
+    def take_windows(self, samples: np.ndarray) -> np.ndarray:
+        """Append 16 kHz float32 samples; return the completed [n, 512] windows."""
+        return self._windows.take(samples)
+
+    def process(self, samples: np.ndarray) -> np.ndarray:
+        """Append samples and score the completed windows on the calling thread."""
+        return score_alone(self._vad, self, samples)
