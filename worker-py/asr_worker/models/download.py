@@ -1,4 +1,9 @@
-"""`python -m asr_worker download`: a Fun-ASR-Nano snapshot from ModelScope or Hugging Face."""
+"""`python -m asr_worker download`: a Fun-ASR-Nano snapshot from ModelScope or Hugging Face.
+
+The two hubs do not ship the same files under FunAudioLLM/Fun-ASR-Nano-2512: the
+ModelScope model.pt holds the CTC branch (token timestamps), the Hugging Face one does not
+(the loader then serves text without timestamps and says so once). Both transcribe alike.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,13 @@ from asr_worker.models.loader import validate_model_dir
 DEFAULT_MODEL_ID = "FunAudioLLM/Fun-ASR-Nano-2512"
 #: Hub names accepted by `download_model` (FunASR's own spelling first).
 HUBS = {"ms": "ms", "modelscope": "ms", "hf": "hf", "huggingface": "hf"}
+#: The "try the other hub" hint, saying what changes: the two snapshots differ.
+_OTHER_HUB = {
+    "ms": "try Hugging Face with --hub hf (same model and text, but its model.pt has no CTC "
+    "weights: finals then carry no token timestamps)",
+    "hf": "try ModelScope with --hub ms (same model and text, plus the CTC weights that give "
+    "finals token timestamps)",
+}
 
 
 def download_model(model_id: str, hub: str, cache_dir: Path, revision: str | None = None) -> Path:
@@ -43,7 +55,7 @@ def download_model(model_id: str, hub: str, cache_dir: Path, revision: str | Non
         raise ModelLoadError(
             f"could not download {model_id} from {hub_name} into {cache_dir}: "
             f"{type(exc).__name__}: {detail} (is the hub reachable from this machine? "
-            "try the other hub with --hub, or copy a model directory here and use --model-dir)"
+            f"{_OTHER_HUB[hub_key]}, or copy a model directory here and use --model-dir)"
         ) from exc
     local_path = Path(local)
     validate_model_dir(local_path)
@@ -56,13 +68,14 @@ def add_download_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model-id",
         default=DEFAULT_MODEL_ID,
-        help=f"model id on the hub (default: {DEFAULT_MODEL_ID}, the same on both hubs)",
+        help=f"model id on the hub (default: {DEFAULT_MODEL_ID}, the same id on both hubs)",
     )
     parser.add_argument(
         "--hub",
         choices=sorted(HUBS),
         default="ms",
-        help="ms = ModelScope (default, FunASR's home), hf = Hugging Face",
+        help="ms = ModelScope (default, FunASR's home; with CTC timestamps), "
+        "hf = Hugging Face (no CTC weights: no token timestamps)",
     )
     parser.add_argument(
         "--cache-dir",

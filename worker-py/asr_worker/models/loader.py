@@ -14,11 +14,15 @@ turns it into a `FunAsrNanoEngine` through FunASR's own `AutoModel.build_model`.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from omegaconf import DictConfig
 
 from asr_worker.engine.funasr_nano import (
     DEFAULT_MAX_NEW_TOKENS,
@@ -105,40 +109,118 @@ def resolve_device(device: str) -> str:
     raise DeviceUnavailableError(f"unknown device {device!r}; use cpu, cuda or cuda:N")
 
 
+@dataclass(frozen=True)
+class ModelFiles:
+    """Where a model directory's files are, as FunASR's own download resolves them."""
+
+    #: The model directory.
+    root: Path
+    #: config.yaml (or what configuration.json's file_path_metas.config names).
+    config: Path
+    #: The checkpoint (model.pt, or file_path_metas.init_param).
+    weights: Path
+    #: file_path_metas with every path that exists made absolute; merged over config.yaml.
+    metas: dict[str, Any]
+
+
+def locate_files(model_dir: Path) -> ModelFiles:
+    """Read configuration.json's `file_path_metas` the way FunASR's download does.
+
+    FunASR (`download_from_ms` / `download_from_hf`) joins every string of file_path_metas
+    to the model directory, keeps those that exist, and merges the result over config.yaml:
+    `config` names the config file, `init_param` the checkpoint, and nested entries such as
+    `tokenizer_conf.init_param_path` override config values. The joining is FunASR's own
+    `add_file_root_path`, so a directory resolves here exactly as it would there.
+    """
+    model_dir = Path(model_dir)
+    metas: dict[str, Any] = {}
+    conf_file = model_dir / "configuration.json"
+    if conf_file.is_file():
+        try:
+            conf = json.loads(conf_file.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ModelLoadError(f"{conf_file} is not valid JSON: {exc}") from exc
+        raw = conf.get("file_path_metas") if isinstance(conf, dict) else None
+        if isinstance(raw, dict):
+            from funasr.download.download_model_from_hub import add_file_root_path
+
+            metas = add_file_root_path(str(model_dir), raw, {})
+    config = Path(metas.pop("config", None) or model_dir / "config.yaml")
+    weights = Path(metas.pop("init_param", None) or model_dir / "model.pt")
+    return ModelFiles(root=model_dir, config=config, weights=weights, metas=metas)
+
+
+def _load_config(files: ModelFiles) -> Any:
+    """config.yaml merged with file_path_metas (an OmegaConf DictConfig, not yet resolved)."""
+    from omegaconf import OmegaConf
+
+    try:
+        cfg = OmegaConf.load(files.config)
+    except Exception as exc:  # yaml errors, unreadable file
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise ModelLoadError(f"{files.config} is not valid YAML: {first}") from exc
+    if not isinstance(cfg, DictConfig):
+        raise ModelLoadError(f"{files.config} is not a mapping of FunASR settings")
+    return OmegaConf.merge(cfg, OmegaConf.create(files.metas)) if files.metas else cfg
+
+
+def _select(cfg: Any, key: str) -> Any:
+    """cfg's value at a dotted key with interpolations resolved; None when absent."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        return OmegaConf.select(cfg, key, default=None)
+    except OmegaConfBaseException as exc:
+        raise ModelLoadError(f"config.yaml: cannot resolve {key}: {exc}") from exc
+
+
+def _llm_paths(root: Path, cfg: Any) -> tuple[Path, Path]:
+    """Absolute (LLM config dir, LLM tokenizer dir) of a merged config."""
+    llm = _under(root, str(_select(cfg, "llm_conf.init_param_path") or LLM_SUBDIR))
+    tok = _select(cfg, "tokenizer_conf.init_param_path")
+    return llm, (_under(root, str(tok)) if tok else llm)
+
+
+def _ctc_vocab_path(root: Path, cfg: Any) -> Path | None:
+    """The CTC tokenizer vocabulary, or None when the config has no CTC branch."""
+    if not _select(cfg, "ctc_decoder") or not _select(cfg, "dataset_conf.ctc_tokenizer"):
+        return None
+    vocab = _select(cfg, "dataset_conf.ctc_tokenizer_conf.vocab_path")
+    return _under(root, str(vocab)) if vocab else root / CTC_VOCAB_FILE
+
+
 def validate_model_dir(path: Path) -> None:
     """Raise ModelLoadError (one line) unless path is a loadable Fun-ASR-Nano directory."""
-    import yaml
-
     path = Path(path)
     if not path.exists():
         raise ModelLoadError(f"model dir {path} does not exist ({_BUILD_HINT})")
     if not path.is_dir():
         raise ModelLoadError(f"model dir {path} is not a directory ({_BUILD_HINT})")
-    cfg_file = path / "config.yaml"
+    files = locate_files(path)
+    cfg_file = files.config
     if not cfg_file.is_file():
         raise ModelLoadError(
-            f"model dir {path} has no config.yaml (expected a Fun-ASR-Nano model directory; {_BUILD_HINT})"
+            f"model dir {path} has no {cfg_file.name} (expected a Fun-ASR-Nano model directory; "
+            f"{_BUILD_HINT})"
         )
-    try:
-        cfg = yaml.safe_load(cfg_file.read_text(encoding="utf-8")) or {}
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ModelLoadError(f"{cfg_file} is not valid YAML: {first}") from exc
-    if not isinstance(cfg, dict) or cfg.get("model") != "FunASRNano":
-        found = cfg.get("model") if isinstance(cfg, dict) else None
+    cfg = _load_config(files)
+    if _select(cfg, "model") != "FunASRNano":
         raise ModelLoadError(
-            f"{cfg_file} describes model {found!r}, not 'FunASRNano' "
+            f"{cfg_file} describes model {_select(cfg, 'model')!r}, not 'FunASRNano' "
             "(this engine serves Fun-ASR-Nano directories only)"
         )
-    enc_conf = cfg.get("audio_encoder_conf") or {}
-    if enc_conf.get("hub"):
+    hub = _select(cfg, "audio_encoder_conf.hub")
+    if hub:
         raise ModelLoadError(
-            f"{cfg_file} loads its audio encoder from model hub {enc_conf['hub']!r}; "
+            f"{cfg_file} loads its audio encoder from model hub {hub!r}; "
             "a served model directory must be self-contained"
         )
-    weights = path / "model.pt"
+    weights = files.weights
     if not weights.is_file():
-        raise ModelLoadError(f"model dir {path} has no model.pt (incomplete download? {_BUILD_HINT})")
+        raise ModelLoadError(
+            f"model dir {path} has no {weights.name} (incomplete download? {_BUILD_HINT})"
+        )
     with open(weights, "rb") as f:
         head = f.read(64)
     if head.startswith(b"version https://git-lfs"):
@@ -146,27 +228,22 @@ def validate_model_dir(path: Path) -> None:
             f"{weights} is a git-lfs pointer, not weights (fetch it with `git lfs pull` "
             "or use `python -m asr_worker download`)"
         )
-    llm_rel = (cfg.get("llm_conf") or {}).get("init_param_path") or LLM_SUBDIR
-    llm_dir = _under(path, str(llm_rel))
+    llm_dir, tok_dir = _llm_paths(path, cfg)
     if not (llm_dir / "config.json").is_file():
         raise ModelLoadError(
             f"model dir {path} lacks the LLM config {llm_dir / 'config.json'} "
-            f"(llm_conf.init_param_path is {llm_rel!r})"
+            f"(llm_conf.init_param_path is {_select(cfg, 'llm_conf.init_param_path')!r})"
         )
-    if not (llm_dir / "tokenizer.json").is_file() and not (
-        (llm_dir / "vocab.json").is_file() and (llm_dir / "merges.txt").is_file()
+    if not (tok_dir / "tokenizer.json").is_file() and not (
+        (tok_dir / "vocab.json").is_file() and (tok_dir / "merges.txt").is_file()
     ):
         raise ModelLoadError(
-            f"model dir {path} lacks the LLM tokenizer in {llm_dir} "
+            f"model dir {path} lacks the LLM tokenizer in {tok_dir} "
             "(need tokenizer.json, or vocab.json + merges.txt)"
         )
-    ds = cfg.get("dataset_conf") or {}
-    if cfg.get("ctc_decoder") and ds.get("ctc_tokenizer"):
-        vocab = (ds.get("ctc_tokenizer_conf") or {}).get("vocab_path")
-        vocab_path = _under(path, str(vocab)) if vocab else path / CTC_VOCAB_FILE
-        if not vocab_path.is_file():
-            raise ModelLoadError(f"model dir {path} lacks the CTC tokenizer vocabulary {vocab_path}")
-
+    vocab_path = _ctc_vocab_path(path, cfg)
+    if vocab_path is not None and not vocab_path.is_file():
+        raise ModelLoadError(f"model dir {path} lacks the CTC tokenizer vocabulary {vocab_path}")
 
 
 def build_funasr_kwargs(model_dir: Path) -> dict[str, Any]:
@@ -175,35 +252,38 @@ def build_funasr_kwargs(model_dir: Path) -> dict[str, Any]:
     config.yaml names the LLM / tokenizer directory relatively ("Qwen3-0.6B"); FunASR
     would hand that to transformers as is, which resolves it against the current directory
     and then treats it as a hub repo id. Here every path points into model_dir, so loading
-    never consults a model hub.
+    never consults a model hub. configuration.json's file_path_metas apply first, as in
+    FunASR's own download.
     """
     from omegaconf import OmegaConf
 
     model_dir = Path(model_dir).resolve()
-    cfg = OmegaConf.load(model_dir / "config.yaml")
-    llm_rel = OmegaConf.select(cfg, "llm_conf.init_param_path", default=LLM_SUBDIR)
-    llm_dir = str(_under(model_dir, llm_rel))
+    files = locate_files(model_dir)
+    cfg = _load_config(files)
+    llm_dir, tok_dir = _llm_paths(model_dir, cfg)
     overrides: dict[str, Any] = {
         "model_path": str(model_dir),
-        "init_param": str(model_dir / "model.pt"),
-        "llm_conf": {"init_param_path": llm_dir},
-        "tokenizer_conf": {"init_param_path": llm_dir},
+        "init_param": str(files.weights),
+        "llm_conf": {"init_param_path": str(llm_dir)},
+        "tokenizer_conf": {"init_param_path": str(tok_dir)},
         # kaldi fbank dithers by default: random noise in every decode. Inference never dithers.
         "frontend_conf": {"dither": 0.0},
         "disable_update": True,
         "disable_log": True,
     }
-    if OmegaConf.select(cfg, "dataset_conf.ctc_tokenizer", default=None):
-        vocab = OmegaConf.select(cfg, "dataset_conf.ctc_tokenizer_conf.vocab_path", default=None)
-        vocab_path = _under(model_dir, vocab) if vocab else model_dir / CTC_VOCAB_FILE
+    vocab_path = _ctc_vocab_path(model_dir, cfg)
+    if vocab_path is not None:
         overrides["dataset_conf"] = {"ctc_tokenizer_conf": {"vocab_path": str(vocab_path)}}
-    cmvn = OmegaConf.select(cfg, "frontend_conf.cmvn_file", default=None)
+    cmvn = _select(cfg, "frontend_conf.cmvn_file")
     if cmvn:
         overrides["frontend_conf"]["cmvn_file"] = str(_under(model_dir, cmvn))
     elif (model_dir / "am.mvn").exists():
         overrides["frontend_conf"]["cmvn_file"] = str(model_dir / "am.mvn")
     merged = OmegaConf.merge(cfg, OmegaConf.create(overrides))
-    kwargs = OmegaConf.to_container(merged, resolve=True)
+    try:
+        kwargs = OmegaConf.to_container(merged, resolve=True)
+    except Exception as exc:  # an interpolation that names a missing key
+        raise ModelLoadError(f"{files.config}: {' '.join(str(exc).split())[:300]}") from exc
     assert isinstance(kwargs, dict)
     return kwargs
 
@@ -211,7 +291,6 @@ def build_funasr_kwargs(model_dir: Path) -> dict[str, Any]:
 def _under(model_dir: Path, rel: str) -> Path:
     p = Path(rel)
     return p if p.is_absolute() else model_dir / p
-
 
 
 def load_engine(
@@ -245,6 +324,19 @@ def load_engine(
     from funasr.auto.auto_model import AutoModel
 
     kwargs = build_funasr_kwargs(model_dir)
+    weights = Path(kwargs["init_param"])
+    state = read_checkpoint(weights)
+    ctc_configured = bool(kwargs.get("ctc_decoder"))
+    if ctc_configured and not any(k.startswith(_CTC_PREFIXES) for k in state):
+        # The Hugging Face release ships no CTC weights. Building the branch anyway would
+        # make FunASR print one line per missing tensor, then drop the branch itself.
+        kwargs.pop("ctc_decoder")
+        log.warning(
+            "%s has no CTC weights (the Hugging Face release of Fun-ASR-Nano-2512 ships none; "
+            "the ModelScope release has them): transcription works, but finals will carry "
+            "no token timestamps",
+            weights,
+        )
     kwargs.update(
         device=dev,
         ncpu=torch.get_num_threads(),  # build_model would otherwise force 4 threads
@@ -262,7 +354,11 @@ def load_engine(
         raise ModelLoadError(
             f"could not load Fun-ASR-Nano from {model_dir}: {type(exc).__name__}: {detail}"
         ) from exc
-    _check_checkpoint(model, model_dir / "model.pt")
+    _check_checkpoint(model, state, weights)
+    if ctc_configured and kwargs.get("ctc_decoder") and getattr(model, "ctc_decoder", None) is None:
+        # Some CTC tensors but not all: FunASR disabled the branch (and said so).
+        log.warning("%s has incomplete CTC weights: finals will carry no token timestamps", weights)
+    del state
     model.llm.to(torch.bfloat16 if dt == "bf16" else torch.float32)
     model.audio_encoder.float()
     model.audio_adaptor.float()
@@ -288,21 +384,34 @@ def load_engine(
     )
 
 
-def _check_checkpoint(model: Any, path: Path) -> None:
-    """Fail if model.pt does not cover the model: FunASR only warns and keeps random weights."""
+#: State-dict prefixes of the CTC (timestamp) branch.
+_CTC_PREFIXES = ("ctc_decoder.", "ctc.")
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """The state dict of a checkpoint, unwrapped as FunASR unwraps it (memory-mapped when
+    the file allows): `{"state_dict": ...}` and the other containers FunASR knows, and one
+    DDP `module.` prefix."""
     import torch
+    from funasr.models.fun_asr_nano.checkpoint_utils import normalize_checkpoint_state
 
     try:
-        state = torch.load(path, map_location="cpu", mmap=True)
-    except Exception:
-        state = torch.load(path, map_location="cpu")
-    for key in ("state_dict", "model_state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    state = {k.removeprefix("module."): v for k, v in state.items()}
+        try:
+            raw = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+        except RuntimeError:  # a legacy (non-zip) file cannot be memory-mapped
+            raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        detail = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise ModelLoadError(f"cannot read checkpoint {path}: {type(exc).__name__}: {detail}") from exc
+    if not isinstance(raw, dict):
+        raise ModelLoadError(f"checkpoint {path} holds a {type(raw).__name__}, not a state dict")
+    return normalize_checkpoint_state(raw)
+
+
+def _check_checkpoint(model: Any, state: dict[str, Any], path: Path) -> None:
+    """Fail if the checkpoint does not cover the model: FunASR only warns and keeps random weights."""
     expected = model.state_dict()
-    optional = ("ctc_decoder.", "ctc.")  # FunASR disables timestamps when these are absent
-    missing = [k for k in expected if k not in state and not k.startswith(optional)]
+    missing = [k for k in expected if k not in state and not k.startswith(_CTC_PREFIXES)]
     mismatched = [
         k
         for k, v in expected.items()

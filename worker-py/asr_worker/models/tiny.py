@@ -165,6 +165,162 @@ def model_config(*, real_shapes: bool = False, ctc_vocab_size: int = 60515) -> d
     }
 
 
+def release_config(*, real_shapes: bool = False) -> dict[str, Any]:
+    """config.yaml with exactly the key set of the released Fun-ASR-Nano-2512 (sizes shrunk
+    unless real_shapes).
+
+    Where `model_config` spells out only what inference reads, this is the file as it ships:
+    `tokenizer_conf.init_param_path` is the interpolation `${llm_conf.init_param_path}`,
+    `llm_conf` carries `use_lora: false` and a `lora_conf`, the training, optimiser and
+    dataset sections are present, the adaptor and CTC decoder have no `attention_heads` (their
+    default, 8, applies) and there is no `ctc_vocab_size` (FunASRNano's default, 60515).
+    Reconstructed from FunASR 1.4.16's FunASRNano (the keys it reads) and published copies of
+    the checkpoint's config.yaml; docs/models.md lists the sources.
+    """
+    d = _dims(real_shapes)
+    return {
+        "model": "FunASRNano",
+        "model_conf": {"lsm_weight": 0.1, "length_normalized_loss": True},
+        "audio_encoder": "SenseVoiceEncoderSmall",
+        "audio_encoder_conf": {
+            "output_size": d["enc_dim"],
+            "attention_heads": d["enc_heads"],
+            "linear_units": d["enc_units"],
+            "num_blocks": d["enc_blocks"],
+            "tp_blocks": d["enc_tp_blocks"],
+            "dropout_rate": 0.1,
+            "positional_dropout_rate": 0.1,
+            "attention_dropout_rate": 0.1,
+            "input_layer": "pe",
+            "pos_enc_class": "SinusoidalPositionEncoder",
+            "normalize_before": True,
+            "kernel_size": 11,
+            "sanm_shfit": 0,
+            "selfattention_layer_type": "sanm",
+            "feat_permute": True,
+            "freeze": True,
+            "freeze_layer_num": -1,
+        },
+        "llm": "Qwen3-0.6b",
+        "llm_conf": {
+            "hub": "hf",
+            "freeze": True,
+            "llm_dtype": "bf16",
+            "init_param_path": LLM_SUBDIR,
+            "use_lora": False,
+            "lora_conf": {
+                "freeze_lora": True,
+                "task_type": "CAUSAL_LM",
+                "r": 16,
+                "lora_alpha": 32,
+                "lora_dropout": 0.05,
+                "bias": "none",
+                "target_modules": ["q_proj", "v_proj"],
+                "init_param_path": "",
+            },
+        },
+        "audio_adaptor": "Transformer",
+        "audio_adaptor_conf": {
+            "downsample_rate": 1,
+            "use_low_frame_rate": True,
+            "ffn_dim": d["adaptor_ffn"],
+            "llm_dim": d["llm_hidden"],
+            "encoder_dim": d["enc_dim"],
+            "n_layer": d["adaptor_layers"],
+            "freeze": True,
+        },
+        "ctc_decoder": "Transformer",
+        "detach_ctc_decoder": True,
+        "ctc_decoder_conf": {
+            "downsample_rate": 1,
+            "ffn_dim": d["ctc_ffn"],
+            "llm_dim": d["enc_dim"],
+            "encoder_dim": d["enc_dim"],
+            "n_layer": d["ctc_layers"],
+            "freeze": False,
+        },
+        "ctc_weight": 1.0,
+        "ctc_conf": {"dropout_rate": 0.0, "ctc_type": "builtin", "reduce": True, "ignore_nan_grad": True},
+        "frontend": "WavFrontend",
+        "frontend_conf": {
+            "fs": 16000,
+            "window": "hamming",
+            "n_mels": 80,
+            "frame_length": 25,
+            "frame_shift": 10,
+            "lfr_m": 7,
+            "lfr_n": 6,
+            "cmvn_file": None,
+        },
+        "train_conf": {
+            "use_lora": "${llm_conf.use_lora}",
+            "accum_grad": 1,
+            "grad_clip": 5,
+            "max_epoch": 2,
+            "keep_nbest_models": 200,
+            "log_interval": 100,
+            "effective_save_name_excludes": ["llm."],
+            "resume": True,
+            "validate_interval": 2000,
+            "save_checkpoint_interval": 2000,
+            "avg_nbest_model": 100,
+            "use_bf16": False,
+            "use_deepspeed": True,
+            "deepspeed_config": None,
+            "save_init_model": False,
+        },
+        "optim": "adamw",
+        "optim_conf": {"lr": 5.0e-06, "weight_decay": 0.0},
+        "scheduler": "warmuplr",
+        "scheduler_conf": {"warmup_steps": 2500},
+        "dataset": "FunASR",
+        "dataset_conf": {
+            "index_ds": "FunASR",
+            "batch_sampler": "BatchSampler",
+            "batch_type": "token",
+            "batch_size": 6000,
+            "max_token_length": 3500,
+            "shuffle": True,
+            "sort_size": 1024,
+            "batch_size_scale_ratio_max": 2,
+            "num_workers": 4,
+            "audio_adaptor_downsample_rate": "${audio_adaptor_conf.downsample_rate}",
+            "audio_encoder_downsample_rate": 6,
+            "data_split_num": 256,
+            "batch_size_sample_max": 10,
+            "retry": 2000,
+            "batch_size_token_max": 6000,
+            "max_source_length": 12000,
+            "max_target_length": 2048,
+            "prompt_classes": "MultiContextPrompt",
+            "prompt_conf": {
+                "max_neg_hotwords_num": 0,
+                "min_neg_hotwords_num": 0,
+                "use_hist": False,
+                "use_one_pass_result": True,
+                "use_hotwords": True,
+                "use_asr_hotwords": True,
+                "chinese_hotwords_list": None,
+                "english_hotwords_list": None,
+            },
+            "ctc_tokenizer": "SenseVoiceTokenizer",
+            "ctc_target_normalize": True,
+            "ctc_tokenizer_conf": {"vocab_path": None, "is_multilingual": True, "num_languages": 8749},
+            "min_source_length": 10,
+            "batch_size_scale_threshold": 3000,
+            "use_dynamic_output_ratio": 0.0,
+        },
+        "tokenizer": "HuggingfaceTokenizer",
+        "tokenizer_conf": {"init_param_path": "${llm_conf.init_param_path}"},
+        "enable_tf32": True,
+        "debug": False,
+        "train_data_set_list": None,
+        "valid_data_set_list": None,
+        "init_param": None,
+        "output_dir": None,
+    }
+
+
 def qwen3_config(*, real_shapes: bool, vocab_size: int, special_ids: dict[str, int]):
     """The transformers Qwen3Config of the decoder (Qwen3-0.6B's when real_shapes)."""
     from transformers import Qwen3Config
@@ -275,10 +431,12 @@ def _ctc_vocab_size(vocab_path: Path, conf: dict[str, Any]) -> int:
 # --------------------------------------------------------------------------- building
 
 
-def write_model_config(out_dir: Path, *, real_shapes: bool = False) -> Path:
+def write_model_config(out_dir: Path, *, real_shapes: bool = False, release: bool = False) -> Path:
     """Write everything of a model directory except model.pt (configs and tokenizers).
 
     Cheap at any size: used by `build_tiny_model` and to inspect real shapes without weights.
+    release: config.yaml and configuration.json as the released checkpoint writes them
+    (`release_config`) instead of the compact `model_config`.
     """
     import yaml
 
@@ -303,7 +461,19 @@ def write_model_config(out_dir: Path, *, real_shapes: bool = False) -> Path:
     base = model_config(real_shapes=real_shapes)
     ctc_conf = base["dataset_conf"]["ctc_tokenizer_conf"]
     ctc_vocab = _ctc_vocab_size(out_dir / CTC_VOCAB_FILE, ctc_conf)
-    cfg = model_config(real_shapes=real_shapes, ctc_vocab_size=ctc_vocab)
+    if release:
+        cfg = release_config(real_shapes=real_shapes)
+        # As in the release: only the weights and the config are named, so the LLM and
+        # tokenizer paths stay relative (the loader anchors them in the directory).
+        metas: dict[str, Any] = {"init_param": "model.pt", "config": "config.yaml"}
+    else:
+        cfg = model_config(real_shapes=real_shapes, ctc_vocab_size=ctc_vocab)
+        metas = {
+            "init_param": "model.pt",
+            "config": "config.yaml",
+            "tokenizer_conf": {"init_param_path": LLM_SUBDIR},
+            "llm_conf": {"init_param_path": LLM_SUBDIR},
+        }
     with open(out_dir / "config.yaml", "w", encoding="utf-8") as f:
         yaml.safe_dump(cfg, f, allow_unicode=True, sort_keys=False)
 
@@ -314,12 +484,7 @@ def write_model_config(out_dir: Path, *, real_shapes: bool = False) -> Path:
                 "task": "auto-speech-recognition",
                 "model": {"type": "funasr"},
                 "pipeline": {"type": "funasr-pipeline"},
-                "file_path_metas": {
-                    "init_param": "model.pt",
-                    "config": "config.yaml",
-                    "tokenizer_conf": {"init_param_path": LLM_SUBDIR},
-                    "llm_conf": {"init_param_path": LLM_SUBDIR},
-                },
+                "file_path_metas": metas,
                 "generated_by": "asr_worker tiny-model (random weights)",
                 "real_shapes": real_shapes,
             },
@@ -364,20 +529,31 @@ def count_parameters(model_dir: Path) -> dict[str, int]:
     return counts
 
 
-def build_tiny_model(out_dir: Path, *, real_shapes: bool = False, seed: int = 0) -> Path:
+def build_tiny_model(
+    out_dir: Path,
+    *,
+    real_shapes: bool = False,
+    seed: int = 0,
+    release: bool = False,
+    ctc_weights: bool = True,
+) -> Path:
     """Write a complete random-weight Fun-ASR-Nano model directory offline; return its path.
 
     Tiny dims (about 0.4 M parameters, a few MB, seconds on a CPU) unless real_shapes, which
     keeps Fun-ASR-Nano-2512's architecture (SenseVoice-small encoder 50+20 layers of width
     512, 2-layer adaptor, Qwen3-0.6B decoder; ~2 GB written in bf16, a minute or two on CPU).
-    The directory loads through `asr_worker.engine.funasr_nano.load_engine` like a real one.
+    release: the released checkpoint's file formats — config.yaml with its exact key set
+    (`release_config`) and model.pt wrapped as `{"state_dict": ...}`. ctc_weights=False
+    leaves the CTC branch's tensors out of model.pt while config.yaml still describes the
+    branch, as in the Hugging Face release. The directory loads through
+    `asr_worker.models.loader.load_engine` like a real one.
     """
     import torch
 
     out_dir = Path(out_dir)
     if (out_dir / "model.pt").exists():
         raise ModelLoadError(f"{out_dir} already holds a model.pt; choose an empty directory")
-    write_model_config(out_dir, real_shapes=real_shapes)
+    write_model_config(out_dir, real_shapes=real_shapes, release=release)
 
     torch.manual_seed(seed)
     model = _instantiate(out_dir)
@@ -390,13 +566,16 @@ def build_tiny_model(out_dir: Path, *, real_shapes: bool = False, seed: int = 0)
         with torch.no_grad():
             for p in model.parameters():
                 p.add_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * 0.05)
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    state = {
+        k: v.detach().contiguous()
+        for k, v in model.state_dict().items()
+        if ctc_weights or not k.startswith(("ctc_decoder.", "ctc."))
+    }
     tmp = out_dir / "model.pt.partial"
-    torch.save(state, tmp)
+    torch.save({"state_dict": state} if release else state, tmp)
     os.replace(tmp, out_dir / "model.pt")
     log.info("wrote random-weight Fun-ASR-Nano (%s) to %s", "real shapes" if real_shapes else "tiny", out_dir)
     return out_dir
-
 
 
 # --------------------------------------------------------------------------- CLI wiring
@@ -411,8 +590,24 @@ def add_tiny_model_args(parser: argparse.ArgumentParser) -> None:
         help="real Fun-ASR-Nano-2512 dimensions (~0.98 B params, ~2 GB) for GPU benchmarks",
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed of the weights (default 0)")
+    parser.add_argument(
+        "--release-layout",
+        action="store_true",
+        help="config.yaml with the released checkpoint's exact key set, model.pt as {'state_dict': ...}",
+    )
+    parser.add_argument(
+        "--no-ctc-weights",
+        action="store_true",
+        help="leave the CTC (timestamp) tensors out of model.pt, as the Hugging Face release does",
+    )
 
 
 def tiny_model_from_args(args: argparse.Namespace) -> Path:
     """Run `tiny-model` from parsed arguments; returns the written directory."""
-    return build_tiny_model(args.out_dir, real_shapes=args.real_shapes, seed=args.seed)
+    return build_tiny_model(
+        args.out_dir,
+        real_shapes=args.real_shapes,
+        seed=args.seed,
+        release=args.release_layout,
+        ctc_weights=not args.no_ctc_weights,
+    )
