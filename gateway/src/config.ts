@@ -56,6 +56,15 @@ const envSchema = z
           )
           .min(1, "must list at least one host:port"),
       ),
+    WORKER_DNS_REFRESH_SECONDS: intVar(10, 0, 3600),
+    GATEWAY_PROCESSES: z
+      .string()
+      .trim()
+      .toLowerCase()
+      .regex(/^(auto|\d{1,3})$/, 'must be a number of processes or "auto"')
+      .refine((v) => v === "auto" || (Number(v) >= 1 && Number(v) <= 256), "must be 1..256 or auto")
+      .optional()
+      .transform((v) => (v === undefined ? 1 : v === "auto" ? ("auto" as const) : Number(v))),
     MAX_SESSIONS: intVar(1000, 1, 1_000_000),
     MAX_FRAME_BYTES: intVar(1_048_576, 1024, 64 * 1_048_576),
     MAX_FILE_BYTES: intVar(100 * 1_048_576, 1024, 2048 * 1_048_576),
@@ -86,8 +95,12 @@ export interface GatewayConfig {
   readonly port: number;
   /** Interface to bind. */
   readonly host: string;
-  /** Worker gRPC addresses, one channel each. */
+  /** WORKER_ADDRESSES entries: host:port; a DNS name stands for every address it resolves to. */
   readonly workerAddresses: readonly string[];
+  /** How often DNS names in workerAddresses are re-resolved, seconds (0 = only at start). */
+  readonly workerDnsRefreshSeconds: number;
+  /** Gateway processes sharing the port (node:cluster); "auto" = one per CPU core. */
+  readonly processes: number | "auto";
   /** Concurrent client sessions before upgrades are refused with 503. */
   readonly maxSessions: number;
   /** Largest accepted binary frame in bytes. */
@@ -156,6 +169,8 @@ export function loadConfig(env: Record<string, string | undefined>): GatewayConf
     port: e.GATEWAY_PORT,
     host: e.GATEWAY_HOST,
     workerAddresses: e.WORKER_ADDRESSES,
+    workerDnsRefreshSeconds: e.WORKER_DNS_REFRESH_SECONDS,
+    processes: e.GATEWAY_PROCESSES,
     maxSessions: e.MAX_SESSIONS,
     maxFrameBytes: e.MAX_FRAME_BYTES,
     maxFileBytes: e.MAX_FILE_BYTES,

@@ -10,6 +10,7 @@
 import { createFileDecoder, findFfmpeg } from "./audio.js";
 import { ConfigError, loadConfig, type GatewayConfig } from "./config.js";
 import { GatewayServer } from "./http.js";
+import { systemResolver, WorkerDiscovery } from "./discovery.js";
 import { createLogger } from "./log.js";
 import { WorkerPool } from "./workers.js";
 
@@ -26,14 +27,24 @@ async function main(): Promise<void> {
   }
   const logger = createLogger(config.logLevel);
   const ffmpeg = config.ffmpegEnabled ? findFfmpeg() : null;
-  const pool = new WorkerPool(config.workerAddresses, logger);
+  const pool = new WorkerPool([], logger);
   pool.start();
+  // WORKER_ADDRESSES names may stand for many workers (headless Service, compose --scale): see discovery.ts.
+  const discovery = new WorkerDiscovery({
+    targets: config.workerAddresses,
+    resolve: systemResolver,
+    refreshMs: config.workerDnsRefreshSeconds * 1000,
+    onAddresses: (addresses) => pool.setAddresses(addresses),
+    logger,
+  });
+  await discovery.start();
   const server = new GatewayServer({ config, workers: pool, decoder: createFileDecoder(ffmpeg), logger });
   let addr;
   try {
     addr = await server.listen();
   } catch (e) {
     logger.fatal({ err: e }, "cannot listen");
+    discovery.stop();
     pool.close();
     process.exit(1);
   }
@@ -59,6 +70,7 @@ async function main(): Promise<void> {
     void server
       .shutdown(config.shutdownGraceSeconds * 1000)
       .then(() => {
+        discovery.stop();
         pool.close();
         logger.info("stopped");
         logger.flush?.();

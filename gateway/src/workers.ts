@@ -1,10 +1,15 @@
 /**
- * The pool of recognition workers: one grpc-js channel per address in
- * WORKER_ADDRESSES, each health-watched (grpc.health.v1 Watch) and
- * load-watched (asr.v1 WatchLoad), both re-established with exponential
- * backoff. New sessions go to the least-loaded worker that is SERVING and
- * accepting; sessions depend only on the `WorkerSource` shape so that a later
- * failover can ask for "any worker but this one".
+ * The pool of recognition workers: one grpc-js channel per worker address,
+ * each health-watched (grpc.health.v1 Watch) and load-watched (asr.v1
+ * WatchLoad), both re-established with exponential backoff. New sessions go
+ * to the least-loaded worker that is SERVING and accepting; sessions depend
+ * only on the `WorkerSource` shape so that a failover can ask for "any worker
+ * but this one".
+ *
+ * The address list may change at run time (discovery.ts re-resolves DNS
+ * names): setAddresses() adds channels for new addresses and retires vanished
+ * ones — out of placement at once, their open calls cancelled so that their
+ * sessions fail over by replay.
  */
 import { credentials, status as GrpcStatus, type ClientDuplexStream, type ClientReadableStream, type StatusObject } from "@grpc/grpc-js";
 import type { Logger } from "pino";
@@ -75,13 +80,18 @@ interface Entry {
   healthBackoff: number;
   loadBackoff: number;
   timers: Set<NodeJS.Timeout>;
+  /** Open recognition calls (cancelled when the address vanishes). */
+  calls: Set<RecognizeCall>;
+  /** The address vanished from discovery: never placed on again. */
+  retired: boolean;
 }
 
 /** The worker pool (see module comment). Call start() once, close() at shutdown. */
 export class WorkerPool implements WorkerSource {
-  private readonly entries: Entry[];
+  private entries: Entry[];
   private readonly log: Logger;
   private readonly opts: Required<WorkerPoolOptions>;
+  private started = false;
   private closed = false;
 
   /** Creates channels for `addresses`; nothing is watched before start(). */
@@ -93,42 +103,93 @@ export class WorkerPool implements WorkerSource {
       minBackoffMs: options.minBackoffMs ?? 200,
       maxBackoffMs: options.maxBackoffMs ?? 5000,
     };
-    this.entries = addresses.map((address) => {
-      const asr = new AsrClient(address, credentials.createInsecure(), {
-        // Audio frames are small, but a whole decoded file is re-chunked to 1 MiB; results are small.
-        "grpc.max_send_message_length": 8 * 1024 * 1024,
-        "grpc.max_receive_message_length": 8 * 1024 * 1024,
-        // Detect a worker that vanished without closing TCP (host down, partition) within
-        // ~30 s, so its sessions fail over; the worker accepts pings every >= 10 s.
-        "grpc.keepalive_time_ms": 20_000,
-        "grpc.keepalive_timeout_ms": 10_000,
-        "grpc.keepalive_permit_without_calls": 1,
-      });
-      // Share the one channel: health, load and recognition use the same connection.
-      const health = new HealthClient(address, credentials.createInsecure(), { channelOverride: asr.getChannel() });
-      return {
-        address,
-        asr,
-        health,
-        serving: false,
-        load: null,
-        placedSinceReport: 0,
-        localSessions: 0,
-        healthCall: null,
-        loadCall: null,
-        healthBackoff: this.opts.minBackoffMs,
-        loadBackoff: this.opts.minBackoffMs,
-        timers: new Set(),
-      };
+    this.entries = addresses.map((address) => this.createEntry(address));
+  }
+
+  /** A channel for one worker address (not watched yet). */
+  private createEntry(address: string): Entry {
+    const asr = new AsrClient(address, credentials.createInsecure(), {
+      // Audio frames are small, but a whole decoded file is re-chunked to 1 MiB; results are small.
+      "grpc.max_send_message_length": 8 * 1024 * 1024,
+      "grpc.max_receive_message_length": 8 * 1024 * 1024,
+      // Detect a worker that vanished without closing TCP (host down, partition) within
+      // ~30 s, so its sessions fail over; the worker accepts pings every >= 10 s.
+      "grpc.keepalive_time_ms": 20_000,
+      "grpc.keepalive_timeout_ms": 10_000,
+      "grpc.keepalive_permit_without_calls": 1,
     });
+    // Share the one channel: health, load and recognition use the same connection.
+    const health = new HealthClient(address, credentials.createInsecure(), { channelOverride: asr.getChannel() });
+    return {
+      address,
+      asr,
+      health,
+      serving: false,
+      load: null,
+      placedSinceReport: 0,
+      localSessions: 0,
+      healthCall: null,
+      loadCall: null,
+      healthBackoff: this.opts.minBackoffMs,
+      loadBackoff: this.opts.minBackoffMs,
+      timers: new Set(),
+      calls: new Set(),
+      retired: false,
+    };
   }
 
   /** Starts watching health and load of every worker. */
   start(): void {
+    this.started = true;
     for (const e of this.entries) {
       this.watchHealth(e);
       this.watchLoad(e);
     }
+  }
+
+  /**
+   * Replaces the address list: new addresses get a channel (watched at once
+   * when the pool is started); vanished ones are retired — never placed on
+   * again, their open calls cancelled (their sessions fail over), their
+   * channel closed.
+   */
+  setAddresses(addresses: readonly string[]): void {
+    if (this.closed) return;
+    const wanted = new Set(addresses);
+    const have = new Set(this.entries.map((e) => e.address));
+    for (const e of this.entries) if (!wanted.has(e.address)) this.retire(e);
+    this.entries = this.entries.filter((e) => !e.retired);
+    for (const address of addresses) {
+      if (have.has(address)) continue;
+      const e = this.createEntry(address);
+      this.entries.push(e);
+      this.log.info({ worker: address }, "worker added");
+      if (this.started) {
+        this.watchHealth(e);
+        this.watchLoad(e);
+      }
+    }
+  }
+
+  private retire(e: Entry): void {
+    e.retired = true;
+    this.log.warn({ worker: e.address, sessions: e.localSessions }, "worker address vanished; its sessions fail over");
+    this.stopWatching(e);
+    // The calls' status events reach their sessions, which fail over (CANCELLED by us is retryable).
+    for (const call of [...e.calls]) call.cancel();
+    e.asr.close();
+  }
+
+  private stopWatching(e: Entry): void {
+    for (const t of e.timers) clearTimeout(t);
+    e.timers.clear();
+    const h = e.healthCall;
+    const l = e.loadCall;
+    e.healthCall = null;
+    e.loadCall = null;
+    h?.cancel();
+    l?.cancel();
+    e.serving = false;
   }
 
   /** Resolves once at least one worker is SERVING, or after `timeoutMs` (false). */
@@ -171,7 +232,12 @@ export class WorkerPool implements WorkerSource {
     let released = false;
     return {
       address: e.address,
-      open: () => e.asr.streamingRecognize(),
+      open: () => {
+        const call = e.asr.streamingRecognize();
+        e.calls.add(call);
+        call.on("status", () => e.calls.delete(call));
+        return call;
+      },
       release: () => {
         if (released) return;
         released = true;
@@ -258,11 +324,7 @@ export class WorkerPool implements WorkerSource {
     if (this.closed) return;
     this.closed = true;
     for (const e of this.entries) {
-      for (const t of e.timers) clearTimeout(t);
-      e.timers.clear();
-      e.healthCall?.cancel();
-      e.loadCall?.cancel();
-      e.serving = false;
+      this.stopWatching(e);
       e.asr.close();
     }
   }

@@ -22,6 +22,8 @@ describe("loadConfig", () => {
     assert.equal(c.authToken, undefined);
     assert.equal(c.tlsCert, undefined);
     assert.equal(c.maxHotwords, 256);
+    assert.equal(c.workerDnsRefreshSeconds, 10);
+    assert.equal(c.processes, 1);
   });
 
   test("every variable is read", () => {
@@ -47,7 +49,12 @@ describe("loadConfig", () => {
       SHUTDOWN_GRACE_SECONDS: "3",
       RETRY_AFTER_SECONDS: "7",
       FFMPEG_ENABLED: "false",
+      WORKER_DNS_REFRESH_SECONDS: "0",
+      GATEWAY_PROCESSES: "4",
     });
+    assert.equal(c.workerDnsRefreshSeconds, 0);
+    assert.equal(c.processes, 4);
+    assert.equal(loadConfig({ GATEWAY_PROCESSES: "AUTO" }).processes, "auto");
     assert.deepEqual(c.workerAddresses, ["w1:50051", "w2:50052"]);
     assert.equal(c.port, 8080);
     assert.equal(c.maxSessions, 5);
@@ -72,6 +79,9 @@ describe("loadConfig", () => {
     [{ TLS_CERT: "/c.pem" }, /TLS_CERT and TLS_KEY must be set together/],
     [{ AUTH_TOKEN: "short" }, /AUTH_TOKEN: must be at least 8/],
     [{ FFMPEG_ENABLED: "perhaps" }, /FFMPEG_ENABLED/],
+    [{ GATEWAY_PROCESSES: "0" }, /GATEWAY_PROCESSES/],
+    [{ GATEWAY_PROCESSES: "many" }, /GATEWAY_PROCESSES/],
+    [{ WORKER_DNS_REFRESH_SECONDS: "-1" }, /WORKER_DNS_REFRESH_SECONDS/],
   ];
   for (const [env, re] of BAD) {
     test(`refuses ${JSON.stringify(env)}`, () => {

@@ -31,6 +31,8 @@ export interface CallRecord {
   ended: boolean;
   /** Request kinds in arrival order ("config" | "audio" | "control"). */
   order: string[];
+  /** The calling channel's address (one per gateway process). */
+  peer: string;
 }
 
 /** Options of the scripted worker. */
@@ -87,12 +89,12 @@ export class ScriptedWorker {
     });
   }
 
-  /** Binds 127.0.0.1:0 (or a given port). */
-  async start(port = 0): Promise<this> {
+  /** Binds 127.0.0.1:0 (or a given port, or another loopback address such as 127.0.0.2 for DNS tests). */
+  async start(port = 0, host = "127.0.0.1"): Promise<this> {
     const bound = await new Promise<number>((resolve, reject) =>
-      this.server.bindAsync(`127.0.0.1:${port}`, grpc.ServerCredentials.createInsecure(), (e, p) => (e ? reject(e) : resolve(p))),
+      this.server.bindAsync(`${host}:${port}`, grpc.ServerCredentials.createInsecure(), (e, p) => (e ? reject(e) : resolve(p))),
     );
-    this.address = `127.0.0.1:${bound}`;
+    this.address = `${host}:${bound}`;
     return this;
   }
 
@@ -136,7 +138,7 @@ export class ScriptedWorker {
   }
 
   private recognize(call: grpc.ServerDuplexStream<Json, Json>): void {
-    const rec: CallRecord = { configs: [], audioBytes: 0, eois: 0, cancelled: false, ended: false, order: [] };
+    const rec: CallRecord = { configs: [], audioBytes: 0, eois: 0, cancelled: false, ended: false, order: [], peer: call.getPeer() };
     this.calls.push(rec);
     this.active++;
     this.pushLoad();
