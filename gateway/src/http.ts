@@ -1,7 +1,8 @@
 /**
  * The gateway's HTTP(S) server: /healthz and /readyz, the OpenAI-compatible
- * POST /v1/audio/transcriptions (openai.ts), and the WebSocket upgrade on
- * every other path (FunASR clients use "/", some proxies "/wss/").
+ * POST /v1/audio/transcriptions (openai.ts), the browser page at /ui/
+ * (ui.ts), and the WebSocket upgrade on every other path (FunASR clients use
+ * "/", some proxies "/wss/").
  *
  * Upgrade rules (see PROTOCOL.md): echo the `binary` subprotocol when it is
  * offered and accept clients that offer none; answer pings (ws does) and
@@ -20,7 +21,8 @@ import type { FileDecoder } from "./audio.js";
 import type { GatewayConfig } from "./config.js";
 import { OpenAiTranscriptions, TRANSCRIPTIONS_PATH } from "./openai.js";
 import { Session } from "./session.js";
-import type { WorkerSource } from "./workers.js";
+import { UI_PREFIX, type UiSite } from "./ui.js";
+import type { WorkerLease, WorkerSource } from "./workers.js";
 
 /** What the server is built from (the composition root passes these). */
 export interface GatewayServerDeps {
@@ -32,6 +34,8 @@ export interface GatewayServerDeps {
   decoder: FileDecoder;
   /** Root logger. */
   logger: Logger;
+  /** The browser page (ui.ts); absent: no page. */
+  ui?: UiSite;
 }
 
 /** Headroom over MAX_FRAME_BYTES at which ws itself closes with 1009 (below it, the session answers with a JSON error first). */
@@ -103,35 +107,68 @@ export class GatewayServer {
       json(res, ready ? 200 : 503, { ready, serving_workers: serving, sessions: this.sessions.size, draining: this.draining });
     } else if (path === TRANSCRIPTIONS_PATH) {
       void this.openai.handle(req, res);
+    } else if (this.d.ui !== undefined && path === `${UI_PREFIX}admission`) {
+      this.admissionProbe(req, res);
+    } else if (this.d.ui?.handle(req, res, path ?? "/") === true) {
+      // served by the page
     } else {
       res.setHeader("Connection", "close");
       json(res, 426, { error: "this endpoint speaks the FunASR WebSocket protocol; connect with ws:// or wss://" });
     }
   }
 
-  private onUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
-    socket.on("error", () => socket.destroy());
+  /**
+   * Whether a new session may start now: the one set of rules for WebSocket
+   * upgrades and for the page's probe (GET /ui/admission, which tells a
+   * browser why its upgrade was refused: browsers never see the status of a
+   * failed handshake). Admitted, it holds a worker placement for the caller.
+   */
+  private admit(req: IncomingMessage): { lease: WorkerLease } | { refusal: Refusal } {
     const { config, logger } = this.d;
+    const busy = (detail: string): { refusal: Refusal } => ({
+      refusal: { status: 503, reason: "Service Unavailable", detail, headers: { "Retry-After": String(config.retryAfterSeconds) } },
+    });
     if (config.authToken !== undefined && !authorized(req, config.authToken)) {
-      logger.info({ remote: req.socket.remoteAddress }, "upgrade refused: unauthorized");
-      refuse(socket, 401, "Unauthorized", { "WWW-Authenticate": "Bearer" });
-      return;
+      logger.info({ remote: req.socket.remoteAddress }, "session refused: unauthorized");
+      return { refusal: { status: 401, reason: "Unauthorized", detail: "a valid token is required (?token= or Authorization: Bearer)", headers: { "WWW-Authenticate": "Bearer" } } };
     }
-    if (this.draining) {
-      refuse(socket, 503, "Service Unavailable", { "Retry-After": String(config.retryAfterSeconds) });
-      return;
-    }
+    if (this.draining) return busy("the gateway is shutting down");
     if (this.sessions.size + this.openai.inFlight >= config.maxSessions) {
-      logger.warn({ sessions: this.sessions.size }, "upgrade refused: MAX_SESSIONS reached");
-      refuse(socket, 503, "Service Unavailable", { "Retry-After": String(config.retryAfterSeconds) });
-      return;
+      logger.warn({ sessions: this.sessions.size }, "session refused: MAX_SESSIONS reached");
+      return busy("the gateway is at its session limit (MAX_SESSIONS)");
     }
     const lease = this.d.workers.acquire();
     if (lease === null) {
-      logger.warn("upgrade refused: no worker serving");
-      refuse(socket, 503, "Service Unavailable", { "Retry-After": String(config.retryAfterSeconds) });
+      logger.warn("session refused: no worker serving");
+      return busy("no recognition worker is available");
+    }
+    return { lease };
+  }
+
+  /** GET /ui/admission: 200 when an upgrade would be accepted now, else the status, headers and reason it would get. */
+  private admissionProbe(req: IncomingMessage, res: ServerResponse): void {
+    const a = this.admit(req);
+    if ("lease" in a) {
+      a.lease.release();
+      json(res, 200, { admitted: true });
       return;
     }
+    const r = a.refusal;
+    const retry = r.headers["Retry-After"];
+    for (const [k, v] of Object.entries(r.headers)) res.setHeader(k, v);
+    json(res, r.status, { admitted: false, status: r.status, error: r.detail, ...(retry !== undefined ? { retry_after_seconds: Number(retry) } : {}) });
+  }
+
+  private onUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
+    socket.on("error", () => socket.destroy());
+    const { config, logger } = this.d;
+    const admission = this.admit(req);
+    if ("refusal" in admission) {
+      const r = admission.refusal;
+      refuse(socket, r.status, r.reason, r.headers);
+      return;
+    }
+    const lease = admission.lease;
     // ws answers a malformed handshake itself and never calls back: give the placement back then.
     let adopted = false;
     socket.once("close", () => {
@@ -178,6 +215,18 @@ export class GatewayServer {
       (this.server as http.Server).closeAllConnections?.();
     });
   }
+}
+
+/** Why a new session is refused. */
+interface Refusal {
+  /** HTTP status: 401 or 503. */
+  status: number;
+  /** Status text. */
+  reason: string;
+  /** What a person can act on. */
+  detail: string;
+  /** Retry-After or WWW-Authenticate. */
+  headers: Record<string, string>;
 }
 
 function json(res: ServerResponse, status: number, body: unknown): void {

@@ -8,6 +8,7 @@
  * cannot be bound, 2 on a bad configuration (one line on stderr says which).
  */
 import { createFileDecoder, findFfmpeg } from "./audio.js";
+import { isClusterPrimary, processCount, reportListening, runPrimary } from "./cluster.js";
 import { ConfigError, loadConfig, type GatewayConfig } from "./config.js";
 import { GatewayServer } from "./http.js";
 import { systemResolver, WorkerDiscovery } from "./discovery.js";
@@ -26,6 +27,12 @@ async function main(): Promise<void> {
     throw e;
   }
   const logger = createLogger(config.logLevel);
+  const processes = processCount(config.processes);
+  if (isClusterPrimary(processes)) {
+    // GATEWAY_PROCESSES > 1: this process only supervises; each child runs the code below.
+    runPrimary({ count: processes, logger, exit: (code) => process.exit(code) });
+    return;
+  }
   const ffmpeg = config.ffmpegEnabled ? findFfmpeg() : null;
   const pool = new WorkerPool([], logger);
   pool.start();
@@ -52,6 +59,7 @@ async function main(): Promise<void> {
     {
       host: addr.address,
       port: addr.port,
+      pid: process.pid,
       tls: config.tlsCert !== undefined,
       workers: config.workerAddresses,
       is_final_mode: config.isFinalMode,
@@ -61,6 +69,7 @@ async function main(): Promise<void> {
     },
     "gateway listening",
   );
+  reportListening();
 
   let stopping = false;
   const stop = (signal: string): void => {
@@ -72,7 +81,7 @@ async function main(): Promise<void> {
       .then(() => {
         discovery.stop();
         pool.close();
-        logger.info("stopped");
+        logger.info({ pid: process.pid }, "stopped");
         logger.flush?.();
         process.exit(0);
       });

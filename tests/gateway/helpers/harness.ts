@@ -8,6 +8,7 @@ import { createFileDecoder } from "../../../gateway/src/audio.js";
 import { loadConfig, type GatewayConfig } from "../../../gateway/src/config.js";
 import { GatewayServer } from "../../../gateway/src/http.js";
 import { createLogger } from "../../../gateway/src/log.js";
+import { DEFAULT_UI_DIR, UiSite } from "../../../gateway/src/ui.js";
 import type { ServerMessage } from "../../../gateway/src/protocol.js";
 import { WorkerPool } from "../../../gateway/src/workers.js";
 
@@ -31,7 +32,7 @@ export interface TestGateway {
 export async function startGateway(
   workers: string[],
   env: Record<string, string> = {},
-  opts: { waitServing?: boolean; ffmpeg?: string | null } = {},
+  opts: { waitServing?: boolean; ffmpeg?: string | null; ui?: boolean } = {},
 ): Promise<TestGateway> {
   const config = loadConfig({
     GATEWAY_PORT: "0",
@@ -43,7 +44,13 @@ export async function startGateway(
   const logger = createLogger(config.logLevel, process.stderr);
   const pool = new WorkerPool(config.workerAddresses, logger, { minBackoffMs: 50, maxBackoffMs: 300, loadIntervalMs: 200 });
   pool.start();
-  const server = new GatewayServer({ config, workers: pool, decoder: createFileDecoder(opts.ffmpeg ?? null), logger });
+  const server = new GatewayServer({
+    config,
+    workers: pool,
+    decoder: createFileDecoder(opts.ffmpeg ?? null),
+    logger,
+    ...(opts.ui === true ? { ui: new UiSite(DEFAULT_UI_DIR) } : {}),
+  });
   const addr: AddressInfo = await server.listen();
   if (opts.waitServing !== false) await pool.waitForServing(10_000);
   const scheme = config.tlsCert !== undefined ? "s" : "";

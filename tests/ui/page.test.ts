@@ -1,0 +1,148 @@
+/**
+ * The gateway's browser page in REAL headless Chromium (Debian's `chromium`
+ * driven by playwright-core), against a real gateway in front of the real
+ * Python worker (fake engine: real VAD, deterministic text with token
+ * times). The microphone is Chromium's fake capture device playing a shared
+ * recording, so the page's whole path runs: getUserMedia, the AudioWorklet's
+ * 16 kHz PCM16 frames, the FunASR protocol over the WebSocket, the display.
+ *
+ * Screenshots are kept in test-output/ui/ (gitignored; UI_TEST_OUTPUT moves
+ * it) so that a person can look at what the page showed.
+ */
+import assert from "node:assert/strict";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { after, before, describe, test } from "node:test";
+import { chromium, type BrowserContext, type Page } from "playwright-core";
+import { AUDIO_SKIP_REASON, REPO_ROOT, sharedAudio, SKIP_REASON as WORKER_SKIP, startRealWorker, type RealWorker } from "../e2e/helpers/real-worker.js";
+import { startGateway, TestClient, type TestGateway } from "../gateway/helpers/harness.js";
+
+/** Debian's chromium (apt-get install chromium; .ci/run installs it, with a CJK font, when run as root). */
+const CHROMIUM = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium";
+const CHROMIUM_SKIP: string | false = existsSync(CHROMIUM) ? false : `chromium not found at ${CHROMIUM} (apt-get install chromium, or set CHROMIUM_PATH)`;
+const SKIP_REASON = CHROMIUM_SKIP || WORKER_SKIP || AUDIO_SKIP_REASON;
+
+/** Where screenshots go. */
+const OUTPUT_DIR = process.env.UI_TEST_OUTPUT ?? path.join(REPO_ROOT, "test-output", "ui");
+const MIC_WAV = "zh/damo.wav";
+const FILE_WAV = "synth/three_utterances.wav";
+const TOKEN = "page-test-token";
+
+describe("browser page in headless Chromium", { skip: SKIP_REASON }, () => {
+  let worker: RealWorker;
+  let gw: TestGateway;
+  let refusing: TestGateway;
+  let profile: string;
+  let browser: BrowserContext;
+
+  before(async () => {
+    mkdirSync(OUTPUT_DIR, { recursive: true });
+    worker = await startRealWorker(["--engine", "fake"]);
+    gw = await startGateway([worker.address], { AUTH_TOKEN: TOKEN }, { ui: true });
+    assert.equal(gw.pool.servingCount(), 1, "worker never reported SERVING");
+    // A gateway whose only worker address has nothing listening: every session is refused with 503.
+    refusing = await startGateway(["127.0.0.1:1"], { RETRY_AFTER_SECONDS: "9" }, { ui: true, waitServing: false });
+    profile = mkdtempSync(path.join(tmpdir(), "asr-ui-chromium-"));
+    browser = await chromium.launchPersistentContext(profile, {
+      executablePath: CHROMIUM,
+      headless: true,
+      timeout: 60_000,
+      args: [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--use-fake-device-for-media-stream",
+        "--use-fake-ui-for-media-stream",
+        `--use-file-for-fake-audio-capture=${sharedAudio(MIC_WAV)}`,
+        "--autoplay-policy=no-user-gesture-required",
+      ],
+    });
+  });
+  after(async () => {
+    await browser?.close();
+    if (profile !== undefined) rmSync(profile, { recursive: true, force: true });
+    await refusing?.stop();
+    await gw?.stop();
+    await worker?.stop();
+  });
+
+  async function openPage(base: string, query = ""): Promise<Page> {
+    const page = await browser.newPage();
+    page.on("pageerror", (e) => process.stderr.write(`page error: ${e.message}\n`));
+    // GET / redirects to the page at /ui/.
+    const res = await page.goto(`${base}/${query}`);
+    assert.equal(res?.status(), 200);
+    assert.ok(page.url().startsWith(`${base}/ui/`), `landed on ${page.url()}`);
+    return page;
+  }
+
+  async function finalTexts(page: Page): Promise<string[]> {
+    return page.locator("#finals li.final .text").allTextContents();
+  }
+
+  test("mic session: the fake microphone streams in 2pass, partials update in place, Stop brings the finals", async () => {
+    const page = await openPage(gw.http);
+    await page.fill("#token", TOKEN);
+    await page.selectOption("#mode", "2pass");
+    await page.click("#micStart");
+    await page.waitForSelector('#status[data-state="busy"]:has-text("Listening")', { timeout: 30_000 });
+    // Real-time capture: wait for recognized speech (a partial or a VAD final), then stop.
+    await page.waitForSelector("#partial:not(:empty), #finals li.final", { timeout: 30_000 });
+    await page.click("#micStop");
+    await page.waitForSelector('#status:not([data-state="busy"])', { timeout: 30_000 });
+    const status = await page.textContent("#status");
+    await page.screenshot({ path: path.join(OUTPUT_DIR, "mic-session.png"), fullPage: true });
+    assert.equal(await page.getAttribute("#status", "data-state"), "done", `status: ${status}`);
+    const texts = await finalTexts(page);
+    assert.ok(texts.length >= 1 && texts.every((t) => t.length > 0), `finals: ${JSON.stringify(texts)}`);
+    assert.equal(await page.textContent("#partial"), "", "the partial line was replaced by the final");
+    await page.close();
+  });
+
+  test("file session: a WAV in offline mode gives the same one final as a WebSocket client, with its times and token timestamps", async () => {
+    const page = await openPage(gw.http, `?token=${TOKEN}`);
+    await page.setInputFiles("#file", sharedAudio(FILE_WAV));
+    await page.click("#fileStart");
+    await page.waitForSelector('#status:not([data-state="busy"])', { timeout: 60_000 });
+    await page.screenshot({ path: path.join(OUTPUT_DIR, "file-session.png"), fullPage: true });
+    assert.equal(await page.getAttribute("#status", "data-state"), "done", `status: ${await page.textContent("#status")}`);
+
+    const ws = await TestClient.connect(`${gw.url}/?token=${TOKEN}`);
+    ws.json({ mode: "offline", wav_name: "three", wav_format: "wav", is_speaking: true });
+    ws.ws.send(readFileSync(sharedAudio(FILE_WAV)));
+    ws.json({ is_speaking: false });
+    const msgs = await ws.until((m) => m.some((x) => x.mode === "offline" && x.is_final), 30_000);
+    ws.close();
+    const expected = msgs.find((x) => x.mode === "offline")!;
+    assert.deepEqual(await finalTexts(page), [expected.text]);
+    const time = await page.textContent("#finals li.final .time");
+    assert.match(time ?? "", /^00:0\d\.\d\d – 00:2\d\.\d\d$/, "the span of the file's speech");
+    const tokens = await page.locator("#finals li.final .token").count();
+    assert.equal(tokens, JSON.parse(expected.timestamp!).length, "one chip per timed token");
+    await page.close();
+  });
+
+  test("refused connection: no worker gives the 503 reason and Retry-After; a wrong token says a token is required", async () => {
+    const page = await openPage(refusing.http);
+    await page.setInputFiles("#file", sharedAudio(MIC_WAV));
+    await page.click("#fileStart");
+    await page.waitForSelector('#status[data-state="error"]', { timeout: 30_000 });
+    await page.screenshot({ path: path.join(OUTPUT_DIR, "refused.png"), fullPage: true });
+    const status = (await page.textContent("#status")) ?? "";
+    assert.match(status, /refused the connection \(HTTP 503\): no recognition worker is available\. Retry after 9 s\./);
+    await page.close();
+
+    const wrong = await openPage(gw.http, "?token=not-the-token");
+    await wrong.setInputFiles("#file", sharedAudio(MIC_WAV));
+    await wrong.click("#fileStart");
+    await wrong.waitForSelector('#status[data-state="error"]', { timeout: 30_000 });
+    assert.match((await wrong.textContent("#status")) ?? "", /HTTP 401\): a valid token is required/);
+    await wrong.close();
+  });
+});
