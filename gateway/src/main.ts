@@ -13,6 +13,7 @@ import { ConfigError, loadConfig, type GatewayConfig } from "./config.js";
 import { GatewayServer } from "./http.js";
 import { systemResolver, WorkerDiscovery } from "./discovery.js";
 import { createLogger } from "./log.js";
+import { DEFAULT_UI_DIR, UiSite } from "./ui.js";
 import { WorkerPool } from "./workers.js";
 
 async function main(): Promise<void> {
@@ -45,7 +46,7 @@ async function main(): Promise<void> {
     logger,
   });
   await discovery.start();
-  const server = new GatewayServer({ config, workers: pool, decoder: createFileDecoder(ffmpeg), logger });
+  const server = new GatewayServer({ config, workers: pool, decoder: createFileDecoder(ffmpeg), logger, ui: new UiSite(DEFAULT_UI_DIR) });
   let addr;
   try {
     addr = await server.listen();
