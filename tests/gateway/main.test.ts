@@ -1,6 +1,7 @@
 /**
  * The composition root as a process: `npm run gateway`'s entry point starts,
- * logs JSON without transcripts or audio, and drains on SIGTERM (exit 0).
+ * serves the browser page, logs JSON without transcripts or audio, and drains
+ * on SIGTERM (exit 0).
  */
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
@@ -13,7 +14,7 @@ import { ScriptedWorker } from "./helpers/scripted-worker.js";
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..");
 
-test("gateway process: serves, logs no transcript text, drains on SIGTERM and exits 0", async () => {
+test("gateway process: serves sessions and the page, logs no transcript text, drains on SIGTERM and exits 0", async () => {
   const worker = await new ScriptedWorker().start();
   const child = spawn(process.execPath, ["--import", "tsx", "gateway/src/main.ts"], {
     cwd: ROOT,
@@ -41,6 +42,10 @@ test("gateway process: serves, logs no transcript text, drains on SIGTERM and ex
       if (!ready) await new Promise((r) => setTimeout(r, 50));
     }
     assert.ok(ready, "ready");
+    // The composition root wires the browser page.
+    const page = await fetch(`http://127.0.0.1:${port}/ui/`);
+    assert.equal(page.status, 200);
+    assert.match(await page.text(), /<script type="module" src="app.js">/);
     const c = await TestClient.connect(`ws://127.0.0.1:${port}/`, ["binary"]);
     c.json({ mode: "2pass", wav_name: "proc", is_speaking: true, hotwords: "秘密热词 30" });
     await c.audio(pcm([{ speech: 600 }]));
