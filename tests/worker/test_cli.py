@@ -197,3 +197,91 @@ def test_serve_tiny_model_stdout_is_only_the_listening_line(tiny_model_dir):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+# ------------------------------------------------------------------ check (self-test)
+
+
+def _report(stdout: str) -> dict[str, str]:
+    """The `key: value` lines of a check report (stdout holds nothing else)."""
+    lines = stdout.strip().splitlines()
+    assert all(": " in line for line in lines), stdout
+    return dict(line.split(": ", 1) for line in lines)
+
+
+@pytest.mark.timeout(300)
+def test_check_loads_the_tiny_model_and_reports_device_dtype_time_memory_rtf_text(tiny_model_dir):
+    proc = _run("check", "--model-dir", str(tiny_model_dir), "--device", "cpu", timeout=280)
+    assert proc.returncode == 0, proc.stderr
+    rep = _report(proc.stdout)
+    assert (rep["device"], rep["dtype"], rep["check"]) == ("cpu", "fp32", "ok")
+    assert float(rep["load_s"]) > 0 and float(rep["decode_s"]) > 0
+    rtf = float(rep["decode_s"]) / float(rep["audio_s"])
+    assert float(rep["rtf"]) == pytest.approx(rtf, rel=0.01, abs=0.002)
+    assert 4.5 < float(rep["audio_s"]) < 4.7  # the clip that ships in the package
+    mib, kind = rep["peak_memory_mib"].split(" ", 1)
+    assert int(mib) > 50 and "RSS" in kind  # a torch process on CPU: its peak RSS
+    assert "text" in rep and rep["reference"] == "欢迎大家来体验达摩院推出的语音识别模型"
+    assert rep["cer"].startswith("not judged")  # random weights: the text is noise
+
+
+@pytest.mark.timeout(400)
+def test_check_on_the_release_layout_without_ctc_weights_warns_once(tmp_path):
+    built = _run("tiny-model", str(tmp_path / "nano"), "--release-layout", "--no-ctc-weights", timeout=200)
+    assert built.returncode == 0, built.stderr
+    assert built.stdout.strip().splitlines()[-1] == str(tmp_path / "nano")
+    proc = _run("check", "--model-dir", str(tmp_path / "nano"), timeout=280)
+    assert proc.returncode == 0, proc.stderr
+    assert _report(proc.stdout)["check"] == "ok"
+    warned = [line for line in proc.stderr.splitlines() if "no token timestamps" in line]
+    assert len(warned) == 1, proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--model-dir", "/nonexistent/model"], "does not exist"),
+        (["--model-dir", "/tmp", "--device", "tpu"], "unknown device"),
+        ([], "--model-dir"),
+    ],
+)
+def test_check_misconfiguration_is_one_line_and_exit_2(args, needle):
+    proc = _run("check", *args)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stdout == ""
+
+
+@pytest.mark.timeout(300)
+def test_check_fails_with_one_line_when_a_model_gets_the_clip_wrong(tiny_model_dir, tmp_path):
+    # The same random weights, no longer marked as tiny-model output: judged like real
+    # weights, their noise must fail the check.
+    import json
+    import shutil
+
+    d = tmp_path / "unmarked"
+    shutil.copytree(tiny_model_dir, d)
+    conf = json.loads((d / "configuration.json").read_text(encoding="utf-8"))
+    del conf["generated_by"]
+    (d / "configuration.json").write_text(json.dumps(conf), encoding="utf-8")
+    proc = _run("check", "--model-dir", str(d), timeout=280)
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.strip().splitlines() if line.startswith("asr_worker: error:")]
+    assert len(errors) == 1 and "character error rate" in errors[0], proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stdout == ""
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.skipif(
+    not os.environ.get("ASR_REAL_MODEL_DIR"),
+    reason="set ASR_REAL_MODEL_DIR to a real Fun-ASR-Nano-2512 directory",
+)
+def test_check_real_weights_transcribe_the_clip():
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    proc = _run("check", "--model-dir", os.environ["ASR_REAL_MODEL_DIR"], "--device", device, timeout=880)
+    assert proc.returncode == 0, proc.stderr
+    rep = _report(proc.stdout)
+    assert rep["device"].startswith(device) and float(rep["cer"]) <= 0.3, rep

@@ -3,6 +3,7 @@
     python -m asr_worker serve --listen HOST:PORT --engine funasr-nano --model-dir DIR --device cpu|cuda
     python -m asr_worker download [--model-id ID --hub ms|hf --cache-dir DIR]
     python -m asr_worker tiny-model OUT_DIR
+    python -m asr_worker check --model-dir DIR --device cpu|cuda   (self-test: load + transcribe a clip)
 
 `serve` is the only place where engine, scheduler, VAD and server are wired
 together. Once the port is bound it prints exactly one line `LISTENING
@@ -82,10 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("download", help="download Fun-ASR-Nano into a cache directory")
     t = sub.add_parser("tiny-model", help="write a random-weight Fun-ASR-Nano directory (offline)")
-    from .models import download, tiny
+    c = sub.add_parser("check", help="self-test: load a model directory and transcribe a bundled clip")
+    from .models import check, download, tiny
 
     download.add_download_args(d)
     tiny.add_tiny_model_args(t)
+    check.add_check_args(c)
     return p
 
 
@@ -278,10 +281,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             check_serve_args(args)
             return asyncio.run(serve(args))
-        from .models import download, tiny
+        from .models import check, download, tiny
 
         if args.command == "download":
             print(download.download_from_args(args))
+        elif args.command == "check":
+            check.check_from_args(args, sys.stdout)
         else:
             print(tiny.tiny_model_from_args(args))
         return 0
