@@ -4,6 +4,7 @@
   streams for 9 s through the real worker; it must finish, produce partials and finals and
   no errors (the latency targets are GPU targets and are not asserted here).
 - bench/worker_batching.py with the fake engine at 1 and 2 streams, batching on and off.
+- bench/vad_cost.py: every VAD backend at batch sizes 1 and 3, a fraction of a second each.
 """
 
 from __future__ import annotations
@@ -89,3 +90,23 @@ def test_worker_batching_fake_smoke(tmp_path: Path) -> None:
     rows = json.loads(out.read_text())["rows"]
     assert {(x["batching"], x["streams"]) for x in rows} == {("on", 1), ("on", 2), ("off", 1), ("off", 2)}
     assert all(x["errors"] == 0 and x["finals"] >= x["streams"] for x in rows)
+
+
+def test_vad_cost_smoke(tmp_path: Path) -> None:
+    """bench/vad_cost.py measures every VAD backend (fsmn: released shapes, random weights)."""
+    out = tmp_path / "vad.json"
+    r = subprocess.run(
+        [_python(), "bench/vad_cost.py", "--batch-sizes", "1,3", "--stream-seconds", "0.3",
+         "--repeats", "1", "--files", "zh/damo.wav", "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    results = json.loads(out.read_text())["results"]
+    assert set(results) == {"silero", "silero-torch", "silero-onnx", "fsmn"}
+    for cells in results.values():
+        assert set(cells) == {"1", "3"}
+        assert all(c["us_cpu_per_stream_s"] > 0 and c["windows"] > 0 for c in cells.values())
+    assert "| silero-onnx |" in r.stdout

@@ -13,16 +13,24 @@ pytestmark = pytest.mark.timeout(60)
 
 @pytest.fixture(scope="module")
 def silero_onnx():
-    """silero-vad's ONNX file on onnxruntime (the same network as the `silero` fixture's JIT)."""
+    """silero-vad's ONNX file on onnxruntime only."""
     from asr_worker.vad import SileroVad
 
     return SileroVad("onnx")
 
 
-@pytest.fixture(params=["torch", "onnx"])
-def vad(request, silero, silero_onnx):
-    """Each silero runtime: every segmentation test must hold for both."""
-    return silero if request.param == "torch" else silero_onnx
+@pytest.fixture(scope="module")
+def silero_torch():
+    """silero-vad's TorchScript file on torch only."""
+    from asr_worker.vad import SileroVad
+
+    return SileroVad("torch")
+
+
+@pytest.fixture(params=["auto", "torch", "onnx"])
+def vad(request, silero, silero_torch, silero_onnx):
+    """Each silero runtime (`silero` is the default, auto): every test must hold for each."""
+    return {"auto": silero, "torch": silero_torch, "onnx": silero_onnx}[request.param]
 
 
 def _segments(silero, pcm: np.ndarray, chunk: int = 960, config: VadConfig | None = None):
@@ -154,11 +162,58 @@ def test_batched_scoring_equals_scoring_each_stream_alone(vad, shared_audio):
         np.testing.assert_allclose(got, alone[k], rtol=0, atol=1e-5, err_msg=files[k])
 
 
-def test_onnx_and_torch_runtimes_give_the_same_probabilities(silero, silero_onnx, shared_audio):
+def test_onnx_and_torch_runtimes_give_the_same_probabilities(silero_torch, silero_onnx, shared_audio):
     x = read_wav(shared_audio / "zh/damo.wav")[0].astype(np.float32) / 32768.0
-    a, b = silero.new_stream().process(x), silero_onnx.new_stream().process(x)
+    a, b = silero_torch.new_stream().process(x), silero_onnx.new_stream().process(x)
     assert a.std() > 0.1  # real speech and silence, not a constant
     np.testing.assert_allclose(a, b, rtol=0, atol=1e-4)
+
+
+def test_auto_runtime_moves_streams_between_runtimes_without_losing_state(shared_audio):
+    """With torch_from=3, steps of 3+ streams run on torch and smaller ones on onnxruntime;
+    streams whose rows switch runtime from step to step still score as if alone."""
+    from asr_worker.vad import SileroVad
+
+    vad = SileroVad("auto", torch_from=3)
+    calls = {"small": 0, "large": 0}
+    small, large = vad._run_small, vad._run_large
+
+    def count(kind, run):
+        def wrapped(inp, state):
+            calls[kind] += 1
+            return run(inp, state)
+        return wrapped
+
+    vad._run_small, vad._run_large = count("small", small), count("large", large)
+    files = ["zh/damo.wav", "zh/binhai.wav", "zh/mid.wav"]
+    xs = [read_wav(shared_audio / f)[0][:32_000].astype(np.float32) / 32768.0 for f in files]
+    alone = [SileroVad("onnx").new_stream().process(x) for x in xs]
+    streams = [vad.new_stream() for _ in xs]
+    got = [[] for _ in xs]
+    for tick, at in enumerate(range(0, 32_000, 1024)):
+        # Stream 2 joins every other tick: 3 rows (torch), then 2 rows (onnxruntime).
+        ks = [0, 1, 2] if tick % 2 == 0 else [0, 1]
+        jobs = [(streams[k], streams[k].take_windows(xs[k][at:at + 1024])) for k in ks]
+        for k, r in zip(ks, vad.score(jobs), strict=True):
+            got[k].append(r)
+    for k in (0, 1):
+        np.testing.assert_allclose(np.concatenate(got[k]), alone[k], rtol=0, atol=1e-5)
+    assert calls["small"] > 0 and calls["large"] > 0
+
+
+def test_onnx_runtime_alone_does_not_import_torch():
+    """A front that runs the ONNX VAD alone need not load torch (memory, start-up time)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    worker = Path(__file__).resolve().parents[2] / "worker-py"
+    code = ("import sys; from asr_worker.vad import SileroVad; v = SileroVad('onnx'); "
+            "import numpy as np; v.new_stream().process(np.zeros(1024, np.float32)); "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=worker, capture_output=True, text=True,
+                         timeout=60, check=True)
+    assert out.stdout.strip() == "False", out.stderr
 
 
 def test_unknown_silero_runtime_is_a_startup_error():

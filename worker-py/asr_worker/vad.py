@@ -274,8 +274,15 @@ def score_alone(vad: VadModel, stream: Any, samples: np.ndarray) -> np.ndarray:
     return vad.score([(stream, windows)])[0]
 
 
-#: Runtimes `SileroVad` can run the same silero-vad v6 network on.
-SILERO_RUNTIMES = ("torch", "onnx")
+#: Runtimes `SileroVad` can run the same silero-vad v6 network on; "auto" uses
+#: onnxruntime for small steps and torch for large ones (cheapest at each size).
+SILERO_RUNTIMES = ("auto", "torch", "onnx")
+#: "auto": steps of at least this many streams run on torch, smaller ones on
+#: onnxruntime. Single-threaded, onnxruntime costs about a third of torch for
+#: one stream (no TorchScript interpreter overhead) but about twice as much per
+#: stream from ~24 streams up (its convolutions); 16 is where they meet
+#: (docs/benchmarks.md, "VAD cost").
+SILERO_TORCH_FROM = 16
 #: Size of silero's recurrent state per stream (2 x 128: LSTM h and c).
 _SILERO_STATE = (2, 128)
 #: Samples of the previous window silero-vad v6 prepends to each 16 kHz window.
@@ -288,10 +295,12 @@ class SileroVad:
     Two runtimes of the same network, both shipped in the silero-vad wheel:
     ``torch`` runs its TorchScript file (`silero_vad.jit`), ``onnx`` runs
     `silero_vad.onnx` on onnxruntime with one intra-op thread (fronts are one
-    process per core). Both are called as a pure function
+    process per core); ``auto`` (the default) loads both and picks per step by
+    batch size. Both compute the same function (to ~1e-7)
     ``([B, 64 + 512] context+window, [2, B, 128] state) -> ([B, 1] probability,
     [2, B, 128] state)``; the 64-sample context and the state of each stream
-    live in its `SileroStream`, so a batch can hold any set of streams.
+    live in its `SileroStream`, so a batch can hold any set of streams and a
+    stream can move between runtimes from one step to the next.
 
     `score()` runs many streams' windows as one batch: per step, the next window
     of every stream that has one is stacked with its context and state into one
@@ -300,26 +309,36 @@ class SileroVad:
     hundreds of streams cheap (docs/benchmarks.md, "VAD cost").
 
     Args:
-        runtime: "torch" or "onnx" (see SILERO_RUNTIMES).
+        runtime: "auto", "torch" or "onnx" (see SILERO_RUNTIMES).
         threads: onnxruntime intra-op threads (torch follows torch.set_num_threads).
+        torch_from: "auto" only: steps with at least this many streams run on torch.
     """
 
-    #: Backend name as `--vad` spells it ("silero" for torch, "silero-onnx").
+    #: Backend name as `--vad` spells it: "silero" (auto), "silero-torch", "silero-onnx".
     name = "silero"
 
-    def __init__(self, runtime: str = "torch", *, threads: int = 1) -> None:
+    def __init__(
+        self, runtime: str = "auto", *, threads: int = 1, torch_from: int = SILERO_TORCH_FROM
+    ) -> None:
         if runtime not in SILERO_RUNTIMES:
-            raise StartupError(f"unknown silero runtime {runtime!r}; use {' or '.join(SILERO_RUNTIMES)}")
+            raise StartupError(f"unknown silero runtime {runtime!r}; use {', '.join(SILERO_RUNTIMES)}")
         self.runtime = runtime
-        self.name = "silero" if runtime == "torch" else f"silero-{runtime}"
+        self.name = "silero" if runtime == "auto" else f"silero-{runtime}"
         try:
-            self._run = _silero_onnx(threads) if runtime == "onnx" else _silero_torch()
+            onnx = _silero_onnx(threads) if runtime in ("auto", "onnx") else None
+            jit = _silero_torch() if runtime in ("auto", "torch") else None
         except StartupError:
             raise
         except Exception as exc:
             raise StartupError(f"cannot load silero-vad ({runtime}): {exc}") from exc
-        # First calls build/optimize the graph; do it here, not in a session.
-        self.new_stream().process(np.zeros(WINDOW_SAMPLES * 2, dtype=np.float32))
+        self._run_small = onnx or jit
+        self._run_large = jit or onnx
+        #: Steps with at least this many streams use the large-batch runtime.
+        self.torch_from = max(torch_from, 1) if runtime == "auto" else 1
+        # First calls build/optimize the graphs; do it here, not in a session.
+        silence = np.zeros((2, WINDOW_SAMPLES), dtype=np.float32)
+        for rows in {1, self.torch_from}:
+            self.score([(self.new_stream(), silence) for _ in range(rows)])
 
     def new_stream(self) -> SileroStream:
         """Fresh per-stream state."""
@@ -342,7 +361,8 @@ class SileroVad:
             inp[:, :ctx] = [s.context for s in streams]
             inp[:, ctx:] = [jobs[j][1][step] for j in idx]
             state = np.stack([s.state for s in streams], axis=1)
-            probs, new_state = self._run(inp, state)
+            run = self._run_large if len(idx) >= self.torch_from else self._run_small
+            probs, new_state = run(inp, state)
             for k, (j, s) in enumerate(zip(idx, streams, strict=True)):
                 # Copies: a view would keep the whole batch's arrays alive per stream.
                 s.state = new_state[:, k].copy()
@@ -373,7 +393,7 @@ def _silero_torch() -> _Runner:
 
 def _silero_onnx(threads: int) -> _Runner:
     """silero's ONNX network on onnxruntime's CPU provider as a numpy function."""
-    from importlib import resources
+    import importlib.util
 
     import onnxruntime
 
@@ -381,9 +401,13 @@ def _silero_onnx(threads: int) -> _Runner:
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3  # the file carries unused initializers ORT warns about
-    path = resources.files("silero_vad.data").joinpath("silero_vad.onnx")
-    with resources.as_file(path) as f:
-        session = onnxruntime.InferenceSession(str(f), opts, providers=["CPUExecutionProvider"])
+    # Found, not imported: importing the silero_vad package imports torch, which an
+    # onnxruntime-only process does not need.
+    spec = importlib.util.find_spec("silero_vad")
+    if spec is None or not spec.submodule_search_locations:
+        raise StartupError("silero-vad is not installed")
+    path = Path(next(iter(spec.submodule_search_locations))) / "data" / "silero_vad.onnx"
+    session = onnxruntime.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     sr = np.array(MODEL_SAMPLE_RATE, dtype=np.int64)
 
     def run(inp: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
