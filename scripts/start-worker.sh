@@ -7,7 +7,7 @@
 # Environment (all optional):
 #   ASR_WORKER_LISTEN   HOST:PORT to bind                   (default 0.0.0.0:50051)
 #   ASR_ENGINE          funasr-nano | fake                  (default funasr-nano)
-#   ASR_DEVICE          cuda | cpu | auto                   (default auto: cuda when torch sees a GPU)
+#   ASR_DEVICE          cuda | cuda:N | cpu | auto          (default auto: cuda:0 when torch sees a GPU)
 #   MODEL_DIR           a local Fun-ASR-Nano model directory; when set, nothing is downloaded
 #   MODEL_ID            hub id                              (default FunAudioLLM/Fun-ASR-Nano-2512)
 #   MODEL_HUB           ms (ModelScope) | hf (Hugging Face) (default ms)
@@ -34,15 +34,8 @@ device="${ASR_DEVICE:-auto}"
 
 log() { echo "start-worker: $*" >&2; }
 
-if [ "$device" = auto ]; then
-  if "$py" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
-    device=cuda
-  else
-    device=cpu
-  fi
-  log "ASR_DEVICE=auto -> $device"
-fi
-
+# `auto` goes to the worker as is: it resolves devices in one place (cuda:0 when torch sees a
+# GPU, else cpu) and logs the device it loaded the model on.
 args=(serve --listen "$listen" --engine "$engine" --device "$device")
 
 if [ "$engine" != fake ]; then

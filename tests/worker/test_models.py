@@ -257,6 +257,13 @@ def test_configuration_json_file_path_metas_name_the_files(tiny_model_dir: Path,
         models.validate_model_dir(d)
 
 
+def test_device_auto_is_cuda_when_torch_sees_a_gpu_else_cpu():
+    assert models.resolve_device("auto") == ("cuda:0" if torch.cuda.is_available() else "cpu")
+    assert models.resolve_device(" CPU ") == "cpu"
+    with pytest.raises(ModelLoadError, match="unknown device 'gpu'; use cpu, cuda, cuda:N or auto"):
+        models.resolve_device("gpu")
+
+
 # ------------------------------------------------------------------ validation
 
 

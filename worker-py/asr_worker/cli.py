@@ -48,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--listen", default="0.0.0.0:50051", help="HOST:PORT to bind; port 0 = any free port")
     s.add_argument("--engine", default="funasr-nano", help="funasr-nano (default) or fake (tests/benchmarks)")
     s.add_argument("--model-dir", type=Path, help="local Fun-ASR-Nano model directory (funasr-nano)")
-    s.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    s.add_argument("--device", default="cpu",
+                   help="cpu, cuda, cuda:N or auto (cuda:0 when torch sees a GPU) (default cpu)")
     s.add_argument("--dtype", default="auto", help="auto (bf16 on Ampere+, else fp32), bf16 or fp32")
     s.add_argument("--max-batch-size", type=int, default=8, help="requests per engine call; 1 = batching off")
     s.add_argument("--batch-window-ms", type=float, default=10.0,

@@ -174,7 +174,7 @@ def format_report(report: CheckReport, model_dir: Path) -> str:
 def add_check_args(parser: argparse.ArgumentParser) -> None:
     """Arguments of `python -m asr_worker check`."""
     parser.add_argument("--model-dir", type=Path, required=True, help="local Fun-ASR-Nano model directory")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
     parser.add_argument("--dtype", default="auto", help="auto (bf16 on Ampere+, else fp32), bf16 or fp32")
     parser.add_argument(
         "--max-cer",

@@ -87,10 +87,14 @@ def resolve_dtype(dtype: str, device: str) -> str:
 
 
 def resolve_device(device: str) -> str:
-    """Validate a device string ("cpu", "cuda", "cuda:N"); raises for missing CUDA."""
+    """The device a request names: "cpu", "cuda", "cuda:N", or "auto" (cuda:0 when torch sees a
+    GPU, else cpu). The one place the worker resolves devices (serve, check, the scripts'
+    ASR_DEVICE=auto); raises DeviceUnavailableError (one line) for missing CUDA or a bad name."""
     import torch
 
     dev = (device or "").strip().lower()
+    if dev == "auto":
+        return "cuda:0" if torch.cuda.is_available() else "cpu"
     if dev == "cpu":
         return "cpu"
     if re.fullmatch(r"cuda(:\d+)?", dev):
@@ -106,7 +110,7 @@ def resolve_device(device: str) -> str:
                 f"device {device!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist"
             )
         return f"cuda:{index}"
-    raise DeviceUnavailableError(f"unknown device {device!r}; use cpu, cuda or cuda:N")
+    raise DeviceUnavailableError(f"unknown device {device!r}; use cpu, cuda, cuda:N or auto")
 
 
 @dataclass(frozen=True)
