@@ -145,6 +145,47 @@ def test_language_codes_map_to_funasr_names():
     assert language_name("中文") == "中文"  # names pass through
 
 
+def test_languages_nano_2512_does_not_know_fall_back_to_auto(engine: FunAsrNanoEngine):
+    assert not engine.multilingual  # the tiny directory is no MLT model
+    assert engine.prompt(DecodeOptions(language="ko")) == "语音转写："
+    assert engine.prompt(DecodeOptions(language="yue")) == "语音转写："
+    assert engine.prompt(DecodeOptions(language="ja")) == "语音转写成日文："
+    engine.multilingual = True  # an MLT model gets every language it is asked for
+    try:
+        assert engine.prompt(DecodeOptions(language="ko")) == "语音转写成韩文："
+    finally:
+        engine.multilingual = False
+
+
+def test_im_end_always_stops_decoding(engine: FunAsrNanoEngine):
+    im_end = engine.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert im_end in engine.eos_ids
+    # Make <|im_end|> the decoder's certain next token: the decode ends at once, empty.
+    def im_end_wins(_module, _inputs, logits):
+        logits[..., im_end] = 1e4
+        return logits
+
+    hook = engine.model.llm.lm_head.register_forward_hook(im_end_wins)
+    try:
+        result = engine.decode_batch([DecodeRequest(_audio(1.0, 2), DecodeOptions())])[0]
+    finally:
+        hook.remove()
+    assert engine.last_generated == [[]] and result.text == ""
+
+
+def test_token_budget_covers_every_reference_text(engine: FunAsrNanoEngine, audio_manifest: dict):
+    spans = []
+    for entry in audio_manifest["files"].values():
+        if entry.get("text"):
+            spans.append((entry["seconds"], entry["text"]))
+        for utt in entry.get("utterances", ()):
+            spans.append((utt["segment"][1] - utt["segment"][0], utt["text"]))
+    assert spans
+    for seconds, text in spans:
+        for kind in ("final", "partial"):
+            assert engine.token_budget(seconds, kind) >= 1.5 * len(text), (kind, seconds, text)
+
+
 def test_partials_get_fewer_new_tokens(tiny_model_dir: Path, no_network):
     eng = load_engine(tiny_model_dir, "cpu", max_new_tokens=12, partial_max_new_tokens=3)
     eng.max_tokens_per_second = 0  # only the kind limits

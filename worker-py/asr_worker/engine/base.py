@@ -8,7 +8,7 @@ thread, so engines need no locking and may keep device state.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, Sequence
+from typing import Literal, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
@@ -62,6 +62,29 @@ class DecodeResult:
     tokens: tuple[TokenTime, ...] = field(default_factory=tuple)
 
 
+@dataclass
+class DecodeWork:
+    """Cumulative work an engine has done, by request kind ("final", "partial").
+
+    Hardware-independent cost measures for benchmarks and metrics: decoder tokens
+    generated (stop tokens included) and prefilled (prompt, audio frames and forced
+    prefix), and seconds of audio run through the audio encoder.
+    """
+
+    requests: dict[str, int] = field(default_factory=dict)
+    audio_seconds: dict[str, float] = field(default_factory=dict)
+    prefilled_tokens: dict[str, int] = field(default_factory=dict)
+    generated_tokens: dict[str, int] = field(default_factory=dict)
+
+    def add(self, kind: str, *, audio_seconds: float = 0.0, prefilled: int = 0, generated: int = 0,
+            requests: int = 0) -> None:
+        """Count work of one request kind."""
+        self.requests[kind] = self.requests.get(kind, 0) + requests
+        self.audio_seconds[kind] = self.audio_seconds.get(kind, 0.0) + audio_seconds
+        self.prefilled_tokens[kind] = self.prefilled_tokens.get(kind, 0) + prefilled
+        self.generated_tokens[kind] = self.generated_tokens.get(kind, 0) + generated
+
+
 class Engine(Protocol):
     """A speech recognizer that decodes batches of utterances."""
 
@@ -80,4 +103,31 @@ class Engine(Protocol):
         Raises on failure; the scheduler fans the exception out to every
         member of the batch. Called only from the scheduler's executor thread.
         """
+        ...
+
+
+@runtime_checkable
+class SteppingEngine(Protocol):
+    """An engine that decodes at iteration level (continuous batching).
+
+    The scheduler adds requests between decoder steps and takes each result as soon as
+    its request finishes, so a short partial never waits for a long final. Like
+    `decode_batch`, these run only on the scheduler's executor thread.
+    """
+
+    def add_requests(self, requests: Sequence[DecodeRequest]) -> list[int]:
+        """Start decoding requests (encode + prefill); returns one handle per request."""
+        ...
+
+    def step(self) -> list[tuple[int, DecodeResult]]:
+        """Advance every running request by one decoder step; (handle, result) of those done.
+
+        Raises on failure; the requests running at that moment are then forgotten
+        (the scheduler fails their tickets).
+        """
+        ...
+
+    @property
+    def active(self) -> int:
+        """Requests started and not yet returned by `step`."""
         ...

@@ -5,13 +5,22 @@ FunASRNano, `load_pretrained_model`) with every path pointing into the local mod
 directory, so nothing consults a model hub. Decoding reuses FunASRNano's own pieces:
 `get_prompt` / `generate_chatml` / `data_template` / `data_load_speech` build each request's
 prompt ids and fbank features, `encode` + `audio_adaptor` run once over the padded batch,
-the adaptor frames are spliced into the prompt embeddings the way `inference_prepare`
-does, and one greedy `llm.generate` runs over the left-padded batch. Unlike FunASR's own
-`inference`, every request in a batch keeps its own prompt (hotwords, language, itn).
+and the adaptor frames are spliced into the prompt embeddings the way `inference_prepare`
+does. Unlike FunASR's own `inference`, every request in a batch keeps its own prompt
+(hotwords, language, itn).
+
+The Qwen3 decoder then runs greedy at iteration level (engine/step_decoder.py, which says
+why no library does it here): requests join the running batch between decoder steps and
+leave it when they end. A request decoded alone yields the token ids FunASR's own
+`AutoModel.generate` yields (tests/worker/test_parity.py proves it on random weights).
+Partials force their agreed prefix through FunASR's own `prev_text` mechanism, so only
+the unstable tail is generated; finals always decode the whole segment.
 """
 
 from __future__ import annotations
 
+import itertools
+import json
 import logging
 import math
 import re
@@ -27,8 +36,10 @@ from asr_worker.engine.base import (
     DecodeOptions,
     DecodeRequest,
     DecodeResult,
+    DecodeWork,
     TokenTime,
 )
+from asr_worker.engine.step_decoder import StepDecoder
 
 log = logging.getLogger(__name__)
 
@@ -64,11 +75,16 @@ LANGUAGE_NAMES: dict[str, str | None] = {
     "korean": "韩文",
 }
 
+#: The prompt names of the languages Fun-ASR-Nano-2512 was trained on.
+NANO_LANGUAGES = frozenset({"中文", "英文", "日文"})
+
+
 def language_name(language: str | None) -> str | None:
     """The prompt language name for a code ("zh") or name ("中文"); None lets the model decide.
 
     Names that are not codes pass through unchanged, so any language name the checkpoint
-    knows (Fun-ASR-MLT-Nano knows 31) can be given directly.
+    knows (Fun-ASR-MLT-Nano knows 31) can be given directly. Whether the model knows it
+    is the engine's call (FunAsrNanoEngine.language).
     """
     if language is None:
         return None
@@ -94,11 +110,41 @@ def clean_prompt_text(text: str) -> str:
     return " ".join(text.split())
 
 
+def _clean_prefix(prefix: str) -> str:
+    """A forced prefix without chat markup (FunASR would parse it), whitespace kept."""
+    previous = None
+    while previous != prefix:
+        previous, prefix = prefix, _MARKUP.sub("", prefix)
+    return prefix
+
+
+def _token_ids(tokenizer: Any, token: str) -> set[int]:
+    """{id} of a special token the tokenizer knows, else {}."""
+    try:
+        ids = tokenizer.convert_tokens_to_ids([token])
+    except Exception:
+        return set()
+    unk = getattr(tokenizer, "unk_token_id", None)
+    return {int(i) for i in ids if i is not None and i != unk}
+
+
+def _is_multilingual(model_dir: Path | None) -> bool:
+    """Fun-ASR-MLT-Nano: its directory or configuration.json names it (the hub id has "MLT")."""
+    if model_dir is None:
+        return False
+    if "mlt" in Path(model_dir).name.lower():
+        return True
+    try:
+        meta = json.loads((Path(model_dir) / "configuration.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return "mlt" in json.dumps(meta).lower()
+
+
 @dataclass
 class _Prepared:
     """One request turned into model inputs by FunASRNano's own data pipeline."""
 
-    index: int
     source_ids: list[int]
     fbank: Any  # torch.Tensor [T, 560]
     fbank_beg: int
@@ -106,10 +152,30 @@ class _Prepared:
     budget: int
     seconds: float
     kind: str
+    prompt: str
+    #: The forced prefix (partials) FunASR's `prev_text` puts after the assistant tag.
+    prefix: str
+
+
+@dataclass
+class _Running:
+    """A request being decoded: its inputs, and encoder frames when a final needs times."""
+
+    handle: int
+    prepared: _Prepared
+    encoder_out: Any = None  # [1, T, D] for finals with CTC timestamps
+    encoder_len: Any = None
 
 
 class FunAsrNanoEngine:
-    """Fun-ASR-Nano behind the Engine protocol (see engine/base.py)."""
+    """Fun-ASR-Nano behind the Engine and SteppingEngine protocols (see engine/base.py).
+
+    Decoding is iteration-level (engine/step_decoder.py): `add_requests` encodes and
+    prefills, `step` advances every running request by one token and returns those that
+    finished; `decode_batch` is the two run to completion. Partials with a `prefix` force
+    it into the answer (FunASR's own `prev_text`), so only the tail after it is generated.
+    Work counters (`work`, a DecodeWork) count tokens and encoder audio by request kind.
+    """
 
     name = "funasr-nano"
 
@@ -125,6 +191,7 @@ class FunAsrNanoEngine:
         max_tokens_per_second: float = DEFAULT_MAX_TOKENS_PER_SECOND,
         forced_tokens_per_second: float | None = None,
         model_dir: Path | None = None,
+        multilingual: bool | None = None,
     ) -> None:
         import torch
 
@@ -134,7 +201,9 @@ class FunAsrNanoEngine:
         self.frontend = kwargs["frontend"]
         # What FunASRNano's data pipeline reads from its kwargs (dataset_conf, ...).
         self._data_kwargs = {
-            k: v for k, v in kwargs.items() if k not in ("tokenizer", "frontend", "meta_data")
+            k: v
+            for k, v in kwargs.items()
+            if k not in ("tokenizer", "frontend", "meta_data", "prev_text")
         }
         self.device = device
         self.dtype = dtype
@@ -144,28 +213,76 @@ class FunAsrNanoEngine:
         self.max_tokens_per_second = float(max_tokens_per_second or 0.0)
         self.forced_tokens_per_second = forced_tokens_per_second
         self.model_dir = model_dir
+        #: Whether the checkpoint is Fun-ASR-MLT-Nano (31 languages) rather than Nano-2512
+        #: (Chinese, English, Japanese); decides which language requests reach the prompt.
+        self.multilingual = _is_multilingual(model_dir) if multilingual is None else multilingual
         llm_cfg = model.llm.config
-        eos = llm_cfg.eos_token_id
+        eos = model.llm.generation_config.eos_token_id
+        #: Token ids that end a decode: the EOS ids FunASR's own `llm.generate` stops at
+        #: (the generation config's), and always <|im_end|>, the end of the assistant turn,
+        #: even where a config names another EOS. Not pad/<|endoftext|>: FunASR does not
+        #: stop there either, and finals must decode as FunASR does.
         self.eos_ids: list[int] = sorted(
             {i for i in (eos if isinstance(eos, list) else [eos]) if i is not None}
-            | {i for i in (self.tokenizer.eos_token_id, self.tokenizer.pad_token_id) if i is not None}
+            | _token_ids(self.tokenizer, "<|im_end|>")
         )
         pad = llm_cfg.pad_token_id
         self.pad_id: int = pad if pad is not None else self.eos_ids[0]
-        #: Prompt ids (speech frames as id 0) of each item of the last batch, for inspection.
+        #: The iteration-level decoder over the Qwen3 part.
+        self.decoder = StepDecoder(
+            model.llm, stop_ids=self.eos_ids, dtype=self.torch_dtype, device=torch.device(device)
+        )
+        #: Cumulative work by request kind (tokens generated/prefilled, encoder seconds).
+        self.work = DecodeWork()
+        self._running: dict[int, _Running] = {}  # by decoder handle
+        self._ready: list[tuple[int, DecodeResult]] = []  # finished before any decoder step
+        self._handles = itertools.count()
+        self._warned_languages: set[str] = set()
+        #: Prompt ids (speech frames as id 0) of each item of the last decode_batch, for inspection.
         self.last_input_ids: list[list[int]] = []
-        #: Prompt text of each item of the last batch.
+        #: Prompt text of each item of the last decode_batch.
         self.last_prompts: list[str] = []
-        #: New token ids of each item of the last batch (after budget and EOS cuts).
+        #: New token ids of each item of the last decode_batch (after budget and EOS cuts).
         self.last_generated: list[list[int]] = []
+        self._last: dict[int, tuple[list[int], str, list[int]]] = {}
         self.timestamps = self._timestamps_available()
 
     # ------------------------------------------------------------------ prompts
 
+    def language(self, language: str | None) -> str | None:
+        """The prompt language name for a request's language, or None for auto.
+
+        The one place languages are normalised: codes map to the model's names, and a
+        language Nano-2512 was not trained on (anything but Chinese, English, Japanese)
+        falls back to auto with one warning, unless the model is an MLT model.
+        """
+        name = language_name(language)
+        if name is None or self.multilingual or name in NANO_LANGUAGES:
+            return name
+        if name not in self._warned_languages:
+            self._warned_languages.add(name)
+            log.warning(
+                "language %r is not one of Fun-ASR-Nano-2512's (Chinese, English, Japanese); "
+                "decoding with automatic language detection (Fun-ASR-MLT-Nano knows more)",
+                language,
+            )
+        return None
+
     def prompt(self, options: DecodeOptions) -> str:
         """The user prompt FunASRNano builds for these options (its own get_prompt)."""
         hotwords = [c for c in (clean_prompt_text(h) for h in options.hotwords if h) if c]
-        return self.model.get_prompt(hotwords, language_name(options.language), options.itn)
+        return self.model.get_prompt(hotwords, self.language(options.language), options.itn)
+
+    def token_budget(self, seconds: float, kind: str, prefix_tokens: int = 0) -> int:
+        """Most new tokens for a request of `seconds` of audio whose prefix has that many tokens."""
+        limit = self.partial_max_new_tokens if kind == "partial" else self.max_new_tokens
+        if self.forced_tokens_per_second:
+            budget = math.ceil(seconds * self.forced_tokens_per_second) - prefix_tokens
+        elif self.max_tokens_per_second > 0:
+            budget = math.ceil(seconds * self.max_tokens_per_second) + _TOKEN_BUDGET_SLACK - prefix_tokens
+        else:
+            budget = limit
+        return max(1, min(limit, budget))
 
     # ------------------------------------------------------------------ Engine
 
@@ -179,68 +296,109 @@ class FunAsrNanoEngine:
                 DecodeRequest(audio[: MODEL_SAMPLE_RATE // 2], DecodeOptions(itn=False), "partial"),
             ]
         )
+        self.work = DecodeWork()
         if self.device.startswith("cuda"):
             import torch
 
             torch.cuda.synchronize(torch.device(self.device))
 
     def decode_batch(self, requests: Sequence[DecodeRequest]) -> list[DecodeResult]:
+        """Decode requests to completion (add_requests, then step until all are done)."""
+        self._last = {}
+        handles = self.add_requests(requests)
+        wanted = set(handles)
+        done: dict[int, DecodeResult] = {}
+        while wanted - done.keys():
+            finished = self.step()
+            done.update((h, r) for h, r in finished if h in wanted)
+            if not finished and not self.active:
+                raise RuntimeError("decoder stopped with requests unfinished")
+        self.last_input_ids = [self._last.get(h, ([], "", []))[0] for h in handles]
+        self.last_prompts = [self._last.get(h, ([], "", []))[1] for h in handles]
+        self.last_generated = [self._last.get(h, ([], "", []))[2] for h in handles]
+        return [done[h] for h in handles]
+
+    @property
+    def active(self) -> int:
+        """Requests added and not yet returned by `step`."""
+        return len(self._running) + len(self._ready)
+
+    def add_requests(self, requests: Sequence[DecodeRequest]) -> list[int]:
+        """Encode the requests' audio in one batch, prefill their prompts and start them."""
         import torch
 
-        results: list[DecodeResult | None] = [None] * len(requests)
-        prepared: list[_Prepared] = []
-        self.last_input_ids = [[] for _ in requests]
-        self.last_prompts = ["" for _ in requests]
-        self.last_generated = [[] for _ in requests]
-        with torch.inference_mode():
-            for i, req in enumerate(requests):
-                audio = np.asarray(req.audio, dtype=np.float32).reshape(-1)
-                if audio.size == 0:
-                    results[i] = DecodeResult(text="")
-                    continue
-                prepared.append(self._prepare(i, req, audio))
-            if prepared:
-                for p, res in zip(prepared, self._decode(prepared), strict=True):
-                    results[p.index] = res
-        assert all(r is not None for r in results)
-        return results  # type: ignore[return-value]
+        handles: list[int] = []
+        prepared: list[tuple[int, _Prepared]] = []
+        try:
+            with torch.inference_mode():
+                for req in requests:
+                    handle = next(self._handles)
+                    handles.append(handle)
+                    audio = np.asarray(req.audio, dtype=np.float32).reshape(-1)
+                    if audio.size == 0:
+                        self._ready.append((handle, DecodeResult(text="")))
+                        continue
+                    prepared.append((handle, self._prepare(req, audio)))
+                if prepared:
+                    self._start([p for _, p in prepared], [h for h, _ in prepared])
+        except Exception:
+            self._abort()
+            raise
+        return handles
+
+    def step(self) -> list[tuple[int, DecodeResult]]:
+        """One decoder step for every running request; (handle, result) of those finished."""
+        import torch
+
+        out, self._ready = self._ready, []
+        try:
+            with torch.inference_mode():
+                for fin in self.decoder.step():
+                    run = self._running.pop(fin.handle)
+                    out.append((run.handle, self._finish(run, fin)))
+        except Exception:
+            self._abort()
+            raise
+        return out
 
     # ------------------------------------------------------------------ internals
 
-    def _prepare(self, index: int, req: DecodeRequest, audio: np.ndarray) -> _Prepared:
+    def _abort(self) -> None:
+        """Forget everything in flight: after a failure the decoder state is unknown."""
+        self.decoder.reset()
+        self._running.clear()
+        self._ready.clear()
+
+    def _prepare(self, req: DecodeRequest, audio: np.ndarray) -> _Prepared:
         import torch
 
         seconds = audio.size / MODEL_SAMPLE_RATE
         if audio.size < _MIN_SAMPLES:
             audio = np.pad(audio, (0, _MIN_SAMPLES - audio.size))
         prompt = self.prompt(req.options)
+        # Finals decode the whole segment afresh (the 2pass correction); only partials
+        # force the agreed prefix.
+        prefix = _clean_prefix(req.prefix) if req.kind == "partial" else ""
         chat = self.model.generate_chatml(prompt, torch.from_numpy(audio))
         contents = self.model.data_template(chat)
+        data_kwargs = dict(self._data_kwargs, prev_text=prefix) if prefix else self._data_kwargs
         out = self.model.data_load_speech(
-            contents, self.tokenizer, self.frontend, meta_data={}, **self._data_kwargs
+            contents, self.tokenizer, self.frontend, meta_data={}, **data_kwargs
         )
-        source_ids = out["source_ids"][0].tolist()
-        self.last_input_ids[index] = source_ids
-        self.last_prompts[index] = prompt
-        limit = self.partial_max_new_tokens if req.kind == "partial" else self.max_new_tokens
-        if self.forced_tokens_per_second:
-            budget = max(1, math.ceil(seconds * self.forced_tokens_per_second))
-        elif self.max_tokens_per_second > 0:
-            budget = math.ceil(seconds * self.max_tokens_per_second) + _TOKEN_BUDGET_SLACK
-        else:
-            budget = limit
+        prefix_tokens = len(self.tokenizer.encode(prefix)) if prefix else 0
         return _Prepared(
-            index=index,
-            source_ids=source_ids,
+            source_ids=out["source_ids"][0].tolist(),
             fbank=out["speech"][0],
             fbank_beg=int(out["fbank_beg"][0, 0]),
             fake_token_len=int(out["fake_token_len"][0, 0]),
-            budget=max(1, min(limit, budget)),
+            budget=self.token_budget(seconds, req.kind, prefix_tokens),
             seconds=seconds,
             kind=req.kind,
+            prompt=prompt,
+            prefix=prefix,
         )
 
-    def _decode(self, items: list[_Prepared]) -> list[DecodeResult]:
+    def _start(self, items: list[_Prepared], handles: list[int]) -> None:
         import torch
         from torch.nn.utils.rnn import pad_sequence
 
@@ -260,54 +418,34 @@ class FunAsrNanoEngine:
             ids = torch.tensor(p.source_ids, dtype=torch.long, device=dev)
             ids[ids < 0] = 0
             row = embed(ids)
-            n = p.fake_token_len
-            if n > int(adaptor_lens[b]):
-                n = int(adaptor_lens[b])
+            n = min(p.fake_token_len, int(adaptor_lens[b]))
             if p.fbank_beg > 0 and n > 0:
                 row[p.fbank_beg : p.fbank_beg + n] = adaptor_out[b, :n].to(row.dtype)
             rows.append(row)
-
-        # Left-pad for the decoder; generate derives position ids from the mask.
-        width = max(r.shape[0] for r in rows)
-        hidden = rows[0].shape[-1]
-        inputs = torch.zeros(len(rows), width, hidden, dtype=self.torch_dtype, device=dev)
-        mask = torch.zeros(len(rows), width, dtype=torch.long, device=dev)
-        for b, r in enumerate(rows):
-            inputs[b, width - r.shape[0] :] = r.to(self.torch_dtype)
-            mask[b, width - r.shape[0] :] = 1
-        budget = max(p.budget for p in items)
-        gen_kwargs: dict[str, Any] = {
-            "max_new_tokens": budget,
-            "do_sample": False,
-            "num_beams": 1,
-            "temperature": None,
-            "top_p": None,
-            "top_k": None,
-            "pad_token_id": self.pad_id,
-            "eos_token_id": self.eos_ids,
-        }
-        if self.forced_tokens_per_second:
-            gen_kwargs["min_new_tokens"] = budget
-        generated = model.llm.generate(inputs_embeds=inputs, attention_mask=mask, **gen_kwargs)
-
-        results = []
-        for b, p in enumerate(items):
-            ids = generated[b, : p.budget].tolist()
-            if not self.forced_tokens_per_second:
-                for k, t in enumerate(ids):
-                    if t in self.eos_ids:
-                        ids = ids[:k]
-                        break
-            self.last_generated[p.index] = ids
-            text = self.tokenizer.decode(ids, skip_special_tokens=True)
-            # FunASRNano.inference_llm's post-processing of the response.
-            text = re.sub(r"\s+", " ", text.replace("/sil", " ")).strip()
-            tokens: tuple[TokenTime, ...] = ()
-            if self.timestamps and text and p.kind == "final":
+        decoder_handles = self.decoder.add(
+            rows, [p.budget for p in items], forced=bool(self.forced_tokens_per_second)
+        )
+        for b, (p, handle, dh) in enumerate(zip(items, handles, decoder_handles, strict=True)):
+            run = _Running(handle, p)
+            if self.timestamps and p.kind == "final":
                 n_frames = int(encoder_lens[b])
-                tokens = self._token_times(encoder_out[b : b + 1, :n_frames], encoder_lens[b : b + 1], text)
-            results.append(DecodeResult(text=text, tokens=tokens))
-        return results
+                run.encoder_out = encoder_out[b : b + 1, :n_frames]
+                run.encoder_len = encoder_lens[b : b + 1]
+            self._running[dh] = run
+            self.work.add(p.kind, requests=1, audio_seconds=p.seconds, prefilled=len(p.source_ids))
+
+    def _finish(self, run: _Running, fin: Any) -> DecodeResult:
+        p = run.prepared
+        self.work.add(p.kind, generated=fin.steps)
+        self._last[run.handle] = (p.source_ids, p.prompt, list(fin.ids))
+        # FunASRNano.inference_llm's post-processing: prev_text + response, /sil and
+        # whitespace runs to one space (and trimmed here).
+        text = p.prefix + self.tokenizer.decode(fin.ids, skip_special_tokens=True)
+        text = re.sub(r"\s+", " ", text.replace("/sil", " ")).strip()
+        tokens: tuple[TokenTime, ...] = ()
+        if run.encoder_out is not None and text:
+            tokens = self._token_times(run.encoder_out, run.encoder_len, text)
+        return DecodeResult(text=text, tokens=tokens)
 
     # ------------------------------------------------------------------ timestamps
 
