@@ -10,13 +10,14 @@
  * it) so that a person can look at what the page showed.
  */
 import assert from "node:assert/strict";
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { after, before, describe, test } from "node:test";
 import { chromium, type BrowserContext, type Page } from "playwright-core";
 import { AUDIO_SKIP_REASON, REPO_ROOT, sharedAudio, SKIP_REASON as WORKER_SKIP, startRealWorker, type RealWorker } from "../e2e/helpers/real-worker.js";
-import { startGateway, TestClient, type TestGateway } from "../gateway/helpers/harness.js";
+import { pcm, startGateway, TestClient, wavFile, type TestGateway } from "../gateway/helpers/harness.js";
+import { ScriptedWorker } from "../gateway/helpers/scripted-worker.js";
 
 /** Debian's chromium (apt-get install chromium; .ci/run installs it, with a CJK font, when run as root). */
 const CHROMIUM = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium";
@@ -28,6 +29,17 @@ const OUTPUT_DIR = process.env.UI_TEST_OUTPUT ?? path.join(REPO_ROOT, "test-outp
 const MIC_WAV = "zh/damo.wav";
 const FILE_WAV = "synth/three_utterances.wav";
 const TOKEN = "page-test-token";
+/** What Chromium needs on a CI network with no outside access (each run also gets a fresh profile). */
+const CHROMIUM_ARGS = [
+  "--headless",
+  "--no-sandbox",
+  "--disable-gpu",
+  "--disable-quic",
+  "--no-first-run",
+  "--disable-background-networking",
+  "--disable-component-update",
+  "--disable-sync",
+];
 
 describe("browser page in headless Chromium", { skip: SKIP_REASON }, () => {
   let worker: RealWorker;
@@ -49,14 +61,8 @@ describe("browser page in headless Chromium", { skip: SKIP_REASON }, () => {
       headless: true,
       timeout: 60_000,
       args: [
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
+        ...CHROMIUM_ARGS,
+        // The fake microphone plays this recording (looping) and is granted without a prompt.
         "--use-fake-device-for-media-stream",
         "--use-fake-ui-for-media-stream",
         `--use-file-for-fake-audio-capture=${sharedAudio(MIC_WAV)}`,
@@ -90,6 +96,16 @@ describe("browser page in headless Chromium", { skip: SKIP_REASON }, () => {
     const page = await openPage(gw.http);
     await page.fill("#token", TOKEN);
     await page.selectOption("#mode", "2pass");
+    // Count the partial line's updates and the longest text it held (it is one element, updated in place).
+    await page.evaluate(`(() => {
+      const el = document.getElementById("partial");
+      window.partialUpdates = 0;
+      window.partialLongest = 0;
+      new MutationObserver(() => {
+        window.partialUpdates++;
+        window.partialLongest = Math.max(window.partialLongest, el.textContent.length);
+      }).observe(el, { childList: true, characterData: true, subtree: true });
+    })()`);
     await page.click("#micStart");
     await page.waitForSelector('#status[data-state="busy"]:has-text("Listening")', { timeout: 30_000 });
     // Real-time capture: wait for recognized speech (a partial or a VAD final), then stop.
@@ -102,6 +118,24 @@ describe("browser page in headless Chromium", { skip: SKIP_REASON }, () => {
     const texts = await finalTexts(page);
     assert.ok(texts.length >= 1 && texts.every((t) => t.length > 0), `finals: ${JSON.stringify(texts)}`);
     assert.equal(await page.textContent("#partial"), "", "the partial line was replaced by the final");
+    assert.ok(((await page.evaluate("window.partialLongest")) as number) > 0, "a partial was shown before the final");
+    assert.ok(((await page.evaluate("window.partialUpdates")) as number) >= 2, "the partial line was updated, then cleared");
+    await page.close();
+  });
+
+  test("mic session in offline mode: nothing until Stop, then one offline final", async () => {
+    const page = await openPage(gw.http, `?token=${TOKEN}`);
+    await page.selectOption("#mode", "offline");
+    await page.click("#micStart");
+    await page.waitForSelector('#status[data-state="busy"]:has-text("Listening")', { timeout: 30_000 });
+    await new Promise((r) => setTimeout(r, 2500));
+    assert.equal(await page.locator("#finals li.final").count(), 0, "offline mode shows nothing before the end of input");
+    await page.click("#micStop");
+    await page.waitForSelector('#status:not([data-state="busy"])', { timeout: 30_000 });
+    assert.equal(await page.getAttribute("#status", "data-state"), "done", `status: ${await page.textContent("#status")}`);
+    const texts = await finalTexts(page);
+    assert.equal(texts.length, 1, JSON.stringify(texts));
+    assert.ok(texts[0]!.length > 0, "the offline final has text");
     await page.close();
   });
 
@@ -144,5 +178,41 @@ describe("browser page in headless Chromium", { skip: SKIP_REASON }, () => {
     await wrong.waitForSelector('#status[data-state="error"]', { timeout: 30_000 });
     assert.match((await wrong.textContent("#status")) ?? "", /HTTP 401\): a valid token is required/);
     await wrong.close();
+  });
+});
+
+describe("browser page options reach the worker (scripted worker records the config)", { skip: CHROMIUM_SKIP }, () => {
+  test("hotwords, ITN off and the file's name arrive in the worker's offline config", async () => {
+    const w = await new ScriptedWorker().start();
+    const gw = await startGateway([w.address], {}, { ui: true });
+    const profile = mkdtempSync(path.join(tmpdir(), "asr-ui-chromium-"));
+    const dir = mkdtempSync(path.join(tmpdir(), "asr-ui-file-"));
+    const file = path.join(dir, "speech.wav");
+    writeFileSync(file, wavFile(pcm([{ silence: 200 }, { speech: 800 }, { silence: 400 }]), 16000));
+    const browser = await chromium.launchPersistentContext(profile, { executablePath: CHROMIUM, headless: true, timeout: 60_000, args: CHROMIUM_ARGS });
+    try {
+      const page = await browser.newPage();
+      await page.goto(`${gw.http}/ui/`);
+      await page.fill("#hotwords", "阿里巴巴 20\n达摩院 10");
+      await page.uncheck("#itn");
+      await page.setInputFiles("#file", file);
+      await page.click("#fileStart");
+      await page.waitForSelector('#status:not([data-state="busy"])', { timeout: 30_000 });
+      assert.equal(await page.getAttribute("#status", "data-state"), "done", `status: ${await page.textContent("#status")}`);
+      const texts = await page.locator("#finals li.final .text").allTextContents();
+      assert.equal(texts.length, 1, JSON.stringify(texts));
+      assert.match(texts[0]!, /^S0w+$/);
+      const cfg = w.calls.at(-1)!.configs[0] as { hotwords: Array<{ phrase: string; weight: number }>; itn: boolean; mode: number; wavName: string };
+      assert.deepEqual(cfg.hotwords.map((h) => [h.phrase, h.weight]), [["阿里巴巴", 20], ["达摩院", 10]]);
+      assert.equal(cfg.itn, false);
+      assert.equal(cfg.mode, 1, "offline");
+      assert.equal(cfg.wavName, "speech.wav");
+    } finally {
+      await browser.close();
+      rmSync(profile, { recursive: true, force: true });
+      rmSync(dir, { recursive: true, force: true });
+      await gw.stop();
+      await w.stop();
+    }
   });
 });
