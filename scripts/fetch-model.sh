@@ -11,6 +11,9 @@
 #
 #   MODEL_DIR, MODEL_ID (FunAudioLLM/Fun-ASR-Nano-2512), MODEL_HUB (ms | hf),
 #   MODEL_REVISION, MODEL_CACHE_DIR (./models), ASR_DOWNLOAD_MODEL (0 | 1)
+#
+# The hubs differ: ModelScope's model.pt has the CTC weights that give finals token timestamps,
+# Hugging Face's has none (same transcripts; the worker warns once at load).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 py="${VENV_DIR:-$root/worker-py/.venv}/bin/python"
@@ -45,9 +48,13 @@ args=(download --model-id "$model_id" --hub "$model_hub" --cache-dir "$cache_dir
 [ -z "${MODEL_REVISION:-}" ] || args+=(--revision "$MODEL_REVISION")
 # `download` validates the snapshot and prints its directory as the last stdout line;
 # progress output goes to the log.
-out="$("$py" -m asr_worker "${args[@]}")" || { log "download failed (see above)"; exit 1; }
+out="$("$py" -m asr_worker "${args[@]}")" || {
+  case "$model_hub" in hf | huggingface) other=ms ;; *) other=hf ;; esac
+  log "download failed (see above); MODEL_HUB=$other tries the other hub (hf: no token timestamps; ms: with them)"
+  exit 1
+}
 dir="$(tail -n 1 <<<"$out")"
 [ -n "$dir" ] && [ -d "$dir" ] || { log "download did not yield a model directory"; exit 1; }
 echo "$dir" >"$marker"
-log "model ready: $dir"
+log "model ready: $dir (self-test: $py -m asr_worker check --model-dir $dir --device cuda)"
 echo "$dir"
