@@ -78,9 +78,10 @@ describe("browser page in headless Chromium", { skip: SKIP_REASON }, () => {
     await worker?.stop();
   });
 
-  async function openPage(base: string, query = ""): Promise<Page> {
+  async function openPage(base: string, query = "", initScript?: string): Promise<Page> {
     const page = await browser.newPage();
     page.on("pageerror", (e) => process.stderr.write(`page error: ${e.message}\n`));
+    if (initScript !== undefined) await page.addInitScript(initScript);
     // GET / redirects to the page at /ui/.
     const res = await page.goto(`${base}/${query}`);
     assert.equal(res?.status(), 200);
@@ -92,8 +93,20 @@ describe("browser page in headless Chromium", { skip: SKIP_REASON }, () => {
     return page.locator("#finals li.final .text").allTextContents();
   }
 
-  test("mic session: the fake microphone streams in 2pass, partials update in place, Stop brings the finals", async () => {
-    const page = await openPage(gw.http);
+  test("mic session: the fake microphone streams 60 ms frames of 16 kHz PCM16 in 2pass, partials update in place, Stop brings the finals", async (t) => {
+    // Record every binary frame the page sends: [time ms, bytes].
+    const page = await openPage(
+      gw.http,
+      "",
+      `(() => {
+        window.sentFrames = [];
+        const send = WebSocket.prototype.send;
+        WebSocket.prototype.send = function (d) {
+          if (typeof d !== "string") window.sentFrames.push([performance.now(), d.byteLength]);
+          return send.call(this, d);
+        };
+      })()`,
+    );
     await page.fill("#token", TOKEN);
     await page.selectOption("#mode", "2pass");
     // Count the partial line's updates and the longest text it held (it is one element, updated in place).
@@ -120,6 +133,15 @@ describe("browser page in headless Chromium", { skip: SKIP_REASON }, () => {
     assert.equal(await page.textContent("#partial"), "", "the partial line was replaced by the final");
     assert.ok(((await page.evaluate("window.partialLongest")) as number) > 0, "a partial was shown before the final");
     assert.ok(((await page.evaluate("window.partialUpdates")) as number) >= 2, "the partial line was updated, then cleared");
+    const frames = (await page.evaluate("window.sentFrames")) as Array<[number, number]>;
+    assert.ok(frames.length >= 20, `only ${frames.length} frames`);
+    // Every frame but the flushed last one is 960 samples of 16-bit PCM (60 ms at 16 kHz).
+    assert.deepEqual([...new Set(frames.slice(0, -1).map((f) => f[1]))], [1920]);
+    // Real-time capture resampled to 16 kHz: 32,000 bytes per second of wall time (audio callbacks come in bursts: 15 %).
+    const bytes = frames.slice(1, -1).reduce((a, f) => a + f[1], 0);
+    const rate = bytes / ((frames.at(-2)![0] - frames[0]![0]) / 1000);
+    assert.ok(Math.abs(rate - 32_000) < 32_000 * 0.15, `${Math.round(rate)} bytes/s of PCM`);
+    t.diagnostic(`${frames.length} frames, ${Math.round(rate)} bytes/s of PCM`);
     await page.close();
   });
 
