@@ -223,6 +223,7 @@ def test_check_loads_the_tiny_model_and_reports_device_dtype_time_memory_rtf_tex
     assert int(mib) > 50 and "RSS" in kind  # a torch process on CPU: its peak RSS
     assert "text" in rep and rep["reference"] == "欢迎大家来体验达摩院推出的语音识别模型"
     assert rep["cer"].startswith("not judged")  # random weights: the text is noise
+    assert rep["timestamps"] == "yes"
 
 
 @pytest.mark.timeout(400)
@@ -232,7 +233,8 @@ def test_check_on_the_release_layout_without_ctc_weights_warns_once(tmp_path):
     assert built.stdout.strip().splitlines()[-1] == str(tmp_path / "nano")
     proc = _run("check", "--model-dir", str(tmp_path / "nano"), timeout=280)
     assert proc.returncode == 0, proc.stderr
-    assert _report(proc.stdout)["check"] == "ok"
+    rep = _report(proc.stdout)
+    assert rep["check"] == "ok" and rep["timestamps"].startswith("no")
     warned = [line for line in proc.stderr.splitlines() if "no token timestamps" in line]
     assert len(warned) == 1, proc.stderr
 

@@ -4,9 +4,9 @@ with the worker, the way the seed deployment's test_inference.py proved an insta
 It goes through the production path (`models.loader.load_engine`, the engine's own warmup
 and `decode_batch`) and reports what an operator needs before serving: device, dtype,
 load time, peak memory (CUDA's peak allocation on a GPU, the process's peak RSS on CPU),
-real-time factor and the text. A real model must also get the clip roughly right (character
-error rate at most `--max-cer`); random-weight directories built by `tiny-model` are only
-loaded and decoded, since their text is noise.
+real-time factor, the text and whether finals will carry token timestamps. A real model must
+also get the clip roughly right (character error rate at most `--max-cer`); random-weight
+directories built by `tiny-model` are only loaded and decoded, since their text is noise.
 """
 
 from __future__ import annotations
@@ -61,6 +61,8 @@ class CheckReport:
     cer: float
     #: Whether the directory holds random weights (text not judged).
     random_weights: bool
+    #: Whether finals carry token timestamps (the checkpoint has CTC weights).
+    timestamps: bool
 
     @property
     def rtf(self) -> float:
@@ -138,6 +140,7 @@ def run_check(model_dir: Path, device: str = "cpu", dtype: str = "auto", *, max_
         text=result.text,
         cer=character_error_rate(CLIP_TEXT, result.text),
         random_weights=is_random_weights(model_dir),
+        timestamps=bool(engine.timestamps),
     )
     if not report.random_weights and report.cer > max_cer:
         raise CheckFailed(
@@ -166,6 +169,7 @@ def format_report(report: CheckReport, model_dir: Path) -> str:
         f"text: {report.text}",
         f"reference: {CLIP_TEXT}",
         f"cer: {verdict}",
+        f"timestamps: {'yes' if report.timestamps else 'no (the checkpoint has no CTC weights)'}",
         "check: ok",
     ]
     return "\n".join(lines)
