@@ -1,8 +1,8 @@
 /**
  * The gateway's HTTP(S) server: /healthz and /readyz, the OpenAI-compatible
  * POST /v1/audio/transcriptions (openai.ts), the browser page at /ui/
- * (ui.ts), and the WebSocket upgrade on every other path (FunASR clients use
- * "/", some proxies "/wss/").
+ * (ui.ts), Prometheus metrics at /metrics (metrics.ts), and the WebSocket
+ * upgrade on every other path (FunASR clients use "/", some proxies "/wss/").
  *
  * Upgrade rules (see PROTOCOL.md): echo the `binary` subprotocol when it is
  * offered and accept clients that offer none; answer pings (ws does) and
@@ -19,6 +19,7 @@ import type { Logger } from "pino";
 import { WebSocketServer, type WebSocket } from "ws";
 import type { FileDecoder } from "./audio.js";
 import type { GatewayConfig } from "./config.js";
+import { meteredSocket, type GatewayMetrics, type RefusalReason, type SessionMeter } from "./metrics.js";
 import { OpenAiTranscriptions, TRANSCRIPTIONS_PATH } from "./openai.js";
 import { Session } from "./session.js";
 import { UI_PREFIX, type UiSite } from "./ui.js";
@@ -36,6 +37,8 @@ export interface GatewayServerDeps {
   logger: Logger;
   /** The browser page (ui.ts); absent: no page. */
   ui?: UiSite;
+  /** Prometheus metrics (metrics.ts), served at /metrics; absent: no metrics. */
+  metrics?: GatewayMetrics;
 }
 
 /** Headroom over MAX_FRAME_BYTES at which ws itself closes with 1009 (below it, the session answers with a JSON error first). */
@@ -107,6 +110,8 @@ export class GatewayServer {
       json(res, ready ? 200 : 503, { ready, serving_workers: serving, sessions: this.sessions.size, draining: this.draining });
     } else if (path === TRANSCRIPTIONS_PATH) {
       void this.openai.handle(req, res);
+    } else if (path === "/metrics" && this.d.metrics !== undefined) {
+      this.serveMetrics(this.d.metrics, res);
     } else if (this.d.ui !== undefined && path === `${UI_PREFIX}admission`) {
       this.admissionProbe(req, res);
     } else if (this.d.ui?.handle(req, res, path ?? "/") === true) {
@@ -125,22 +130,22 @@ export class GatewayServer {
    */
   private admit(req: IncomingMessage): { lease: WorkerLease } | { refusal: Refusal } {
     const { config, logger } = this.d;
-    const busy = (detail: string): { refusal: Refusal } => ({
-      refusal: { status: 503, reason: "Service Unavailable", detail, headers: { "Retry-After": String(config.retryAfterSeconds) } },
+    const busy = (cause: RefusalReason, detail: string): { refusal: Refusal } => ({
+      refusal: { status: 503, reason: "Service Unavailable", cause, detail, headers: { "Retry-After": String(config.retryAfterSeconds) } },
     });
     if (config.authToken !== undefined && !authorized(req, config.authToken)) {
       logger.info({ remote: req.socket.remoteAddress }, "session refused: unauthorized");
-      return { refusal: { status: 401, reason: "Unauthorized", detail: "a valid token is required (?token= or Authorization: Bearer)", headers: { "WWW-Authenticate": "Bearer" } } };
+      return { refusal: { status: 401, reason: "Unauthorized", cause: "unauthorized", detail: "a valid token is required (?token= or Authorization: Bearer)", headers: { "WWW-Authenticate": "Bearer" } } };
     }
-    if (this.draining) return busy("the gateway is shutting down");
+    if (this.draining) return busy("draining", "the gateway is shutting down");
     if (this.sessions.size + this.openai.inFlight >= config.maxSessions) {
       logger.warn({ sessions: this.sessions.size }, "session refused: MAX_SESSIONS reached");
-      return busy("the gateway is at its session limit (MAX_SESSIONS)");
+      return busy("max_sessions", "the gateway is at its session limit (MAX_SESSIONS)");
     }
     const lease = this.d.workers.acquire();
     if (lease === null) {
       logger.warn("session refused: no worker serving");
-      return busy("no recognition worker is available");
+      return busy("no_worker", "no recognition worker is available");
     }
     return { lease };
   }
@@ -165,6 +170,7 @@ export class GatewayServer {
     const admission = this.admit(req);
     if ("refusal" in admission) {
       const r = admission.refusal;
+      this.d.metrics?.refused(r.cause);
       refuse(socket, r.status, r.reason, r.headers);
       return;
     }
@@ -176,8 +182,11 @@ export class GatewayServer {
     });
     this.wss.handleUpgrade(req, socket, head, (ws: WebSocket) => {
       adopted = true;
+      const metrics = this.d.metrics;
+      // The meter needs the session and the session its socket: the wrapper reads the meter late.
+      let meter: SessionMeter | undefined;
       const session = new Session({
-        socket: ws,
+        socket: metrics === undefined ? ws : meteredSocket(ws, () => meter?.messageOut()),
         workers: this.d.workers,
         initialLease: lease,
         decoder: this.d.decoder,
@@ -185,10 +194,14 @@ export class GatewayServer {
         logger,
         onClosed: (s) => this.sessions.delete(s),
       });
+      meter = metrics?.track(session);
       this.sessions.add(session);
       ws.on("message", (data: Buffer | ArrayBuffer | Buffer[], isBinary: boolean) => {
         const buf = Buffer.isBuffer(data) ? data : Array.isArray(data) ? Buffer.concat(data) : Buffer.from(data);
-        if (isBinary) session.onBinary(buf);
+        if (isBinary) {
+          meter?.frameIn(buf.length);
+          session.onBinary(buf);
+        }
         else session.onText(buf.toString("utf8"));
       });
       ws.on("close", () => session.onSocketClosed());
@@ -196,6 +209,20 @@ export class GatewayServer {
         // ws closes the socket itself (e.g. 1009 above the payload cap); the close event ends the session.
       });
     });
+  }
+
+  /** GET /metrics: the Prometheus text format (every gateway process's numbers when GATEWAY_PROCESSES > 1). */
+  private serveMetrics(metrics: GatewayMetrics, res: ServerResponse): void {
+    metrics.scrape().then(
+      (text) => {
+        res.writeHead(200, { "Content-Type": metrics.contentType, "Content-Length": Buffer.byteLength(text) });
+        res.end(text);
+      },
+      (e: unknown) => {
+        this.d.logger.error({ err: e }, "metrics scrape failed");
+        json(res, 500, { error: "metrics unavailable" });
+      },
+    );
   }
 
   /**
@@ -223,6 +250,8 @@ interface Refusal {
   status: number;
   /** Status text. */
   reason: string;
+  /** The rule that refused (the metrics label). */
+  cause: RefusalReason;
   /** What a person can act on. */
   detail: string;
   /** Retry-After or WWW-Authenticate. */

@@ -7,12 +7,14 @@
  * Exit codes: 0 after a graceful shutdown (SIGTERM/SIGINT), 1 when the port
  * cannot be bound, 2 on a bad configuration (one line on stderr says which).
  */
+import { Registry } from "prom-client";
 import { createFileDecoder, findFfmpeg } from "./audio.js";
 import { isClusterPrimary, processCount, reportListening, runPrimary } from "./cluster.js";
 import { ConfigError, loadConfig, type GatewayConfig } from "./config.js";
 import { GatewayServer } from "./http.js";
 import { systemResolver, WorkerDiscovery } from "./discovery.js";
 import { createLogger } from "./log.js";
+import { GatewayMetrics, serveClusterMetrics } from "./metrics.js";
 import { DEFAULT_UI_DIR, UiSite } from "./ui.js";
 import { WorkerPool } from "./workers.js";
 
@@ -30,7 +32,8 @@ async function main(): Promise<void> {
   const logger = createLogger(config.logLevel);
   const processes = processCount(config.processes);
   if (isClusterPrimary(processes)) {
-    // GATEWAY_PROCESSES > 1: this process only supervises; each child runs the code below.
+    // GATEWAY_PROCESSES > 1: this process only supervises (and sums the children's metrics); each child runs the code below.
+    serveClusterMetrics();
     runPrimary({ count: processes, logger, exit: (code) => process.exit(code) });
     return;
   }
@@ -46,7 +49,8 @@ async function main(): Promise<void> {
     logger,
   });
   await discovery.start();
-  const server = new GatewayServer({ config, workers: pool, decoder: createFileDecoder(ffmpeg), logger, ui: new UiSite(DEFAULT_UI_DIR) });
+  const metrics = new GatewayMetrics({ registry: new Registry(), servingWorkers: () => pool.servingCount(), clusterChild: processes > 1 });
+  const server = new GatewayServer({ config, workers: pool, decoder: createFileDecoder(ffmpeg), logger, ui: new UiSite(DEFAULT_UI_DIR), metrics });
   let addr;
   try {
     addr = await server.listen();

@@ -113,6 +113,8 @@ export interface SessionEvents {
   roundDone: [info: { mode: OutputMode; ms: number; failed: boolean }];
   /** The worker call failed and was re-opened elsewhere. */
   failover: [info: { attempt: number; from: string; to: string; replayMs: number }];
+  /** The worker produced a partial or a final for this session (before the output policy shapes it). */
+  workerOutput: [kind: "partial" | "final"];
   /** The session closed (emitted once). */
   closed: [reason: string, stats: SessionStats];
 }
@@ -188,6 +190,11 @@ export class Session extends EventEmitter<SessionEvents> {
   /** Current lifecycle state. */
   get state(): SessionState {
     return this.st;
+  }
+
+  /** The service mode of the settings now in force: `2pass` (also online served as 2pass), `online` or `offline`. */
+  get mode(): Settings["kind"] {
+    return this.settings.kind;
   }
 
   /** Handles one text frame from the client. */
@@ -334,10 +341,12 @@ export class Session extends EventEmitter<SessionEvents> {
     });
     link.on("partial", (p) => this.guard(() => {
       this.stats.partials++;
+      this.emit("workerOutput", "partial");
       this.outputRound().policy.partial(p);
     }));
     link.on("final", (f) => this.guard(() => {
       this.stats.finals++;
+      this.emit("workerOutput", "final");
       const tokens = f.tokens.map((t) => ({ text: t.text, startMs: t.startMs, endMs: t.endMs }));
       this.outputRound().policy.final({ text: f.text, tokens });
     }));

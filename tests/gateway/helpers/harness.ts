@@ -3,11 +3,13 @@
  * addresses, WebSocket clients that record every message, and synthetic PCM.
  */
 import type { AddressInfo } from "node:net";
+import { Registry } from "prom-client";
 import WebSocket from "ws";
 import { createFileDecoder } from "../../../gateway/src/audio.js";
 import { loadConfig, type GatewayConfig } from "../../../gateway/src/config.js";
 import { GatewayServer } from "../../../gateway/src/http.js";
 import { createLogger } from "../../../gateway/src/log.js";
+import { GatewayMetrics } from "../../../gateway/src/metrics.js";
 import { DEFAULT_UI_DIR, UiSite } from "../../../gateway/src/ui.js";
 import type { ServerMessage } from "../../../gateway/src/protocol.js";
 import { WorkerPool } from "../../../gateway/src/workers.js";
@@ -32,7 +34,7 @@ export interface TestGateway {
 export async function startGateway(
   workers: string[],
   env: Record<string, string> = {},
-  opts: { waitServing?: boolean; ffmpeg?: string | null; ui?: boolean } = {},
+  opts: { waitServing?: boolean; ffmpeg?: string | null; ui?: boolean; metrics?: boolean } = {},
 ): Promise<TestGateway> {
   const config = loadConfig({
     GATEWAY_PORT: "0",
@@ -50,6 +52,7 @@ export async function startGateway(
     decoder: createFileDecoder(opts.ffmpeg ?? null),
     logger,
     ...(opts.ui === true ? { ui: new UiSite(DEFAULT_UI_DIR) } : {}),
+    ...(opts.metrics === true ? { metrics: new GatewayMetrics({ registry: new Registry(), servingWorkers: () => pool.servingCount() }) } : {}),
   });
   const addr: AddressInfo = await server.listen();
   if (opts.waitServing !== false) await pool.waitForServing(10_000);
