@@ -242,14 +242,21 @@ function onMessage(s, msg) {
   }
 }
 
-/** Why the gateway refused: GET /ui/admission applies the upgrade's rules without upgrading. */
+/**
+ * Why the gateway refused: its GET /ui/admission applies the upgrade's rules
+ * without upgrading (found beside the WebSocket address, so that it asks the
+ * gateway in the Server field, not necessarily the one that served the page).
+ */
 async function refusalReason(s) {
-  const probe = withToken(new URL("admission", window.location.href));
+  const http = new URL(s.url.href);
+  http.protocol = http.protocol === "wss:" ? "https:" : "http:";
+  http.search = "";
+  const probe = withToken(new URL("ui/admission", http));
   let res;
   try {
     res = await fetch(probe, { cache: "no-store" });
   } catch {
-    return `Could not reach the server at ${s.url.origin}.`;
+    return `Could not connect to ${http.origin}: the server is unreachable or refused the connection.`;
   }
   let body = {};
   try {

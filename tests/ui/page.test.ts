@@ -184,7 +184,7 @@ describe("browser page in headless Chromium", { skip: SKIP_REASON }, () => {
     await page.close();
   });
 
-  test("refused connection: no worker gives the 503 reason and Retry-After; a wrong token says a token is required", async () => {
+  test("refused connection: no worker gives the 503 reason and Retry-After; a wrong token says a token is required; an unreachable server says so", async () => {
     const page = await openPage(refusing.http);
     await page.setInputFiles("#file", sharedAudio(MIC_WAV));
     await page.click("#fileStart");
@@ -200,6 +200,15 @@ describe("browser page in headless Chromium", { skip: SKIP_REASON }, () => {
     await wrong.waitForSelector('#status[data-state="error"]', { timeout: 30_000 });
     assert.match((await wrong.textContent("#status")) ?? "", /HTTP 401\): a valid token is required/);
     await wrong.close();
+
+    // Nothing listening at the address typed into the Server field.
+    const gone = await openPage(gw.http);
+    await gone.fill("#server", "ws://127.0.0.1:1/");
+    await gone.setInputFiles("#file", sharedAudio(MIC_WAV));
+    await gone.click("#fileStart");
+    await gone.waitForSelector('#status[data-state="error"]', { timeout: 30_000 });
+    assert.match((await gone.textContent("#status")) ?? "", /Could not connect to http:\/\/127\.0\.0\.1:1: the server is unreachable/);
+    await gone.close();
   });
 });
 
