@@ -27,6 +27,10 @@ export interface TraceEvent {
   endMs?: number; // final (direct only); speech event offset for start/end
   reason?: number; // final endpoint reason (direct only)
   textLen?: number;
+  /** Final text (finals only): exactly-once checks compare it with a direct reference run. */
+  text?: string;
+  /** ws finals: [first token start, last token end] in ms of session audio, from stamp_sents. */
+  span?: [number, number];
   isFinal?: boolean; // ws: is_final flag
   afterStop?: boolean;
 }
@@ -207,7 +211,9 @@ export class WsSession implements BenchSession {
     if (mode === "2pass-online" || mode === "online") {
       this.trace.events.push({ t, kind: "partial", textLen: text.length, isFinal: m.is_final === true, afterStop });
     } else if (mode === "2pass-offline" || mode === "offline") {
-      this.trace.events.push({ t, kind: "final", textLen: text.length, isFinal: m.is_final === true, afterStop });
+      const st = Array.isArray(m.stamp_sents) ? (m.stamp_sents as { start: number; end: number }[]) : [];
+      const span: [number, number] | undefined = st.length ? [st[0]!.start, st[st.length - 1]!.end] : undefined;
+      this.trace.events.push({ t, kind: "final", textLen: text.length, text, span, isFinal: m.is_final === true, afterStop });
     }
   }
 
@@ -343,6 +349,7 @@ export class GrpcSession implements BenchSession {
           endMs: x.value.endMs,
           reason: x.value.reason,
           textLen: x.value.text.length,
+          text: x.value.text,
           afterStop,
         });
         break;

@@ -1,0 +1,179 @@
+/**
+ * Worker faults under load, measured end to end: two fake-engine workers behind
+ * one gateway, N real-time FunASR sessions, one fault injected into worker B
+ * mid-run, every session's finals checked exactly-once against a direct
+ * reference run (bench/chaos/lib/check.ts).
+ *
+ *   node --import tsx bench/chaos/worker-faults.ts --fault kill --streams 40
+ *
+ * Faults (worker B = every process of its tree):
+ *   none   baseline
+ *   kill   SIGKILL (a crash)
+ *   stop   SIGSTOP (a hang: the process is there, nothing answers); SIGCONT at the end
+ *   cut    B runs in a network namespace; its veth goes down (a partition both ways,
+ *          no RST); restored at the end. Needs root and `ip` (see lib/netns.ts).
+ *
+ * Bounded: the load stops after --max-seconds, every process and namespace it
+ * created is removed on exit. Loopback (and the namespace's veth) only.
+ * Reported: sessions affected (failed over, from the gateway's warn log), finals
+ * lost / duplicated, client errors, detection (fault -> failover, per session) and
+ * the client-visible delay of the first final after the fault.
+ */
+import { writeFileSync } from "node:fs";
+import { parseArgs } from "node:util";
+import { runLoad, DEFAULTS } from "../lib/run.js";
+import { traceMetrics } from "../lib/metrics.js";
+import { dist, fmt } from "../lib/stats.js";
+import { checkAll, referenceRun } from "./lib/check.js";
+import { signalTree, startGateway, startWorker, type Proc } from "./lib/cluster.js";
+import { createNetns, type Netns } from "./lib/netns.js";
+
+/** Files long enough (>= 40 s each, several segments) that a fault at ~12 s lands mid-session. */
+export const CHAOS_FILES = ["synth/three_utterances.wav*2", "zh/long.wav*5", "zh/binhai.wav*7", "zh/damo.wav*7", "zh/mid.wav*8"];
+
+const { values } = parseArgs({
+  options: {
+    fault: { type: "string", default: "kill" },
+    streams: { type: "string", default: "40" },
+    "fault-at-s": { type: "string", default: "12" },
+    "ramp-ms": { type: "string", default: "4000" },
+    "max-seconds": { type: "string", default: "120" },
+    fronts: { type: "string", default: "1" },
+    "gateway-env": { type: "string", multiple: true, default: [] },
+    json: { type: "string" },
+    help: { type: "boolean", default: false },
+  },
+});
+if (values.help) {
+  process.stdout.write("usage: worker-faults --fault none|kill|stop|cut [--streams N] [--fault-at-s S] [--gateway-env K=V ...] [--json OUT]\n");
+  process.exit(0);
+}
+const fault = values.fault;
+if (!["none", "kill", "stop", "cut"].includes(fault)) throw new Error(`unknown --fault ${fault}`);
+const streams = Number(values.streams);
+const faultAtMs = Number(values["fault-at-s"]) * 1000;
+const gatewayEnv = Object.fromEntries((values["gateway-env"] as string[]).map((kv) => kv.split("=", 2) as [string, string]));
+
+const cleanups: (() => Promise<void> | void)[] = [];
+const cleanup = async (): Promise<void> => {
+  for (const f of cleanups.reverse()) {
+    try {
+      await f();
+    } catch {
+      /* best effort */
+    }
+  }
+  cleanups.length = 0;
+};
+for (const sig of ["SIGINT", "SIGTERM"] as const) process.once(sig, () => void cleanup().then(() => process.exit(130)));
+// Whatever happens, the harness ends: a hard bound on the whole run.
+const hardStop = setTimeout(() => {
+  process.stderr.write("[chaos] hard time limit reached\n");
+  void cleanup().then(() => process.exit(3));
+}, (Number(values["max-seconds"]) + 120) * 1000);
+hardStop.unref();
+
+const log = (m: string): void => void process.stderr.write(`[chaos] ${m}\n`);
+
+try {
+  let ns: Netns | undefined;
+  if (fault === "cut") {
+    ns = createNetns(0);
+    cleanups.push(() => ns!.remove());
+  }
+  const fronts = Number(values.fronts);
+  const a = await startWorker({ label: "worker-a", fronts });
+  cleanups.push(() => a.stop());
+  const b: Proc = await startWorker({ label: "worker-b", fronts, ...(ns ? { netns: ns } : {}) });
+  cleanups.push(() => b.stop(3000));
+  if (fault === "stop") cleanups.push(() => void signalTree(b.pid, "SIGCONT"));
+  if (ns) cleanups.push(() => ns!.heal());
+  const ref = await referenceRun(a.address, CHAOS_FILES, 60);
+  const gw = await startGateway("gateway", [a.address, b.address], gatewayEnv);
+  cleanups.push(() => gw.stop());
+  log(`workers ${a.address} ${b.address}, gateway ${gw.url}, ${streams} streams, fault ${fault} at ${faultAtMs / 1000} s`);
+
+  let faultEpoch = 0;
+  let faultPerf = 0;
+  const timer = setTimeout(() => {
+    faultEpoch = Date.now();
+    faultPerf = performance.now();
+    if (fault === "kill") signalTree(b.pid, "SIGKILL");
+    else if (fault === "stop") signalTree(b.pid, "SIGSTOP");
+    else if (fault === "cut") ns!.cut();
+    log(`fault ${fault} injected`);
+  }, faultAtMs);
+  const result = await runLoad({
+    ...DEFAULTS,
+    target: gw.url,
+    streams,
+    files: CHAOS_FILES,
+    rampMs: Number(values["ramp-ms"]),
+    maxSeconds: Number(values["max-seconds"]),
+    reference: ref.segments,
+    pids: [{ label: "gateway", pid: gw.pid }],
+    quiet: true,
+    tag: `chaos-${fault}`,
+  });
+  clearTimeout(timer);
+
+  const { totals } = checkAll(result.traces, ref);
+  const failovers = gw.logs.filter((l) => l.msg === "failing over to another worker");
+  const affected = new Set(failovers.map((l) => String(l.wav_name ?? l.session)));
+  // Detection: fault -> the gateway starting the failover of each session.
+  const detectMs = faultEpoch ? failovers.map((l) => Number(l.time) - faultEpoch) : [];
+  // Client view: per affected session, the first final after the fault, minus the time the
+  // audio it closes was sent (final after speech end), against the same figure before the fault.
+  const after: number[] = [];
+  const before: number[] = [];
+  for (const t of result.traces) {
+    const m = traceMetrics(t, ref.segments);
+    for (const [k, v] of m.finalAfterSpeechEnd) {
+      const at = m.refAt.get(`f${k}`) ?? 0;
+      if (faultPerf && at >= faultPerf) {
+        if (affected.has(t.wavName)) after.push(v);
+      } else before.push(v);
+    }
+  }
+  const firstAfter = faultPerf
+    ? result.traces
+        .filter((t) => affected.has(t.wavName))
+        .map((t) => {
+          const e = t.events.find((x) => x.t >= faultPerf && (x.kind === "final" || x.kind === "partial"));
+          return e ? e.t - faultPerf : Number.NaN;
+        })
+        .filter((v) => !Number.isNaN(v))
+    : [];
+  const gwProc = result.procs.find((p) => p.label === "gateway");
+  const out = {
+    fault,
+    streams,
+    faultAtS: faultAtMs / 1000,
+    gatewayEnv,
+    totals,
+    sessionsAffected: affected.size,
+    failovers: failovers.length,
+    detectMs: dist(detectMs),
+    firstResultAfterFaultMs: dist(firstAfter),
+    finalAfterSpeechEndBeforeMs: dist(before),
+    finalAfterSpeechEndAfterFaultAffectedMs: dist(after),
+    gatewayRssPeakMiB: gwProc?.rssPeakMiB ?? null,
+    wallSeconds: result.summary.wallSeconds,
+  };
+  const d = (x: ReturnType<typeof dist>): string => `p50 ${fmt(x.p50)} / p95 ${fmt(x.p95)} / max ${fmt(x.max)} ms (n=${x.n})`;
+  console.log(`== fault ${fault}: ${streams} streams, fault at ${faultAtMs / 1000} s`);
+  console.log(`  sessions affected (failed over) ${affected.size}, failovers ${failovers.length}`);
+  console.log(`  finals expected ${totals.expectedFinals}, delivered ${totals.delivered} (${totals.identicalTexts} with the reference's exact text, ${totals.unplaced} without timestamps), lost ${totals.lost}, duplicates ${totals.duplicates}`);
+  console.log(`  sessions with client-visible errors ${totals.sessionsWithErrors}${totals.errors.length ? ": " + totals.errors.slice(0, 3).join(" | ") : ""}`);
+  console.log(`  fault -> failover started       ${d(out.detectMs)}`);
+  console.log(`  fault -> first result (affected) ${d(out.firstResultAfterFaultMs)}`);
+  console.log(`  final after speech end: before fault ${d(out.finalAfterSpeechEndBeforeMs)}`);
+  console.log(`                          affected, after fault ${d(out.finalAfterSpeechEndAfterFaultAffectedMs)}`);
+  if (values.json) writeFileSync(values.json, JSON.stringify(out, null, 2));
+  await cleanup();
+  process.exit(totals.lost + totals.duplicates + totals.sessionsWithErrors > 0 ? 1 : 0);
+} catch (e) {
+  log(`failed: ${(e as Error).stack ?? String(e)}`);
+  await cleanup();
+  process.exit(2);
+}
