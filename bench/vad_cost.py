@@ -20,13 +20,23 @@ network. Single-threaded (torch.set_num_threads(1), onnxruntime intra_op_num_thr
 because fronts are one process per core. CPU time is this process's (time.process_time),
 the median of `--repeats` runs.
 
+`--paced S,...` adds a cross-check closer to a front: S streams paced in real time on
+one asyncio loop, each awaiting the worker's `VadBatcher` per 60 ms chunk, batches scored
+on one VAD thread. It reports the batch sizes that form by themselves and the process's
+CPU per stream-second, which includes the asyncio pacing of the streams (an upper bound
+for the VAD).
+
     worker-py/.venv/bin/python bench/vad_cost.py                       # full table
     worker-py/.venv/bin/python bench/vad_cost.py --backends silero-onnx --batch-sizes 1,16 --stream-seconds 5
+    worker-py/.venv/bin/python bench/vad_cost.py --backends silero,silero-torch,silero-onnx \
+        --batch-sizes '' --paced 100,200                                 # through VadBatcher
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import concurrent.futures
 import math
 import statistics
 import sys
@@ -54,6 +64,8 @@ def parse() -> argparse.Namespace:
     p.add_argument("--files", default=",".join(ab.DEFAULT_FILES), help="shared recordings to stream")
     p.add_argument("--fsmn-dir", type=Path, default=None,
                    help="fsmn-vad directory (default: random weights with the released shapes)")
+    p.add_argument("--paced", default="", help="also run S real-time streams through VadBatcher")
+    p.add_argument("--paced-seconds", type=float, default=8.0, help="length of each paced run")
     p.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     return p.parse_args()
 
@@ -109,20 +121,65 @@ def measure(vad: Any, audio: np.ndarray, batch: int, stream_seconds: float) -> d
     }
 
 
+async def paced(vad: Any, audio: np.ndarray, streams: int, seconds: float) -> dict[str, float]:
+    """`streams` real-time streams through one VadBatcher, as a front runs them."""
+    from asr_worker.vad import VadBatcher
+
+    executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="vad")
+    batcher = VadBatcher(vad, executor)
+    batcher.start()
+    period = ab.FRAME_MS / 1000
+    t0 = time.perf_counter()
+
+    async def one(i: int) -> int:
+        s = vad.new_stream()
+        off = (i * 104_729) % (len(audio) - CHUNK * math.ceil(seconds / period + 2))
+        phase = period * i / streams  # spread the sends evenly over the 60 ms period
+        k = 0
+        while (k + 1) * period <= seconds:
+            delay = t0 + phase + k * period - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            await batcher.score(s, audio[off + k * CHUNK : off + (k + 1) * CHUNK])
+            k += 1
+        return k
+
+    cpu0 = time.process_time()
+    chunks = await asyncio.gather(*(one(i) for i in range(streams)))
+    cpu = time.process_time() - cpu0
+    await batcher.stop()
+    executor.shutdown()
+    sizes = list(batcher.batch_sizes)
+    return {
+        "us_cpu_per_stream_s": cpu * 1e6 / (sum(chunks) * period),
+        "mean_batch": statistics.mean(sizes) if sizes else 0.0,
+        "p50_batch": statistics.median(sizes) if sizes else 0.0,
+        "cores": cpu / seconds,
+    }
+
+
 def main() -> int:
     args = parse()
     import torch
 
     torch.set_num_threads(1)
     torch.set_num_interop_threads(1)
-    sizes = [int(b) for b in args.batch_sizes.split(",")]
+    sizes = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
+    paced_sizes = [int(b) for b in args.paced.split(",") if b.strip()]
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     pcm = b"".join(a.pcm for a in ab.load_audio(args.files.split(",")))
     audio = np.frombuffer(pcm, dtype=np.int16).astype(np.float32) / 32768.0
     results: dict[str, dict[int, dict[str, float]]] = {}
+    paced_results: dict[str, dict[int, dict[str, float]]] = {}
     for name in backends:
         vad = load_backend(name, args.fsmn_dir)
         results[name] = {}
+        paced_results[name] = {}
+        for n in paced_sizes:
+            cell = asyncio.run(paced(vad, audio, n, args.paced_seconds))
+            paced_results[name][n] = cell
+            print(f"{name:12s} paced {n:4d}  {cell['us_cpu_per_stream_s']:8.0f} µs CPU per stream-second, "
+                  f"mean batch {cell['mean_batch']:.1f}", file=sys.stderr, flush=True)
         for b in sizes:
             runs = [measure(vad, audio, b, args.stream_seconds) for _ in range(args.repeats)]
             cell = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
@@ -130,13 +187,23 @@ def main() -> int:
             results[name][b] = cell
             print(f"{name:12s} B={b:4d}  {cell['us_cpu_per_stream_s']:8.0f} µs CPU per stream-second "
                   f"(runs {cell['runs_us_cpu']})", file=sys.stderr, flush=True)
-    print("| backend | " + " | ".join(f"B={b}" for b in sizes) + " |")
-    print("|---|" + "---:|" * len(sizes))
-    for name in backends:
-        cells = [f"{results[name][b]['us_cpu_per_stream_s']:,.0f}" for b in sizes]
-        print(f"| {name} | " + " | ".join(cells) + " |")
+    if sizes:
+        print("| backend | " + " | ".join(f"B={b}" for b in sizes) + " |")
+        print("|---|" + "---:|" * len(sizes))
+        for name in backends:
+            cells = [f"{results[name][b]['us_cpu_per_stream_s']:,.0f}" for b in sizes]
+            print(f"| {name} | " + " | ".join(cells) + " |")
+    if paced_sizes:
+        heads = [f"{n} paced: µs/stream-s (mean batch)" for n in paced_sizes]
+        print("\n| backend | " + " | ".join(heads) + " |")
+        print("|---|" + "---:|" * len(paced_sizes))
+        for name in backends:
+            cells = [f"{c['us_cpu_per_stream_s']:,.0f} ({c['mean_batch']:.0f})"
+                     for c in (paced_results[name][n] for n in paced_sizes)]
+            print(f"| {name} | " + " | ".join(cells) + " |")
     if args.out:
-        ab.dump(args.out, {"machine": ab.machine(), "args": vars(args), "results": results})
+        ab.dump(args.out, {"machine": ab.machine(), "args": vars(args), "results": results,
+                           "paced": paced_results})
     return 0
 
 

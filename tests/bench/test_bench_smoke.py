@@ -4,7 +4,8 @@
   streams for 9 s through the real worker; it must finish, produce partials and finals and
   no errors (the latency targets are GPU targets and are not asserted here).
 - bench/worker_batching.py with the fake engine at 1 and 2 streams, batching on and off.
-- bench/vad_cost.py: every VAD backend at batch sizes 1 and 3, a fraction of a second each.
+- bench/vad_cost.py: every VAD backend at batch sizes 1 and 3 and 3 paced streams through the
+  VadBatcher, a fraction of a second each.
 """
 
 from __future__ import annotations
@@ -97,15 +98,18 @@ def test_vad_cost_smoke(tmp_path: Path) -> None:
     out = tmp_path / "vad.json"
     r = subprocess.run(
         [_python(), "bench/vad_cost.py", "--batch-sizes", "1,3", "--stream-seconds", "0.3",
-         "--repeats", "1", "--files", "zh/damo.wav", "--out", str(out)],
+         "--repeats", "1", "--files", "zh/damo.wav", "--paced", "3", "--paced-seconds", "0.5",
+         "--out", str(out)],
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=180,
     )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    results = json.loads(out.read_text())["results"]
+    data = json.loads(out.read_text())
+    results = data["results"]
     assert set(results) == {"silero", "silero-torch", "silero-onnx", "fsmn"}
+    assert all(p["3"]["mean_batch"] >= 1 for p in data["paced"].values())
     for cells in results.values():
         assert set(cells) == {"1", "3"}
         assert all(c["us_cpu_per_stream_s"] > 0 and c["windows"] > 0 for c in cells.values())
