@@ -212,38 +212,62 @@ describe("browser page in headless Chromium", { skip: SKIP_REASON }, () => {
   });
 });
 
-describe("browser page options reach the worker (scripted worker records the config)", { skip: CHROMIUM_SKIP }, () => {
-  test("hotwords, ITN off and the file's name arrive in the worker's offline config", async () => {
-    const w = await new ScriptedWorker().start();
-    const gw = await startGateway([w.address], {}, { ui: true });
-    const profile = mkdtempSync(path.join(tmpdir(), "asr-ui-chromium-"));
-    const dir = mkdtempSync(path.join(tmpdir(), "asr-ui-file-"));
-    const file = path.join(dir, "speech.wav");
+describe("browser page against a scripted worker: options reach the worker, server errors are shown", { skip: CHROMIUM_SKIP }, () => {
+  let w: ScriptedWorker;
+  let gw: TestGateway;
+  let profile: string;
+  let dir: string;
+  let file: string;
+  let browser: BrowserContext;
+  before(async () => {
+    w = await new ScriptedWorker().start();
+    gw = await startGateway([w.address], {}, { ui: true });
+    profile = mkdtempSync(path.join(tmpdir(), "asr-ui-chromium-"));
+    dir = mkdtempSync(path.join(tmpdir(), "asr-ui-file-"));
+    file = path.join(dir, "speech.wav");
     writeFileSync(file, wavFile(pcm([{ silence: 200 }, { speech: 800 }, { silence: 400 }]), 16000));
-    const browser = await chromium.launchPersistentContext(profile, { executablePath: CHROMIUM, headless: true, timeout: 60_000, args: CHROMIUM_ARGS });
+    browser = await chromium.launchPersistentContext(profile, { executablePath: CHROMIUM, headless: true, timeout: 60_000, args: CHROMIUM_ARGS });
+  });
+  after(async () => {
+    await browser?.close();
+    for (const d of [profile, dir]) if (d !== undefined) rmSync(d, { recursive: true, force: true });
+    await gw?.stop();
+    await w?.stop();
+  });
+
+  test("hotwords, ITN off and the file's name arrive in the worker's offline config", async () => {
+    const page = await browser.newPage();
+    await page.goto(`${gw.http}/ui/`);
+    await page.fill("#hotwords", "阿里巴巴 20\n达摩院 10");
+    await page.uncheck("#itn");
+    await page.setInputFiles("#file", file);
+    await page.click("#fileStart");
+    await page.waitForSelector('#status:not([data-state="busy"])', { timeout: 30_000 });
+    assert.equal(await page.getAttribute("#status", "data-state"), "done", `status: ${await page.textContent("#status")}`);
+    const texts = await page.locator("#finals li.final .text").allTextContents();
+    assert.equal(texts.length, 1, JSON.stringify(texts));
+    assert.match(texts[0]!, /^S0w+$/);
+    const cfg = w.calls.at(-1)!.configs[0] as { hotwords: Array<{ phrase: string; weight: number }>; itn: boolean; mode: number; wavName: string };
+    assert.deepEqual(cfg.hotwords.map((h) => [h.phrase, h.weight]), [["阿里巴巴", 20], ["达摩院", 10]]);
+    assert.equal(cfg.itn, false);
+    assert.equal(cfg.mode, 1, "offline");
+    assert.equal(cfg.wavName, "speech.wav");
+    await page.close();
+  });
+
+  test("a session the server ends with an error: the error and the close code are shown", async () => {
+    const small = await startGateway([w.address], { MAX_FILE_BYTES: "1024" }, { ui: true });
     try {
       const page = await browser.newPage();
-      await page.goto(`${gw.http}/ui/`);
-      await page.fill("#hotwords", "阿里巴巴 20\n达摩院 10");
-      await page.uncheck("#itn");
+      await page.goto(`${small.http}/ui/`);
       await page.setInputFiles("#file", file);
       await page.click("#fileStart");
-      await page.waitForSelector('#status:not([data-state="busy"])', { timeout: 30_000 });
-      assert.equal(await page.getAttribute("#status", "data-state"), "done", `status: ${await page.textContent("#status")}`);
-      const texts = await page.locator("#finals li.final .text").allTextContents();
-      assert.equal(texts.length, 1, JSON.stringify(texts));
-      assert.match(texts[0]!, /^S0w+$/);
-      const cfg = w.calls.at(-1)!.configs[0] as { hotwords: Array<{ phrase: string; weight: number }>; itn: boolean; mode: number; wavName: string };
-      assert.deepEqual(cfg.hotwords.map((h) => [h.phrase, h.weight]), [["阿里巴巴", 20], ["达摩院", 10]]);
-      assert.equal(cfg.itn, false);
-      assert.equal(cfg.mode, 1, "offline");
-      assert.equal(cfg.wavName, "speech.wav");
+      await page.waitForSelector('#status[data-state="error"]', { timeout: 30_000 });
+      const status = (await page.textContent("#status")) ?? "";
+      assert.match(status, /closed the connection \(code 1009: FILE_TOO_LARGE\)\. Last error: FILE_TOO_LARGE: offline file exceeds MAX_FILE_BYTES/);
+      await page.close();
     } finally {
-      await browser.close();
-      rmSync(profile, { recursive: true, force: true });
-      rmSync(dir, { recursive: true, force: true });
-      await gw.stop();
-      await w.stop();
+      await small.stop();
     }
   });
 });
