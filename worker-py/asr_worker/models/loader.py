@@ -14,9 +14,11 @@ turns it into a `FunAsrNanoEngine` through FunASR's own `AutoModel.build_model`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -146,7 +148,10 @@ def locate_files(model_dir: Path) -> ModelFiles:
             raise ModelLoadError(f"{conf_file} is not valid JSON: {exc}") from exc
         raw = conf.get("file_path_metas") if isinstance(conf, dict) else None
         if isinstance(raw, dict):
-            from funasr.download.download_model_from_hub import add_file_root_path
+            # Importing funasr prints notices (ffmpeg) on stdout, which `serve` keeps for its
+            # LISTENING line and `check` for its report; this may be the first import.
+            with contextlib.redirect_stdout(sys.stderr):
+                from funasr.download.download_model_from_hub import add_file_root_path
 
             metas = add_file_root_path(str(model_dir), raw, {})
     config = Path(metas.pop("config", None) or model_dir / "config.yaml")
