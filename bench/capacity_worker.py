@@ -14,12 +14,34 @@ about 4-6 text tokens per second. Everything else is the production worker.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "worker-py"))
 
 from asr_worker import cli
+
+#: Carries --tokens-per-second into the engine process (spawned children get the environment).
+ENV = "ASR_BENCH_FORCED_TOKENS_PER_SECOND"
+
+
+def load_engine(args):
+    """cli.load_engine with forced decode lengths; module-level so the engine process can
+    unpickle it by reference (the worker spawns its engine process)."""
+    if args.engine != "funasr-nano":
+        return original_load_engine(args)
+    from asr_worker.models.loader import load_engine as load_funasr_nano
+
+    return load_funasr_nano(
+        args.model_dir,
+        args.device,
+        dtype=args.dtype,
+        forced_tokens_per_second=float(os.environ[ENV]),
+    )
+
+
+original_load_engine = cli.load_engine
 
 
 def main() -> int:
@@ -28,20 +50,7 @@ def main() -> int:
     own, rest = p.parse_known_args()
     if rest and rest[0] == "--":
         rest = rest[1:]
-    original = cli.load_engine
-
-    def load_engine(args):  # same signature as cli.load_engine
-        if args.engine != "funasr-nano":
-            return original(args)
-        from asr_worker.engine import funasr_nano
-
-        return funasr_nano.load_engine(
-            args.model_dir,
-            args.device,
-            dtype=args.dtype,
-            forced_tokens_per_second=own.tokens_per_second,
-        )
-
+    os.environ[ENV] = str(own.tokens_per_second)
     cli.load_engine = load_engine
     return cli.main(rest)
 

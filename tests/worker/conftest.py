@@ -75,6 +75,12 @@ class RunningWorker:
     service: object
     scheduler: object
     engine: object
+    core: object
+
+    async def mark_ready(self) -> None:
+        """The engine is warm: admission opens and health turns SERVING."""
+        self.core.admission.set_ready()
+        await self.server.sync_health()
 
 
 @contextlib.asynccontextmanager
@@ -85,6 +91,8 @@ async def start_worker(silero, *, engine=None, ready: bool = True, max_streams: 
     import logging
 
     from asr_worker.engine.fake import FakeEngine
+    from asr_worker.engine_core import Admission, EngineCore
+    from asr_worker.engine_link import LocalEngineLink
     from asr_worker.scheduler import Scheduler
     from asr_worker.server import AsrService, ServiceConfig, WorkerServer
     from asr_worker.session import SessionOptions
@@ -93,8 +101,9 @@ async def start_worker(silero, *, engine=None, ready: bool = True, max_streams: 
     log = logging.getLogger("asr_worker.test")
     scheduler = Scheduler(engine, max_batch_size=max_batch_size, batch_window_ms=batch_window_ms,
                           max_queue=max_queue)
+    core = EngineCore(scheduler, Admission(max_streams), engine.name)
     service = AsrService(
-        scheduler=scheduler, vad=silero, engine_name=engine.name,
+        link=LocalEngineLink(core), vad=silero,
         config=ServiceConfig(max_streams=max_streams, worker_id="test-worker",
                              session=session or SessionOptions()),
         logger=log,
@@ -103,10 +112,11 @@ async def start_worker(silero, *, engine=None, ready: bool = True, max_streams: 
     port = await server.start("127.0.0.1:0")
     try:
         await scheduler.start()
+        running = RunningWorker(f"127.0.0.1:{port}", server, service, scheduler, engine, core)
         if ready:
             await scheduler.warmup()
-            await server.mark_ready()
-        yield RunningWorker(f"127.0.0.1:{port}", server, service, scheduler, engine)
+            await running.mark_ready()
+        yield running
     finally:
         await server.stop(0)
         await scheduler.stop()

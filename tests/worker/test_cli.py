@@ -170,6 +170,7 @@ def test_sigterm_with_an_open_stream_drains_then_ends_it_unavailable(shared_audi
             proc.wait()
 
 
+@pytest.mark.timeout(180)  # builds the tiny model and starts three processes
 def test_serve_tiny_model_stdout_is_only_the_listening_line(tiny_model_dir):
     proc = subprocess.Popen(
         [sys.executable, "-m", "asr_worker", "serve", "--listen", "127.0.0.1:0",

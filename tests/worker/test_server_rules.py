@@ -124,7 +124,7 @@ async def test_health_not_serving_until_warm_then_serving(silero):
         code, _details, _ = await _status_of(asr_pb2_grpc.AsrStub(ch), [_config()])
         assert code == grpc.StatusCode.UNAVAILABLE
         await w.scheduler.warmup()
-        await w.server.mark_ready()
+        await w.mark_ready()
         for name in ("", "asr.v1.Asr"):
             resp = await health.Check(health_pb2.HealthCheckRequest(service=name))
             assert resp.status == health_pb2.HealthCheckResponse.SERVING

@@ -29,7 +29,7 @@ from .errors import Draining, ModelLoadError, StartupError
 #: Engines `--engine` accepts. funasr-nano is the default; fake is for tests and benchmarks.
 ENGINES = ("funasr-nano", "fake")
 #: VAD backends `--vad` accepts.
-VADS = ("silero", "fsmn")
+VADS = ("silero", "silero-torch", "silero-onnx", "fsmn")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -55,13 +55,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-window-ms", type=float, default=10.0,
                    help="how long a batch waits for more requests after its first (default 10)")
     s.add_argument("--max-streams", type=int, default=64, help="streams admitted at once (default 64)")
+    s.add_argument("--front-processes", type=int, default=-1,
+                   help="processes serving gRPC streams, sessions and VAD beside the one engine "
+                        "process; default: usable CPUs - 1, at least 2, at most 16; "
+                        "0 = everything in one process (no IPC)")
     s.add_argument("--max-queue", type=int, default=0,
                    help="pending decode requests before OVERLOADED (default 4 x max-streams)")
     s.add_argument("--partial-interval-ms", type=int, default=600,
                    help="default partial cadence in ms of audio, clamped to 480..1200 (default 600)")
     s.add_argument("--partial-window-ms", type=int, default=12_000,
                    help="partials decode at most the last this-many ms of a segment (default 12000)")
-    s.add_argument("--vad", default="silero", help="silero (default, weights ship in the wheel) or fsmn")
+    s.add_argument("--vad", default="silero",
+                   help="silero (default: its ONNX and TorchScript files, both in the wheel, "
+                        "onnxruntime for small batches and torch for large), silero-onnx, "
+                        "silero-torch, or fsmn (FunASR fsmn-vad, --vad-model-dir)")
     s.add_argument("--vad-model-dir", type=Path, help="FunASR fsmn-vad model directory (--vad fsmn)")
     s.add_argument("--vad-threshold", type=float, default=None,
                    help="speech probability threshold (0.5 for silero, 0.8 for fsmn)")
@@ -98,13 +105,15 @@ def check_serve_args(args: argparse.Namespace) -> None:
     if args.engine not in ENGINES:
         raise StartupError(f"unknown engine {args.engine!r}; use {' or '.join(ENGINES)}")
     if args.vad not in VADS:
-        raise StartupError(f"unknown vad {args.vad!r}; use {' or '.join(VADS)}")
+        raise StartupError(f"unknown vad {args.vad!r}; use one of {', '.join(VADS)}")
     host, sep, port = args.listen.rpartition(":")
     if not sep or not host or not port.isdigit() or int(port) > 65535:
         raise StartupError(f"--listen must be HOST:PORT, got {args.listen!r}")
     for name in ("max_batch_size", "max_streams", "torch_threads"):
         if getattr(args, name) < 1:
             raise StartupError(f"--{name.replace('_', '-')} must be >= 1")
+    if args.front_processes > 64:
+        raise StartupError("--front-processes must be <= 64")
     if args.max_queue < 0 or args.batch_window_ms < 0 or args.drain_grace_s < 0:
         raise StartupError("--max-queue, --batch-window-ms and --drain-grace-s must be >= 0")
     if args.max_segment_s < 1:
@@ -168,27 +177,39 @@ def build_vad(args: argparse.Namespace):
 
     if args.vad == "fsmn":
         return FsmnVad(args.vad_model_dir)
-    return SileroVad()
+    return SileroVad({"silero-torch": "torch", "silero-onnx": "onnx"}.get(args.vad, "auto"))
 
 
-async def serve(args: argparse.Namespace) -> int:
-    """Run the worker until SIGTERM/SIGINT and a finished drain."""
-    import torch
+def default_front_processes(cpus: int | None = None) -> int:
+    """The `--front-processes` default: usable CPUs - 1 (one is the engine's), in [2, 16].
 
-    from .log import configure
-    from .scheduler import Scheduler
-    from .server import AsrService, ServiceConfig, WorkerServer
-    from .session import SessionOptions
-    from .vad import FSMN_DEFAULT_THRESHOLD, VadConfig
+    At least 2 so that the multi-front path is what ships everywhere; at most 16 because each
+    front holds its own VAD weights and Python heap, and 16 fronts already serve thousands of
+    streams. Usable CPUs honour taskset/cgroup affinity (os.sched_getaffinity).
+    """
+    if cpus is None:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(2, min(cpus - 1, 16))
 
-    # stdout carries exactly one line, LISTENING: anything libraries print
-    # (FunASR prints notices) goes to stderr, at the file-descriptor level too.
+
+def stdout_to_stderr():
+    """Route stdout (fd 1 too) to stderr; returns a file on the original stdout.
+
+    stdout carries exactly one line, LISTENING: anything libraries print (FunASR prints
+    notices) goes to stderr, at the file-descriptor level, in child processes too.
+    """
     listening_out = os.fdopen(os.dup(sys.stdout.fileno()), "w")
     sys.stdout.flush()
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     sys.stdout = sys.stderr
-    log = configure(args.log_level)
-    torch.set_num_threads(args.torch_threads)
+    return listening_out
+
+
+def session_options_from_args(args: argparse.Namespace):
+    """SessionOptions (with the VAD endpointing config) from `serve` flags; raises StartupError."""
+    from .session import SessionOptions
+    from .vad import FSMN_DEFAULT_THRESHOLD, VadConfig
+
     try:
         vad_config = VadConfig(
             threshold=args.vad_threshold if args.vad_threshold is not None
@@ -208,20 +229,47 @@ async def serve(args: argparse.Namespace) -> int:
         )
     except ValueError as exc:
         raise StartupError(str(exc)) from exc
-    vad = build_vad(args)
-    engine = load_engine(args)
-    configure(args.log_level)  # again: model code may have installed its own handlers
-    scheduler = Scheduler(
+    return session_options
+
+
+def build_scheduler(args: argparse.Namespace, engine, log):
+    """The one Scheduler around `engine`, sized by the `serve` flags."""
+    from .scheduler import Scheduler
+
+    return Scheduler(
         engine,
         max_batch_size=args.max_batch_size,
         batch_window_ms=args.batch_window_ms,
         max_queue=args.max_queue or 4 * args.max_streams,
         logger=log.getChild("scheduler"),
     )
+
+
+def worker_id(args: argparse.Namespace, port: int) -> str:
+    """The id in load reports: --worker-id, else HOSTNAME:PORT."""
+    return args.worker_id or f"{os.environ.get('HOSTNAME') or socket.gethostname()}:{port}"
+
+
+async def serve(args: argparse.Namespace, listening_out) -> int:
+    """`--front-processes 0`: the whole worker in this process, until SIGTERM/SIGINT and a drain."""
+    import torch
+
+    from .engine_core import Admission, EngineCore
+    from .engine_link import LocalEngineLink
+    from .log import configure
+    from .server import AsrService, ServiceConfig, WorkerServer
+
+    log = configure(args.log_level)
+    torch.set_num_threads(args.torch_threads)
+    session_options = session_options_from_args(args)
+    vad = build_vad(args)
+    engine = load_engine(args)
+    configure(args.log_level)  # again: model code may have installed its own handlers
+    scheduler = build_scheduler(args, engine, log)
+    core = EngineCore(scheduler, Admission(args.max_streams), engine.name)
     service = AsrService(
-        scheduler=scheduler,
+        link=LocalEngineLink(core),
         vad=vad,
-        engine_name=engine.name,
         config=ServiceConfig(max_streams=args.max_streams, session=session_options),
         logger=log.getChild("server"),
     )
@@ -232,9 +280,7 @@ async def serve(args: argparse.Namespace) -> int:
         raise StartupError(f"cannot listen on {args.listen}: {exc}") from exc
     host = args.listen.rpartition(":")[0]
     service.config = ServiceConfig(
-        max_streams=args.max_streams,
-        worker_id=args.worker_id or f"{os.environ.get('HOSTNAME') or socket.gethostname()}:{port}",
-        session=session_options,
+        max_streams=args.max_streams, worker_id=worker_id(args, port), session=session_options
     )
     listening_out.write(f"LISTENING {host}:{port}\n")
     listening_out.flush()
@@ -253,7 +299,8 @@ async def serve(args: argparse.Namespace) -> int:
             await server.stop()
             await scheduler.stop()
             raise ModelLoadError(f"engine warmup failed: {warm.exception()}")
-        await server.mark_ready()
+        core.admission.set_ready()
+        await server.sync_health()
         log.info(
             "serving",
             extra={"port": port, "engine": engine.name, "max_batch_size": args.max_batch_size,
@@ -280,8 +327,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "serve":
+            # Before anything is imported that may print (FunASR prints notices).
+            listening_out = stdout_to_stderr()
             check_serve_args(args)
-            return asyncio.run(serve(args))
+            if args.front_processes == 0:
+                return asyncio.run(serve(args, listening_out))
+            from .supervisor import run_worker
+
+            return run_worker(args, load_engine, listening_out)
         from .models import check, download, tiny
 
         if args.command == "download":

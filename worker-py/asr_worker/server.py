@@ -1,9 +1,11 @@
 """The grpc.aio server: asr.v1.Asr, grpc.health.v1, admission and drain.
 
-`AsrService` implements the contract (proto/asr/v1/asr.proto): one Session per
-StreamingRecognize call, load reports for WatchLoad. `WorkerServer` binds the
-port, serves health ("" and "asr.v1.Asr": NOT_SERVING until `mark_ready()`,
-NOT_SERVING again while draining) and drains:
+`AsrService` implements the contract (proto/asr/v1/asr.proto) in one front: one
+Session per StreamingRecognize call, worker-wide load reports for WatchLoad.
+`WorkerServer` binds the port (shared with the other fronts through
+SO_REUSEPORT when the worker runs several), serves health ("" and "asr.v1.Asr":
+NOT_SERVING until the engine side reports it is warm, NOT_SERVING again while
+draining) and drains:
 
 1. `drain()` sets accepting=false and NOT_SERVING, tells WatchLoad watchers,
    and refuses new calls with UNAVAILABLE;
@@ -26,9 +28,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from asr.v1 import asr_pb2, asr_pb2_grpc
 
+from .engine_link import EngineLink
 from .errors import AsrError, Draining, InternalError, InvalidConfig
 from .log import SessionLogger
-from .scheduler import Scheduler
 from .session import Session, SessionOptions, validate_config
 from .vad import VadBatcher, VadModel
 
@@ -48,15 +50,56 @@ class ServiceConfig:
     worker_id: str = ""
     #: Per-session settings.
     session: SessionOptions = field(default_factory=SessionOptions)
+    #: This front's number within its worker (LoadReport.front_id).
+    front_id: int = 0
+
+
+class _Calls:
+    """The open calls of this front: ids, kill switches, and "none open" for drain."""
+
+    def __init__(self) -> None:
+        self._ids = itertools.count(1)
+        self._kills: dict[int, Callable[[AsrError], None]] = {}
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def __len__(self) -> int:
+        return len(self._kills)
+
+    def open(self, kill: Callable[[AsrError], None]) -> int:
+        call_id = next(self._ids)
+        self._kills[call_id] = kill
+        self._idle.clear()
+        return call_id
+
+    def close(self, call_id: int) -> None:
+        del self._kills[call_id]
+        if not self._kills:
+            self._idle.set()
+
+    def kill_all(self, err: AsrError) -> int:
+        kills = list(self._kills.values())
+        for kill in kills:
+            kill(err)
+        return len(kills)
+
+    async def wait_idle(self, within_s: float) -> bool:
+        try:
+            await asyncio.wait_for(self._idle.wait(), within_s)
+            return True
+        except TimeoutError:
+            return not self._kills
 
 
 class AsrService(asr_pb2_grpc.AsrServicer):
-    """The asr.v1.Asr servicer.
+    """The asr.v1.Asr servicer of one front.
+
+    Admission belongs to the engine side (`EngineLink.admit`: worker-wide, so the limit holds
+    across fronts); this class only keeps its own open calls so it can drain and end them.
 
     Args:
-        scheduler: the one Scheduler (owns the engine).
-        vad: shared silero weights.
-        engine_name: reported in LoadReport.engine.
+        link: the engine side (worker-wide admission, load, decode ports).
+        vad: the VAD weights of this front.
         config: limits and session settings.
         logger: the worker's logger.
     """
@@ -64,80 +107,63 @@ class AsrService(asr_pb2_grpc.AsrServicer):
     def __init__(
         self,
         *,
-        scheduler: Scheduler,
+        link: EngineLink,
         vad: VadModel,
-        engine_name: str,
         config: ServiceConfig,
         logger: logging.Logger,
     ) -> None:
-        self._sched = scheduler
+        self.link = link
         self._vad = vad
-        self._engine_name = engine_name
         self.config = config
         self._log = logger
-        self.ready = False
         self.draining = False
-        self.active_streams = 0
-        self._ids = itertools.count(1)
-        self._kills: dict[int, Callable[[AsrError], None]] = {}
+        self._calls = _Calls()
         self._changed = asyncio.Event()
-        self._idle = asyncio.Event()
-        self._idle.set()
-        if scheduler.concurrency is None:
-            scheduler.concurrency = lambda: self.active_streams
+        link.on_change(self._notify)
         self._vad_exec = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="asr-vad"
         )
         #: Scores all streams' VAD windows together on the VAD thread.
         self.vad_batcher = VadBatcher(vad, self._vad_exec)
 
-    # -- admission and load ------------------------------------------------
+    # -- load --------------------------------------------------------------
+
+    @property
+    def active_streams(self) -> int:
+        """Calls open on this front."""
+        return len(self._calls)
 
     @property
     def accepting(self) -> bool:
-        """Whether a new stream would be admitted."""
-        return self.ready and not self.draining and self.active_streams < self.config.max_streams
+        """Whether a new stream would be admitted (worker-wide)."""
+        return not self.draining and bool(self.link.load()["accepting"])
 
     def _notify(self) -> None:
         self._changed.set()
         self._changed = asyncio.Event()
 
-    def set_ready(self, ready: bool) -> None:
-        """Admission opens once the engine is warm."""
-        self.ready = ready
-        self._notify()
-
     def start_draining(self) -> None:
-        """Refuse new streams from now on."""
+        """Refuse new streams from now on (the whole worker drains)."""
         self.draining = True
+        self.link.start_draining()
         self._notify()
 
     def load_report(self) -> asr_pb2.LoadReport:
-        """A snapshot of this worker's load."""
-        return asr_pb2.LoadReport(
-            worker_id=self.config.worker_id,
-            active_streams=self.active_streams,
-            max_streams=self.config.max_streams,
-            queued_audio_seconds=self._sched.queued_audio_seconds,
-            accepting=self.accepting,
-            engine=self._engine_name,
-            recent_rtf=self._sched.recent_rtf,
+        """A snapshot of the whole worker's load (the engine side aggregates every front)."""
+        report = asr_pb2.LoadReport(
+            worker_id=self.config.worker_id, front_id=self.config.front_id, **self.link.load()
         )
+        if self.draining:
+            report.accepting = False
+        return report
 
     async def wait_idle(self, within_s: float) -> bool:
-        """Wait until no stream is open; False if streams remain after `within_s`."""
-        try:
-            await asyncio.wait_for(self._idle.wait(), within_s)
-            return True
-        except TimeoutError:
-            return self.active_streams == 0
+        """Wait until no call is open here; False if some remain after `within_s`."""
+        return await self._calls.wait_idle(within_s)
 
     def kill_all(self, err: AsrError) -> int:
-        """End every open stream with `err`; returns how many."""
-        kills = list(self._kills.values())
-        for kill in kills:
-            kill(err)
-        return len(kills)
+        """End every open call with `err`; returns how many."""
+        return self._calls.kill_all(err)
 
     def start(self) -> None:
         """Start background work (the VAD batcher) on the running loop."""
@@ -169,19 +195,12 @@ class AsrService(asr_pb2_grpc.AsrServicer):
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[asr_pb2.StreamingRecognizeResponse]:
         """One recognition session; see the proto for the rules."""
-        if self.draining:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, Draining().message)
-        if not self.ready:
-            await context.abort(
-                grpc.StatusCode.UNAVAILABLE, "worker is loading the model; retry shortly"
-            )
-        if self.active_streams >= self.config.max_streams:
-            await context.abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"worker at capacity: {self.active_streams} of {self.config.max_streams} "
-                "streams open; retry on another worker",
-            )
-        call_id = next(self._ids)
+        try:
+            if self.draining:
+                raise Draining()
+            await self.link.admit()
+        except AsrError as err:
+            await context.abort(err.status, err.message)
         killed: asyncio.Future = asyncio.get_running_loop().create_future()
         session: Session | None = None
 
@@ -191,11 +210,7 @@ class AsrService(asr_pb2_grpc.AsrServicer):
             if session is not None:
                 session.fail(err)
 
-        self._kills[call_id] = kill
-        self.active_streams += 1
-        self._idle.clear()
-        if self.active_streams >= self.config.max_streams:
-            self._notify()
+        call_id = self._calls.open(kill)
         log: logging.Logger | logging.LoggerAdapter = SessionLogger(
             self._log, {"call_id": call_id}
         )
@@ -223,7 +238,7 @@ class AsrService(asr_pb2_grpc.AsrServicer):
             session = Session(
                 key=call_id,
                 settings=settings,
-                scheduler=self._sched,
+                port=self.link.open_stream(call_id),
                 vad=self._vad,
                 options=self.config.session,
                 logger=log,
@@ -256,13 +271,8 @@ class AsrService(asr_pb2_grpc.AsrServicer):
                 reader.cancel()
             if session is not None:
                 session.close()
-            del self._kills[call_id]
-            was_full = self.active_streams >= self.config.max_streams
-            self.active_streams -= 1
-            if self.active_streams == 0:
-                self._idle.set()
-            if was_full:
-                self._notify()
+            self._calls.close(call_id)
+            self.link.release()
 
     async def _read(
         self,
@@ -291,16 +301,22 @@ class WorkerServer:
         logger: the worker's logger.
     """
 
-    def __init__(self, service: AsrService, logger: logging.Logger) -> None:
+    def __init__(
+        self, service: AsrService, logger: logging.Logger, *, reuse_port: bool = False
+    ) -> None:
         self.service = service
         self._log = logger
         self.health = health.aio.HealthServicer()
+        self._serving: bool | None = None
+        self._health_task: asyncio.Task | None = None
         self._server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                # A second worker on a taken port must fail, not silently share it.
-                ("grpc.so_reuseport", 0),
+                # The fronts of one worker share its port; a single-front worker must fail
+                # on a taken port instead of silently sharing it (the CLI also checks
+                # the port before starting any front).
+                ("grpc.so_reuseport", 1 if reuse_port else 0),
                 # Detect a vanished gateway (half-open TCP) so its sessions are freed...
                 ("grpc.keepalive_time_ms", 30_000),
                 ("grpc.keepalive_timeout_ms", 10_000),
@@ -315,26 +331,38 @@ class WorkerServer:
 
     async def start(self, listen: str) -> int:
         """Bind `listen` (HOST:PORT, port 0 = any) and start; returns the bound port."""
-        for name in HEALTH_SERVICES:
-            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.sync_health()
         self.port = self._server.add_insecure_port(listen)
         if self.port == 0:
             raise OSError(f"cannot bind {listen}")
         await self._server.start()
         self.service.start()
+        self.service.link.on_change(self._health_changed)
+        await self.sync_health()
         return self.port
 
-    async def mark_ready(self) -> None:
-        """The engine is warm: SERVING, admission open."""
-        self.service.set_ready(True)
+    def _health_changed(self) -> None:
+        if self._health_task is None or self._health_task.done():
+            self._health_task = asyncio.get_running_loop().create_task(self.sync_health())
+
+    async def sync_health(self) -> None:
+        """Health follows the engine: SERVING once it is warm, until this worker drains."""
+        serving = self.service.link.ready and not self.service.draining
+        if serving is self._serving:
+            return
+        self._serving = serving
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
         for name in HEALTH_SERVICES:
-            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+            await self.health.set(name, status)
 
     async def drain(self, grace_s: float) -> None:
         """Stop admitting, let streams finish up to `grace_s`, end the rest, stop."""
         self.service.start_draining()
-        for name in HEALTH_SERVICES:
-            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.sync_health()
         open_streams = self.service.active_streams
         self._log.info("draining", extra={"open_streams": open_streams, "grace_s": grace_s})
         if not await self.service.wait_idle(grace_s):

@@ -2,8 +2,18 @@
 
 A Session owns everything per stream: the validated config, PCM conversion and
 resampling, the VAD stream and endpointer, the segment buffer, the partial
-schedule and the stable-delta state. It submits decode work to the shared
-Scheduler and never touches the engine.
+schedule and the stable-delta state. It talks to the engine side only through
+its `StreamPort`: the audio of each open segment is appended as it arrives (the
+engine keeps it), and decodes name a (segment, range), never carry samples.
+
+At most one partial per stream (this module is the only place that rule lives):
+a partial is submitted only when no partial of the stream is in flight; one
+that falls due meanwhile is submitted, on the newest audio, when the in-flight
+one resolves. A partial not yet emitted is dropped when its segment closes (the
+final follows and supersedes it) or when a newer partial is submitted (a slow
+client gets the newest hypothesis, not a backlog). The engine's queue needs no
+replace rule. Partials carry the segment's emitted (agreed) text as
+`DecodeRequest.prefix`, so the decoder generates only the unstable tail.
 
 Ordering. Everything the session produces goes through one ordered list of
 output slots: ready responses (speech events, the end-of-input ack) and decode
@@ -12,7 +22,7 @@ slots strictly in order, so for every segment the client sees its partials,
 then SPEECH_END, then exactly one final (or an in-band INFERENCE_FAILED error),
 and an EndOfInputAck only after every final before it. A partial whose segment
 closed before the partial's result was emitted is dropped, as is a partial
-superseded by a newer one of the same segment.
+superseded by a newer one of the same stream.
 
 Stable deltas (LocalAgreement-2). Partials re-decode the open segment (its last
 `partial_window_ms` at most) every `partial_interval_ms` of audio. The delta of a
@@ -38,9 +48,9 @@ import numpy as np
 from asr.v1 import asr_pb2
 
 from .audio import SUPPORTED_RATES, AudioBuffer, Upsampler2x, pcm16le_to_float
-from .engine.base import MODEL_SAMPLE_RATE, DecodeOptions, DecodeRequest, DecodeResult
-from .errors import AsrError, InferenceFailed, InvalidAudio, InvalidConfig
-from .scheduler import SUPERSEDED, Scheduler, Ticket, TicketState
+from .engine.base import MODEL_SAMPLE_RATE, DecodeOptions, DecodeResult
+from .engine_link import StreamPort
+from .errors import AsrError, InferenceFailed, InvalidAudio, InvalidConfig, Overloaded
 from .vad import WINDOW_SAMPLES, Endpointer, EventKind, VadConfig, VadEvent, VadModel, VadStream
 
 #: Most hotword phrases per session, and characters per phrase (see asr.proto).
@@ -152,8 +162,7 @@ class _Segment:
     id: int
     start: int  # 16 kHz samples since stream start
     last_partial_pos: int = 0
-    partial_ticket: Ticket | None = None
-    partial_due: bool = False
+    sent: int = 0  # audio before this position is already with the engine
     closed: bool = False
     # Stable-delta state.
     emitted: str = ""
@@ -165,7 +174,9 @@ class _Slot:
     """One output position: a ready response or a pending decode."""
 
     response: asr_pb2.StreamingRecognizeResponse | None = None
-    ticket: Ticket | None = None
+    #: The decode outcome. A partial's is the session's own future (cancelled = dropped).
+    future: asyncio.Future | None = None
+    partial: bool = False
     segment: _Segment | None = None
     audio_end_ms: int = 0
     windowed: bool = False
@@ -173,16 +184,15 @@ class _Slot:
     start_ms: int = 0
     end_ms: int = 0
     reason: int = 0
-    stale: bool = False
 
 
 class Session:
     """Per-stream state of one StreamingRecognize call.
 
     Args:
-        key: unique key of this stream in the scheduler (not the client's id).
+        key: unique key of this stream within its front (not the client's id).
         settings: the validated first config.
-        scheduler: the shared Scheduler.
+        port: this stream's decode port (EngineLink.open_stream).
         vad: the shared VAD weights, SileroVad or FsmnVad (a per-stream state is created here).
         options: worker-wide session settings.
         logger: logger or adapter carrying this session's id.
@@ -195,7 +205,7 @@ class Session:
         *,
         key: Hashable,
         settings: SessionSettings,
-        scheduler: Scheduler,
+        port: StreamPort,
         vad: VadModel,
         options: SessionOptions,
         logger: logging.Logger | logging.LoggerAdapter,
@@ -203,7 +213,7 @@ class Session:
     ) -> None:
         self.key = key
         self.settings = settings
-        self._sched = scheduler
+        self._port = port
         self._opts = options
         self._log = logger
         self._vad_score = vad_score
@@ -229,7 +239,11 @@ class Session:
         self._slot_ready = asyncio.Event()
         self._failure: asyncio.Future = asyncio.get_running_loop().create_future()
         self._ended = False
-        self._last_partial_slot: _Slot | None = None
+        # The one partial in flight (submitted, engine not done) and whether another is due.
+        self._partial_inflight = False
+        self._partial_due = False
+        # The newest partial slot not yet emitted; dropped by a newer one or its segment's close.
+        self._unemitted_partial: _Slot | None = None
         self.partials_refused = 0
 
     # -- input -------------------------------------------------------------
@@ -290,6 +304,11 @@ class Session:
                 self._resampler = Upsampler2x()
             x = self._resampler.process(x)
         self._buf.append(x)
+        seg = self._segment
+        if seg is not None:
+            # The engine keeps each open segment's audio: send the new samples once.
+            self._port.append(seg.id, seg.sent, x)
+            seg.sent = self._buf.end
         if self._vad_score is not None:
             probs = await self._vad_score(self._vad_stream, x)
         else:
@@ -356,6 +375,9 @@ class Session:
             seg = _Segment(id=self._next_segment, start=ev.sample, last_partial_pos=ev.sample)
             self._next_segment += 1
             self._segment = seg
+            # Everything from the (padded) start up to now; later chunks follow in feed_audio.
+            seg.sent = self._buf.end
+            self._port.append(seg.id, seg.start, self._buf.slice(seg.start, seg.sent))
             self._round_segments += 1
             self._emit_event(asr_pb2.SPEECH_EVENT_TYPE_START, seg.id, ev.sample)
         else:
@@ -367,8 +389,8 @@ class Session:
             return
         self._segment = None
         seg.closed = True
-        if seg.partial_ticket is not None:
-            self._sched.discard(seg.partial_ticket)
+        self._partial_due = False
+        self._drop_unemitted_partial()
         self._emit_event(asr_pb2.SPEECH_EVENT_TYPE_END, seg.id, end)
         await self._submit_final(seg, seg.start, end, reason)
 
@@ -378,7 +400,6 @@ class Session:
         while self._finals_outstanding >= self._opts.max_outstanding_finals:
             self._final_done.clear()
             await self._final_done.wait()
-        audio = np.zeros(0, dtype=np.float32) if empty else self._buf.slice(start, end)
         self._finalized += 1
         slot = _Slot(
             segment=seg,
@@ -386,22 +407,24 @@ class Session:
             end_ms=self._ms(end),
             reason=_REASONS[reason],
         )
-        if len(audio) == 0:
+        if empty or end <= max(start, seg.start):
             # Nothing to decode: the final is empty text.
             slot.response = self._final_response(slot, DecodeResult(text=""))
             self._push(slot)
-            return
-        req = DecodeRequest(audio=audio, options=self.settings.options, kind="final")
-        ticket = self._sched.submit(req, stream_key=self.key)  # Overloaded ends the call
-        slot.ticket = ticket
+            return  # (its few stored samples go with the stream's close)
+        fut = self._port.submit(seg.id, start, end, self._fields("final"), last=True)
+        slot.future = fut
         self._finals_outstanding += 1
-
-        def done(_f: asyncio.Future) -> None:
-            self._finals_outstanding -= 1
-            self._final_done.set()
-
-        ticket.future.add_done_callback(done)
+        fut.add_done_callback(self._on_final_done)
         self._push(slot)
+
+    def _on_final_done(self, _f: asyncio.Future) -> None:
+        self._finals_outstanding -= 1
+        self._final_done.set()
+
+    def _fields(self, kind: str, prefix: str = "") -> dict:
+        # DecodeRequest fields but audio (the engine cuts that from its segment store).
+        return {"options": self.settings.options, "kind": kind, "prefix": prefix}
 
     def _maybe_partial(self, pos: int) -> None:
         seg = self._segment
@@ -410,39 +433,59 @@ class Session:
         if pos - seg.last_partial_pos < self.settings.partial_interval_ms * MODEL_SAMPLE_RATE // 1000:
             return
         seg.last_partial_pos = pos
+        if self._partial_inflight:
+            self._partial_due = True  # submitted when the one in flight resolves
+            return
         self._submit_partial(seg, pos)
 
     def _submit_partial(self, seg: _Segment, pos: int) -> None:
-        prev = seg.partial_ticket
-        if prev is not None and prev.state is TicketState.RUNNING:
-            # Only one partial decode per stream at a time: retry when it is done.
-            seg.partial_due = True
-            return
         start = max(seg.start, pos - self._window)
-        audio = self._buf.slice(start, pos)
-        if len(audio) == 0:
+        if pos <= start:
             return
-        req = DecodeRequest(audio=audio, options=self.settings.options, kind="partial")
-        try:
-            ticket = self._sched.submit(req, stream_key=self.key)
-        except AsrError:
-            self.partials_refused += 1  # overloaded: skip this partial, the final follows
-            return
-        seg.partial_ticket = ticket
-        seg.partial_due = False
-        ticket.future.add_done_callback(lambda _f: self._on_partial_done(seg))
-        last = self._last_partial_slot
-        if last is not None:
-            last.stale = True  # the newer partial makes an unemitted older one pointless
-        slot = _Slot(
-            ticket=ticket, segment=seg, audio_end_ms=self._ms(pos), windowed=start > seg.start
+        windowed = start > seg.start
+        # The agreed text is forced only when the decode covers the segment from its start.
+        prefix = "" if windowed else seg.emitted
+        engine_fut = self._port.submit(
+            seg.id, start, pos, self._fields("partial", prefix), last=False
         )
-        self._last_partial_slot = slot
+        self._partial_inflight = True
+        self._partial_due = False
+        self._drop_unemitted_partial()
+        slot = _Slot(
+            future=asyncio.get_running_loop().create_future(),
+            partial=True,
+            segment=seg,
+            audio_end_ms=self._ms(pos),
+            windowed=windowed,
+        )
+        self._unemitted_partial = slot
+        engine_fut.add_done_callback(lambda f: self._on_partial_done(slot, f))
         self._push(slot)
 
-    def _on_partial_done(self, seg: _Segment) -> None:
-        if seg.partial_due and not seg.closed and self._segment is seg and not self._ended:
+    def _on_partial_done(self, slot: _Slot, engine_fut: asyncio.Future) -> None:
+        self._partial_inflight = False
+        assert slot.future is not None
+        if not slot.future.done():
+            if engine_fut.cancelled():
+                slot.future.cancel()
+            elif engine_fut.exception() is not None:
+                if isinstance(engine_fut.exception(), Overloaded):
+                    self.partials_refused += 1  # the final follows anyway
+                slot.future.cancel()
+            elif isinstance(engine_fut.result(), DecodeResult):
+                slot.future.set_result(engine_fut.result())
+            else:
+                slot.future.cancel()  # not a hypothesis (e.g. a queue that dropped it)
+        seg = self._segment
+        if self._partial_due and seg is not None and not self._ended:
             self._submit_partial(seg, self._ep.window_end)
+
+    def _drop_unemitted_partial(self) -> None:
+        slot = self._unemitted_partial
+        if slot is not None:
+            self._unemitted_partial = None
+            assert slot.future is not None
+            slot.future.cancel()
 
     def _trim(self) -> None:
         if self._segment is not None:
@@ -484,7 +527,7 @@ class Session:
     def close(self) -> None:
         """Free the session: drop its queued inference work."""
         self._ended = True
-        self._sched.cancel_stream(self.key)
+        self._port.close()
 
     async def responses(self) -> AsyncIterator[asr_pb2.StreamingRecognizeResponse]:
         """The ordered responses; raises the error given to `fail()`."""
@@ -506,23 +549,23 @@ class Session:
                 yield resp
 
     async def _render(self, slot: _Slot) -> asr_pb2.StreamingRecognizeResponse | None:
-        assert slot.ticket is not None and slot.segment is not None
-        is_partial = slot.ticket.kind == "partial"
-        if is_partial and (slot.stale or slot.segment.closed):
-            self._sched.discard(slot.ticket)
-            return None
-        fut = slot.ticket.future
+        assert slot.future is not None and slot.segment is not None
+        fut = slot.future
         if not fut.done():
             await asyncio.wait({fut, self._failure}, return_when=asyncio.FIRST_COMPLETED)
         if self._failure.done():
             raise self._failure.result()
+        if slot.partial:
+            if self._unemitted_partial is slot:
+                self._unemitted_partial = None
+            if fut.cancelled():
+                return None  # dropped (superseded, segment closed) or refused
+            return self._partial_response(slot, fut.result())
         if fut.cancelled():
             return None
         exc = fut.exception()
-        if is_partial:
-            if exc is not None or fut.result() is SUPERSEDED or slot.segment.closed:
-                return None
-            return self._partial_response(slot, fut.result())
+        if isinstance(exc, Overloaded):
+            raise exc  # a final the engine could not queue ends the call (retryable)
         if exc is not None:
             if not isinstance(exc, AsrError):
                 exc = InferenceFailed(f"inference failed: {type(exc).__name__}")

@@ -598,6 +598,19 @@ export interface LoadReport {
    * 0 when idle.
    */
   recentRtf: number;
+  /**
+   * Which front process of the worker sent this report (0-based). A worker
+   * serves one address from several front processes; each HTTP/2 connection
+   * is served by one of them, so a client holding several connections to the
+   * worker tells them apart by this id. Always 0 for a single-process worker.
+   */
+  frontId: number;
+  /**
+   * Open streams per front process, indexed by front_id; empty for a
+   * single-process worker. A client places a new stream on a connection whose
+   * front has the fewest, so streams spread over the fronts.
+   */
+  frontStreams: number[];
 }
 
 function createBaseStreamingRecognizeRequest(): StreamingRecognizeRequest {
@@ -2282,6 +2295,8 @@ function createBaseLoadReport(): LoadReport {
     accepting: false,
     engine: "",
     recentRtf: 0,
+    frontId: 0,
+    frontStreams: [],
   };
 }
 
@@ -2307,6 +2322,16 @@ export const LoadReport: MessageFns<LoadReport> = {
     }
     if (message.recentRtf !== 0) {
       writer.uint32(57).double(message.recentRtf);
+    }
+    if (message.frontId !== 0) {
+      writer.uint32(64).uint32(message.frontId);
+    }
+    if (message.frontStreams.length !== 0) {
+      writer.uint32(74).fork();
+      for (const v of message.frontStreams) {
+        writer.uint32(v);
+      }
+      writer.join();
     }
     return writer;
   },
@@ -2380,6 +2405,32 @@ export const LoadReport: MessageFns<LoadReport> = {
             message.recentRtf = reader.double();
             continue;
           }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.frontId = reader.uint32();
+            continue;
+          }
+          case 9: {
+            if (tag === 72) {
+              message.frontStreams.push(reader.uint32());
+
+              continue;
+            }
+
+            if (tag === 74) {
+              const end2 = reader.uint32() + reader.pos;
+              while (reader.pos < end2) {
+                message.frontStreams.push(reader.uint32());
+              }
+
+              continue;
+            }
+
+            break;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2421,6 +2472,16 @@ export const LoadReport: MessageFns<LoadReport> = {
         : isSet(object.recent_rtf)
         ? globalThis.Number(object.recent_rtf)
         : 0,
+      frontId: isSet(object.frontId)
+        ? globalThis.Number(object.frontId)
+        : isSet(object.front_id)
+        ? globalThis.Number(object.front_id)
+        : 0,
+      frontStreams: globalThis.Array.isArray(object?.frontStreams)
+        ? object.frontStreams.map((e: any) => globalThis.Number(e))
+        : globalThis.Array.isArray(object?.front_streams)
+        ? object.front_streams.map((e: any) => globalThis.Number(e))
+        : [],
     };
   },
 
@@ -2447,6 +2508,12 @@ export const LoadReport: MessageFns<LoadReport> = {
     if (message.recentRtf !== 0) {
       obj.recentRtf = floatToJson(message.recentRtf);
     }
+    if (message.frontId !== 0) {
+      obj.frontId = Math.round(message.frontId);
+    }
+    if (message.frontStreams?.length) {
+      obj.frontStreams = message.frontStreams.map((e) => Math.round(e));
+    }
     return obj;
   },
 
@@ -2462,6 +2529,8 @@ export const LoadReport: MessageFns<LoadReport> = {
     message.accepting = object.accepting ?? false;
     message.engine = object.engine ?? "";
     message.recentRtf = object.recentRtf ?? 0;
+    message.frontId = object.frontId ?? 0;
+    message.frontStreams = object.frontStreams?.map((e) => e) || [];
     return message;
   },
 };

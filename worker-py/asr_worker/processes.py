@@ -1,0 +1,158 @@
+"""Entry points (and composition roots) of the worker's child processes.
+
+- `engine_main`: the ONE engine process. Loads the engine, owns the Scheduler, the worker-wide
+  Admission and the segment audio store (EngineCore), and serves them to the fronts over ZeroMQ
+  (EngineService). It ignores SIGINT (a terminal's Ctrl-C reaches the whole process group, and
+  the engine must outlive the fronts' drain); SIGTERM from the supervisor, sent after every
+  front has drained, stops it.
+- `front_main`: one of N front processes. Owns gRPC streams (grpc.aio on the shared port with
+  SO_REUSEPORT), sessions, VAD and partial schedules; talks to the engine through EngineClient.
+  SIGTERM/SIGINT drains it; a second signal ends its open streams at once.
+
+Both exit at once when their parent (the supervisor) dies, so no orphan keeps the port.
+Started with the multiprocessing "spawn" method: fresh interpreters, no state inherited.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import logging
+import multiprocessing
+import os
+import signal
+import sys
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from typing import Any
+
+from .errors import Draining, StartupError
+
+#: Exit status of a child whose engine failed to load or warm up (the CLI's startup-error code).
+EXIT_STARTUP = 2
+
+
+def _exit_with_parent(loop: asyncio.AbstractEventLoop) -> None:
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        # The sentinel becomes readable when the parent exits, however it died.
+        loop.add_reader(parent.sentinel, os._exit, 1)
+
+
+def engine_main(args: argparse.Namespace, address: str, load_engine: Callable[[Any], Any]) -> None:
+    """Run the engine process until SIGTERM; exit 2 when the engine cannot load or warm up."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        code = asyncio.run(_engine(args, address, load_engine))
+    except StartupError as exc:
+        print(f"asr_worker: error: {exc}", file=sys.stderr, flush=True)
+        code = EXIT_STARTUP
+    _exit(code)
+
+
+def _exit(code: int) -> None:
+    # Everything is stopped and flushed; skip the interpreter's teardown (torch, grpc and
+    # zmq finalizers take seconds on a busy machine and can only delay the worker's exit).
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+async def _engine(args: argparse.Namespace, address: str, load_engine: Callable[[Any], Any]) -> int:
+    import torch
+
+    from .cli import build_scheduler
+    from .engine_core import Admission, EngineCore
+    from .engine_service import EngineService
+    from .log import configure
+
+    loop = asyncio.get_running_loop()
+    _exit_with_parent(loop)
+    log = configure(args.log_level).getChild("engine")
+    torch.set_num_threads(args.torch_threads)
+    engine = load_engine(args)
+    log = configure(args.log_level).getChild("engine")  # model code may install handlers
+    scheduler = build_scheduler(args, engine, log)
+    core = EngineCore(scheduler, Admission(args.max_streams), engine.name)
+    service = EngineService(core, address, log)
+    await service.start()
+    await scheduler.start()
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    try:
+        await scheduler.warmup()
+    except Exception as exc:
+        log.error("engine warmup failed", extra={"error": f"{type(exc).__name__}: {exc}"})
+        return EXIT_STARTUP
+    core.admission.set_ready()
+    log.info(
+        "engine ready",
+        extra={"engine": engine.name, "max_batch_size": args.max_batch_size,
+               "max_streams": args.max_streams, "pid": os.getpid()},
+    )
+    await stop.wait()
+    await service.stop()
+    await scheduler.stop()
+    return 0
+
+
+def front_main(
+    args: argparse.Namespace, index: int, address: str, listen: str, port_out: Connection
+) -> None:
+    """Run front `index` on `listen` until drained; its bound port is sent on `port_out`."""
+    try:
+        code = asyncio.run(_front(args, index, address, listen, port_out))
+    except StartupError as exc:
+        print(f"asr_worker: error: {exc}", file=sys.stderr, flush=True)
+        code = EXIT_STARTUP
+    _exit(code)
+
+
+async def _front(
+    args: argparse.Namespace, index: int, address: str, listen: str, port_out: Connection
+) -> int:
+    import torch
+
+    from .cli import build_vad, session_options_from_args, worker_id
+    from .engine_client import EngineClient
+    from .log import configure
+    from .server import AsrService, ServiceConfig, WorkerServer
+
+    loop = asyncio.get_running_loop()
+    _exit_with_parent(loop)
+    log = configure(args.log_level).getChild(f"front{index}")
+    # VAD runs batched on one thread per front; parallelism comes from the fronts themselves.
+    torch.set_num_threads(1)
+    session_options = session_options_from_args(args)
+    vad = build_vad(args)
+    client = EngineClient(address, log, front_index=index)
+    await client.start()
+    config = ServiceConfig(max_streams=args.max_streams, session=session_options, front_id=index)
+    service = AsrService(link=client, vad=vad, config=config, logger=log)
+    server = WorkerServer(service, log, reuse_port=True)
+    try:
+        port = await server.start(listen)
+    except (OSError, RuntimeError) as exc:
+        raise StartupError(f"cannot listen on {listen}: {exc}") from exc
+    service.config = dataclasses.replace(config, worker_id=worker_id(args, port))
+    port_out.send(port)
+    port_out.close()
+
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("signal received; draining", extra={"grace_s": args.drain_grace_s})
+
+    def stop_now() -> None:
+        log.info("second signal; ending open streams now")
+        service.kill_all(Draining("worker shutting down; resume elsewhere"))
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop_now)
+    await server.drain(args.drain_grace_s)
+    await client.stop()
+    log.info("front stopped")
+    return 0
