@@ -114,3 +114,26 @@ def test_vad_cost_smoke(tmp_path: Path) -> None:
         assert set(cells) == {"1", "3"}
         assert all(c["us_cpu_per_stream_s"] > 0 and c["windows"] > 0 for c in cells.values())
     assert "| silero-onnx |" in r.stdout
+
+
+def test_decoder_work_smoke(tmp_path: Path) -> None:
+    """bench/decoder_work.py counts real engine work: forced prefixes cut generated tokens."""
+    out = tmp_path / "decoder.json"
+    r = subprocess.run(
+        [_python(), "bench/decoder_work.py", "--segments", "1", "--modes", "before,lcp2", "--latency",
+         "--latency-requests", "8", "--arrival-ms", "5", "--model-dir", str(tmp_path / "tiny-model"),
+         "--json", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    data = json.loads(out.read_text())
+    before, after = data["rows"]
+    assert before["mode"] == "before" and after["mode"] == "lcp2"
+    # Token counts are exact (forced lengths), so this holds on any machine.
+    assert after["generated_partial_per_s"] < before["generated_partial_per_s"]
+    assert after["generated_final_per_s"] == before["generated_final_per_s"]
+    assert [x["mode"] for x in data["latency"]] == ["whole-batch", "iteration"]
+    assert "| lcp2 |" in r.stdout

@@ -1,0 +1,282 @@
+#!/usr/bin/env python3
+"""Decoder work per second of audio per stream: whole-hypothesis partials vs forced-prefix partials.
+
+A hardware-independent cost: decoder tokens generated and prefilled, and seconds of audio
+run through the audio encoder, per second of speech of one stream, counted by the real
+funasr-nano engine (`engine.work`) on the tiny random-weight model.
+
+Random weights never stop by themselves, so decode lengths are forced to real speech's:
+each segment is a manifest utterance with a reference text, and every request of it
+generates ceil(seconds x rate) tokens minus its forced prefix (the way
+bench/gpu_capacity.py forces lengths), where rate is the reference's characters per
+second: one token per Mandarin character, about what Qwen3's tokenizer needs (the tiny
+model's toy tokenizer learnt whole words of these very texts, so its counts would be
+meaningless). To count prefixes the same way, texts are spelled with one ASCII letter per
+character, which the tiny tokenizer encodes one token per letter (checked). A real
+decoder also spends one step on its end token per request; the figures add it.
+
+A segment is streamed the way the worker's session does it: a partial
+every `--partial-interval-ms` of audio over the open segment (at most `--window-ms` of it),
+then one final of the whole segment.
+
+The agreed prefix a partial forces is what the session has emitted so far. A real model's
+hypothesis at time t is modelled as the reference text up to the share of the segment
+heard (random weights cannot produce one), and two emission rules are measured:
+
+- `lcp2`: the session's rule: emitted = longest common prefix of the last two hypotheses;
+- `last`: emitted = the last hypothesis (a lower bound: everything is agreed at once).
+
+`before` is every partial re-generating its whole hypothesis (prefix ""), as before.
+
+`--latency` adds the other half of the decoder work: how long a short partial waits when
+it shares the engine with long finals. The same mixed arrivals (one long final to three
+short partials, `--latency-requests` in all, one every `--arrival-ms`) go through the
+real Scheduler twice: whole batches (`decode_batch`: a batch runs until its longest
+member ends, newcomers wait for it) and iteration level (requests join between decoder
+steps and leave when done). Wall-clock figures, so they depend on the machine (tiny
+model, 1 CPU thread); the ratio between the two rows is the point.
+
+Reported: transcript tokens per audio-second (finals' reference + end token), generated and prefilled
+decoder tokens per audio-second (partials + finals), their ratio to the transcript rate
+(target <= 2), and encoder audio-seconds per audio-second.
+
+    worker-py/.venv/bin/python bench/decoder_work.py
+    worker-py/.venv/bin/python bench/decoder_work.py --partial-interval-ms 1200 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "worker-py"))
+SHARED_AUDIO = Path(os.environ.get("ASR_SHARED_AUDIO", REPO.parent / "shared" / "audio"))
+
+
+def parse() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model-dir", type=Path, default=None, help="tiny model dir (built if missing)")
+    p.add_argument("--partial-interval-ms", type=int, default=600, help="session default: 600")
+    p.add_argument("--window-ms", type=int, default=12_000, help="session partial window: 12000")
+    p.add_argument("--modes", default="before,lcp2,last")
+    p.add_argument("--segments", type=int, default=0, help="only the first N segments (smoke runs)")
+    p.add_argument("--latency", action="store_true", help="also the partial-latency comparison")
+    p.add_argument("--latency-requests", type=int, default=48)
+    p.add_argument("--arrival-ms", type=float, default=15.0)
+    p.add_argument("--max-batch-size", type=int, default=8)
+    p.add_argument("--json", type=Path, default=None)
+    return p.parse_args()
+
+
+def segments() -> list[tuple[str, np.ndarray, str]]:
+    """(name, 16 kHz float audio, reference text) of every manifest utterance with a text."""
+    import soundfile as sf
+
+    manifest = json.loads((SHARED_AUDIO / "MANIFEST.json").read_text(encoding="utf-8"))
+    out = []
+    for name, entry in manifest["files"].items():
+        data, rate = sf.read(str(SHARED_AUDIO / name), dtype="float32")
+        assert rate == 16_000, name
+        if entry.get("text"):
+            out.append((name, data, entry["text"]))
+        for i, utt in enumerate(entry.get("utterances", ())):
+            a, b = utt["segment"]
+            out.append((f"{name}#{i}", data[int(a * rate) : int(b * rate)], utt["text"]))
+    return out
+
+
+def hypothesis(text: str, heard_s: float, total_s: float) -> str:
+    """A real model's hypothesis after hearing heard_s of the segment (modelled)."""
+    return text[: round(len(text) * min(1.0, heard_s / total_s))]
+
+
+def common_prefix(a: str, b: str) -> str:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return a[:n]
+
+
+def spelled(text: str) -> str:
+    """One ASCII letter per character (the tiny tokenizer: one token per letter)."""
+    return "".join(chr(ord("a") + i % 26) for i in range(len(text)))
+
+
+def run_mode(engine, segs, mode: str, interval_s: float, window_s: float) -> dict:
+    from asr_worker.engine.base import DecodeOptions, DecodeRequest, DecodeWork
+
+    engine.work = DecodeWork()
+    speech_s = 0.0
+    transcript_tokens = 0
+    for _name, audio, reference in segs:
+        total_s = audio.size / 16_000
+        speech_s += total_s
+        text = spelled(reference)
+        n_ref = len(text)
+        assert len(engine.tokenizer.encode(text)) == n_ref, "one token per letter"
+        transcript_tokens += n_ref + 1  # + the end token
+        engine.forced_tokens_per_second = n_ref / total_s
+        hyps: list[str] = []
+        emitted = ""
+        k = 1
+        while k * interval_s < total_s:
+            end = k * interval_s
+            start = max(0.0, end - window_s)
+            prefix = "" if mode == "before" else emitted
+            req = DecodeRequest(audio[int(start * 16_000) : int(end * 16_000)], DecodeOptions(), "partial",
+                                prefix=prefix)
+            engine.decode_batch([req])
+            hyps.append(hypothesis(text, end, total_s))
+            if mode == "last":
+                emitted = hyps[-1]
+            elif len(hyps) >= 2:
+                agreed = common_prefix(hyps[-2], hyps[-1])
+                emitted = agreed if len(agreed) > len(emitted) else emitted
+            k += 1
+        engine.decode_batch([DecodeRequest(audio, DecodeOptions(), "final")])
+    w = engine.work
+    ends = {kind: n for kind, n in w.requests.items()}  # one end token per request
+    gen = sum(w.generated_tokens.values()) + sum(ends.values())
+    pre = sum(w.prefilled_tokens.values())
+    rate = transcript_tokens / speech_s
+    return {
+        "mode": mode,
+        "speech_s": round(speech_s, 2),
+        "transcript_tokens_per_s": round(rate, 2),
+        "generated_per_s": round(gen / speech_s, 2),
+        "generated_partial_per_s": round(
+            (w.generated_tokens.get("partial", 0) + ends.get("partial", 0)) / speech_s, 2
+        ),
+        "generated_final_per_s": round(
+            (w.generated_tokens.get("final", 0) + ends.get("final", 0)) / speech_s, 2
+        ),
+        "generated_ratio": round(gen / speech_s / rate, 2),
+        "prefilled_per_s": round(pre / speech_s, 1),
+        "encoder_s_per_s": round(sum(w.audio_seconds.values()) / speech_s, 2),
+        "requests": dict(w.requests),
+    }
+
+
+class WholeBatches:
+    """The engine seen only through decode_batch, so the Scheduler runs whole batches."""
+
+    def __init__(self, engine) -> None:
+        self.engine = engine
+        self.name = engine.name
+
+    def warmup(self) -> None:
+        self.engine.warmup()
+
+    def decode_batch(self, requests):
+        return self.engine.decode_batch(requests)
+
+
+async def latency_run(engine, segs, mode: str, a: argparse.Namespace) -> dict:
+    """Mixed long finals and short partials through the Scheduler; latency per kind."""
+    import asyncio
+    import time
+
+    from asr_worker.engine.base import DecodeOptions, DecodeRequest
+    from asr_worker.scheduler import Scheduler
+
+    target = engine if mode == "iteration" else WholeBatches(engine)
+    sched = Scheduler(target, max_batch_size=a.max_batch_size, batch_window_ms=0, max_queue=10_000)
+    await sched.start()
+    waits: dict[str, list[float]] = {"final": [], "partial": []}
+    loop = asyncio.get_running_loop()
+    pending = []
+    t0 = time.monotonic()
+    for i in range(a.latency_requests):
+        _name, audio, _text = segs[i % len(segs)]
+        if i % 4 == 0:  # a long final: the whole segment
+            req = DecodeRequest(audio, DecodeOptions(), "final")
+        else:  # a short partial: 1.2 s of new audio after an agreed prefix
+            end = min(audio.size, int(16_000 * (2.4 + 0.6 * (i % 5))))
+            agreed = spelled("x" * max(0, int((end / 16_000 - 1.2) * 3.0)))  # at 3 tokens/s
+            req = DecodeRequest(audio[:end], DecodeOptions(), "partial", prefix=agreed)
+        started = loop.time()
+        fut = sched.submit(req, stream_key=i).future
+        fut.add_done_callback(lambda _f, k=req.kind, s=started: waits[k].append(loop.time() - s))
+        pending.append(fut)
+        await asyncio.sleep(a.arrival_ms / 1000)
+    await asyncio.gather(*pending)
+    wall = time.monotonic() - t0
+    await sched.stop()
+
+    def pct(xs: list[float], q: float) -> float:
+        return round(1000 * float(np.percentile(xs, q)), 1)
+
+    return {
+        "mode": mode,
+        "wall_s": round(wall, 2),
+        "partial_p50_ms": pct(waits["partial"], 50),
+        "partial_p95_ms": pct(waits["partial"], 95),
+        "final_p50_ms": pct(waits["final"], 50),
+        "final_p95_ms": pct(waits["final"], 95),
+        "mean_batch": round(float(np.mean(sched.batch_sizes)), 2),
+    }
+
+
+def main() -> int:
+    a = parse()
+    import torch
+
+    from asr_worker.models import build_tiny_model, load_engine
+
+    torch.set_num_threads(1)
+    tmp = None
+    model_dir = a.model_dir
+    if model_dir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="decoder-work-")
+        model_dir = Path(tmp.name) / "tiny"
+    if not (model_dir / "model.pt").exists():
+        build_tiny_model(model_dir, seed=0)
+    engine = load_engine(model_dir, "cpu", forced_tokens_per_second=5.0)
+    segs = segments()[: a.segments or None]
+    rows = [
+        run_mode(engine, segs, m, a.partial_interval_ms / 1000, a.window_ms / 1000)
+        for m in a.modes.split(",")
+    ]
+    print(f"{len(segs)} segments, {rows[0]['speech_s']} s of speech, partial every "
+          f"{a.partial_interval_ms} ms, transcript {rows[0]['transcript_tokens_per_s']} tokens/s")
+    print("| prefix | generated tok/s (partials + finals) | ratio to transcript | "
+          "prefilled tok/s | encoder s/s |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['mode']} | {r['generated_per_s']} ({r['generated_partial_per_s']} + "
+              f"{r['generated_final_per_s']}) | {r['generated_ratio']} | {r['prefilled_per_s']} | "
+              f"{r['encoder_s_per_s']} |")
+    latency = []
+    if a.latency:
+        import asyncio
+
+        engine.forced_tokens_per_second = 3.0  # about real Mandarin's tokens per second
+        for mode in ("whole-batch", "iteration"):
+            latency.append(asyncio.run(latency_run(engine, segs, mode, a)))
+        print(f"\n{a.latency_requests} requests (1 final : 3 partials), one every {a.arrival_ms} ms, "
+              f"max_batch_size {a.max_batch_size}, forced 3 tokens/s")
+        print("| batching | partial p50 / p95 ms | final p50 / p95 ms | mean running | wall s |")
+        print("|---|---|---|---|---|")
+        for r in latency:
+            print(f"| {r['mode']} | {r['partial_p50_ms']} / {r['partial_p95_ms']} | {r['final_p50_ms']} / "
+                  f"{r['final_p95_ms']} | {r['mean_batch']} | {r['wall_s']} |")
+    if a.json:
+        a.json.write_text(json.dumps(
+            {"partial_interval_ms": a.partial_interval_ms, "rows": rows, "latency": latency}, indent=2
+        ))
+    if tmp is not None:
+        tmp.cleanup()
+    assert all(math.isfinite(r["generated_ratio"]) for r in rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
