@@ -11,6 +11,7 @@ import path from "node:path";
 import { after, before, describe, test } from "node:test";
 import { decodeWav } from "../../gateway/src/audio.js";
 import type { ServerMessage } from "../../gateway/src/protocol.js";
+import OpenAI, { toFile } from "openai";
 import { runCli } from "../client/helpers/cli.js";
 import { finals, startGateway, TestClient, type TestGateway } from "../gateway/helpers/harness.js";
 import { AUDIO_SKIP_REASON, runWorkerCli, sharedAudio, SKIP_REASON as WORKER_SKIP, startRealWorker, type RealWorker } from "./helpers/real-worker.js";
@@ -191,6 +192,41 @@ describe("e2e: gateway + real worker with the tiny Fun-ASR-Nano model", { skip: 
     assert.equal(typeof msgs[0]!.text, "string");
     assert.deepEqual(msgs[1], { mode: "offline", wav_name: "damo", text: "", is_final: true, is_end: true });
     c.close();
+  });
+
+  test("OpenAI /v1/audio/transcriptions through the model path: the openai SDK gets the offline mode's text as verbose_json segments and SRT", async () => {
+    const wav = readFileSync(sharedAudio("zh/damo.wav"));
+    const client = new OpenAI({ apiKey: "unused", baseURL: `${gw.http}/v1`, maxRetries: 0, timeout: 120_000 });
+    const verbose = await client.audio.transcriptions.create({
+      file: await toFile(wav, "damo.wav"),
+      model: "fun-asr-nano",
+      response_format: "verbose_json",
+      timestamp_granularities: ["segment", "word"],
+    });
+    const c = await TestClient.connect(gw.url, ["binary"]);
+    c.json({ mode: "offline", wav_name: "damo", wav_format: "wav", is_speaking: true });
+    c.ws.send(wav);
+    c.json({ is_speaking: false, is_end: true });
+    const msgs = await c.until((m) => m.some(isAck), 60_000);
+    c.close();
+    assert.equal(verbose.text, msgs[0]!.text, "same worker path, same text");
+    assert.ok(Math.abs(verbose.duration - 5.55) < 0.1, `duration ${verbose.duration}`);
+    const segments = verbose.segments ?? [];
+    assert.ok(segments.length >= 1, "the recording's speech is one VAD segment at least");
+    assert.equal(segments.map((s) => s.text).join(""), verbose.text);
+    for (const s of segments) assert.ok(s.end > s.start && s.start >= 0 && s.end <= 5.6, `segment ${s.start}-${s.end}`);
+    // Word times come from the model's CTC alignment of the text (timestamp string of the offline message).
+    const stamps = msgs[0]!.timestamp === undefined ? [] : (JSON.parse(msgs[0]!.timestamp) as Array<[number, number]>);
+    const words = verbose.words ?? [];
+    if (stamps.length === 0) {
+      assert.equal(words.length, 0, "no token times from the engine, so no words");
+    } else {
+      assert.ok(words.length > 0 && words.length <= stamps.length, `${words.length} words for ${stamps.length} timed tokens`);
+      const [first, last] = [stamps[0]![0] / 1000, stamps[stamps.length - 1]![1] / 1000];
+      for (const w of words) assert.ok(w.start >= first - 0.001 && w.end <= last + 0.001, `word ${w.word} at ${w.start}-${w.end} outside ${first}-${last}`);
+    }
+    const srt = await client.audio.transcriptions.create({ file: await toFile(wav, "damo.wav"), model: "fun-asr-nano", response_format: "srt" });
+    assert.equal(srt.trim().split(/\n\n/).filter((cue) => cue !== "").length, segments.filter((s) => s.text !== "").length);
   });
 
   test("2pass: three_utterances.wav gives finals and the acknowledgement", async () => {
