@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import socket
 from pathlib import Path
 
@@ -390,3 +391,41 @@ def test_argparse_helpers(tmp_path: Path):
     tiny.add_tiny_model_args(p2)
     args2 = p2.parse_args([str(tmp_path / "out"), "--real-shapes", "--seed", "3"])
     assert (args2.out_dir, args2.real_shapes, args2.seed) == (tmp_path / "out", True, 3)
+
+
+# ------------------------------------------------------------------ real weights
+
+_REAL = os.environ.get("ASR_REAL_MODEL_DIR")
+real_weights = pytest.mark.skipif(
+    not _REAL, reason="set ASR_REAL_MODEL_DIR to a real Fun-ASR-Nano-2512 directory"
+)
+
+
+@real_weights
+def test_real_weights_config_has_the_release_key_set():
+    # Confirms on a real copy what RELEASE_KEYS (and tiny-model --release-layout) reconstruct.
+    files = models.loader.locate_files(Path(_REAL))
+    cfg = yaml.safe_load(files.config.read_text(encoding="utf-8"))
+    assert _dotted(cfg) == RELEASE_KEYS
+
+
+@real_weights
+def test_real_weights_checkpoint_is_a_wrapped_state_dict():
+    files = models.loader.locate_files(Path(_REAL))
+    saved = torch.load(files.weights, map_location="cpu", mmap=True, weights_only=True)
+    assert list(saved) == ["state_dict"]
+
+
+@real_weights
+def test_real_weights_have_timestamps_exactly_when_the_checkpoint_has_ctc_weights(no_network, caplog):
+    import logging
+
+    files = models.loader.locate_files(Path(_REAL))
+    state = models.loader.read_checkpoint(files.weights)
+    has_ctc = any(k.startswith(("ctc_decoder.", "ctc.")) for k in state)
+    del state
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    with caplog.at_level(logging.WARNING):
+        eng = models.load_engine(Path(_REAL), device)
+    warned = [r for r in caplog.records if "no token timestamps" in r.getMessage()]
+    assert eng.timestamps == has_ctc and len(warned) == (0 if has_ctc else 1)
