@@ -38,6 +38,7 @@ import concurrent.futures
 import contextlib
 import enum
 import io
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -446,6 +447,16 @@ class _Job:
     done: int = 0
 
 
+class VadObserver(Protocol):
+    """What a VadBatcher reports (asr_worker.metrics.WorkerMetrics is one)."""
+
+    def vad_batch(self, seconds: float, streams: int, windows: int) -> None:
+        """One batched VAD call took `seconds` for `windows` windows of `streams` streams."""
+
+    def audio_in(self, samples: int) -> None:
+        """A stream delivered `samples` samples at 16 kHz."""
+
+
 class VadBatcher:
     """Scores the windows of all streams together, off the event loop.
 
@@ -459,6 +470,7 @@ class VadBatcher:
         vad: the shared weights.
         executor: thread for the batched calls (one thread: batches are serial).
         max_steps: windows per stream per batch.
+        observer: told the time of every batched call and every stream's audio (metrics).
     """
 
     def __init__(
@@ -467,8 +479,10 @@ class VadBatcher:
         executor: concurrent.futures.Executor,
         *,
         max_steps: int = 32,
+        observer: VadObserver | None = None,
     ) -> None:
         self._vad = vad
+        self._observer = observer
         self._executor = executor
         self.max_steps = max_steps
         self._queue: collections.deque[_Job] = collections.deque()
@@ -496,6 +510,8 @@ class VadBatcher:
 
     async def score(self, stream: VadStream, samples: np.ndarray) -> np.ndarray:
         """Probabilities of the windows these samples complete (possibly none)."""
+        if self._observer is not None:
+            self._observer.audio_in(len(samples))
         windows = stream.take_windows(samples)
         if len(windows) == 0:
             return np.zeros(0, dtype=np.float32)
@@ -518,6 +534,7 @@ class VadBatcher:
                 continue
             chunks = [(j.stream, j.windows[j.done : j.done + self.max_steps]) for j in jobs]
             self.batch_sizes.append(len(jobs))
+            started = time.perf_counter()
             try:
                 results = await loop.run_in_executor(self._executor, self._vad.score, chunks)
             except Exception as exc:  # a VAD failure ends the sessions that asked
@@ -525,6 +542,9 @@ class VadBatcher:
                     if not j.future.done():
                         j.future.set_exception(exc)
                 continue
+            if self._observer is not None:
+                windows = sum(len(c[1]) for c in chunks)
+                self._observer.vad_batch(time.perf_counter() - started, len(jobs), windows)
             for j, r in zip(jobs, results, strict=True):
                 j.parts.append(r)
                 j.done += len(r)
