@@ -193,3 +193,23 @@ def test_partial_with_prefix_keeps_it_and_generates_only_the_tail(engine, cases,
     # A final ignores any prefix: it is the full decode, still equal to FunASR.
     final = DecodeRequest(req.audio, req.options, "final", prefix="不相干")
     assert engine.decode_batch([final])[0].text == full
+
+
+async def test_finals_through_the_scheduler_equal_funasr(engine, cases, reference):
+    import asyncio
+
+    from asr_worker.scheduler import Scheduler
+
+    sched = Scheduler(engine, max_batch_size=4, batch_window_ms=0)
+    await sched.start()
+    try:
+        assert sched.stepping
+        tickets = []
+        for i, (req, _) in enumerate(cases):  # arriving while others decode
+            tickets.append(sched.submit(req, stream_key=i))
+            await asyncio.sleep(0.01)
+        results = await asyncio.gather(*(t.future for t in tickets))
+        assert [r.text for r in results] == reference
+        assert max(sched.batch_sizes) > 1
+    finally:
+        await sched.stop()

@@ -1,4 +1,4 @@
-"""The batching scheduler: no request lost, failures fanned out, collapse, priorities, bounds."""
+"""The scheduler: no request lost, failures fanned out, priorities, bounds, iteration-level batching."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from asr_worker.engine.base import DecodeOptions, DecodeRequest, DecodeResult
-from asr_worker.engine.fake import FakeEngine
+from asr_worker.engine.fake import FakeEngine, SteppingFakeEngine
 from asr_worker.errors import InferenceFailed, Overloaded
-from asr_worker.scheduler import SUPERSEDED, Scheduler, TicketState
+from asr_worker.scheduler import Scheduler, TicketState
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -98,22 +98,20 @@ async def test_wrong_result_count_fails_the_batch():
         await sched.stop()
 
 
-async def test_stale_partials_collapse_to_the_newest():
+async def test_partials_of_one_stream_all_run():
+    # At most one partial per stream is the session's rule; the scheduler runs what it gets.
     engine = Recording(base_ms=30, per_item_ms=0)
     sched = await _started(engine, max_batch_size=8, batch_window_ms=0)
     try:
-        blocker = sched.submit(_req(0.2, seed=99), stream_key="other")  # occupies the batch thread
+        blocker = sched.submit(_req(0.2, seed=99), stream_key="other")
         await asyncio.sleep(0.005)
         partials = [sched.submit(_req(0.2 * (i + 1), kind="partial", seed=i), stream_key="s")
-                    for i in range(5)]
-        assert sched.queue_length == 1
-        for old in partials[:-1]:
-            assert await old.future is SUPERSEDED
-        newest = await partials[-1].future
-        assert isinstance(newest, DecodeResult)
+                    for i in range(3)]
+        assert sched.queue_length == 3
+        results = await asyncio.gather(*(t.future for t in partials))
+        assert all(isinstance(r, DecodeResult) for r in results)
         await blocker.future
-        assert engine.kinds[-1] == ["partial"]
-        assert sched.stats.superseded == 4
+        assert engine.kinds[-1] == ["partial"] * 3
     finally:
         await sched.stop()
 
@@ -142,10 +140,10 @@ async def test_bounded_queue_refuses_with_overloaded():
         with pytest.raises(Overloaded) as info:
             sched.submit(_req(0.2))
         assert info.value.retryable
-        assert sched.stats.refused == 1
-        # A partial that replaces a pending one of its stream needs no new slot.
-        sched2_partial = sched.queue_length
-        assert sched2_partial == 3
+        with pytest.raises(Overloaded):
+            sched.submit(_req(0.2, kind="partial"), stream_key="s")  # partials queue too
+        assert sched.stats.refused == 2
+        assert sched.queue_length == 3
         await asyncio.gather(first.future, *(t.future for t in queued))
         sched.submit(_req(0.2))  # room again
     finally:
@@ -195,20 +193,6 @@ async def test_cancel_stream_removes_pending_work():
         assert all(t.future.cancelled() for t in gone)
         await asyncio.gather(running.future, kept.future)
         assert engine.calls == [1, 1]
-    finally:
-        await sched.stop()
-
-
-async def test_discard_pending_partial_resolves_superseded():
-    sched = await _started(FakeEngine(base_ms=30, per_item_ms=0), max_batch_size=1, batch_window_ms=0)
-    try:
-        busy = sched.submit(_req(0.2), stream_key="x")
-        await asyncio.sleep(0.005)
-        p = sched.submit(_req(0.2, kind="partial"), stream_key="s")
-        assert sched.discard(p) is True
-        assert await p.future is SUPERSEDED
-        assert sched.discard(busy) is False  # already running
-        await busy.future
     finally:
         await sched.stop()
 
@@ -268,3 +252,82 @@ def test_fake_engine_forces_the_agreed_prefix_of_a_partial():
     forced = engine.decode_batch([DecodeRequest(req.audio, OPTS, "partial", prefix="XY")])[0]
     assert forced.text == "XY" + full[2:]
     assert [t.text for t in forced.tokens] == list(full[2:])
+
+
+# --------------------------------------------------------------------------- iteration level
+
+
+async def test_short_partial_joins_a_running_final_and_leaves_first():
+    engine = SteppingFakeEngine(step_ms=5, per_item_ms=0)
+    sched = await _started(engine, max_batch_size=8, batch_window_ms=0)
+    assert sched.stepping
+    try:
+        long_final = sched.submit(_req(5.0, seed=1), stream_key="a")  # 25 syllables: 26 steps
+        await asyncio.sleep(0.03)
+        assert long_final.state is TicketState.RUNNING
+        short = sched.submit(_req(0.4, kind="partial", seed=2), stream_key="b")  # 3 steps
+        result = await short.future
+        assert result == engine.transcribe(short.request.audio)
+        assert not long_final.future.done(), "the partial waited for the final"
+        assert await long_final.future == engine.transcribe(long_final.request.audio)
+        assert max(engine.steps) == 2 and engine.steps[-1] == 1
+        assert 2 in sched.batch_sizes
+    finally:
+        await sched.stop()
+
+
+async def test_finals_join_before_partials_when_room_is_short():
+    engine = SteppingFakeEngine(step_ms=3, per_item_ms=0)
+    sched = await _started(engine, max_batch_size=1, batch_window_ms=0)
+    try:
+        running = sched.submit(_req(0.6, seed=1), stream_key="x")
+        await asyncio.sleep(0.005)
+        order: list[str] = []
+        partial = sched.submit(_req(0.4, kind="partial", seed=2), stream_key="p")
+        final = sched.submit(_req(0.4, seed=3), stream_key="f")
+        partial.future.add_done_callback(lambda _f: order.append("partial"))
+        final.future.add_done_callback(lambda _f: order.append("final"))
+        await asyncio.gather(running.future, partial.future, final.future)
+        assert order == ["final", "partial"]
+        assert max(engine.steps) == 1  # max_batch_size bounds the running batch
+    finally:
+        await sched.stop()
+
+
+async def test_step_failure_fails_every_running_request_and_serving_goes_on():
+    class Breaks(SteppingFakeEngine):
+        broken = True
+
+        def step(self):
+            if self.broken and self.active >= 2:
+                self._running.clear()  # a failing engine forgets what was in flight
+                raise RuntimeError("CUDA error: out of memory")
+            return super().step()
+
+    engine = Breaks(step_ms=2, per_item_ms=0)
+    sched = await _started(engine, max_batch_size=4, batch_window_ms=20)
+    try:
+        tickets = [sched.submit(_req(1.0, seed=i), stream_key=i) for i in range(3)]
+        results = await asyncio.gather(*(t.future for t in tickets), return_exceptions=True)
+        assert all(isinstance(r, InferenceFailed) and "out of memory" in r.message for r in results)
+        assert sched.running == 0 and sched.stats.failed == 3
+        engine.broken = False
+        assert isinstance(await sched.submit(_req(0.4)).future, DecodeResult)
+    finally:
+        await sched.stop()
+
+
+async def test_stepping_engine_no_request_lost_under_concurrency():
+    engine = SteppingFakeEngine(step_ms=0.5, per_item_ms=0.05)
+    sched = await _started(engine, max_batch_size=6, batch_window_ms=1, max_queue=1000)
+    try:
+        async def one(i):
+            await asyncio.sleep((i % 5) * 0.003)
+            req = _req(0.2 + 0.1 * (i % 4), kind="partial" if i % 3 else "final", seed=i)
+            assert await sched.submit(req, stream_key=f"s{i}").future == engine.transcribe(req.audio)
+
+        await asyncio.gather(*(one(i) for i in range(60)))
+        assert sched.stats.completed == 60 and sched.queue_length == 0 and sched.running == 0
+        assert max(engine.steps) <= 6
+    finally:
+        await sched.stop()

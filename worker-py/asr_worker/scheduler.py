@@ -1,23 +1,28 @@
 """ONE scheduler owns the engine and batches decode work from every session.
 
-Sessions `submit()` a DecodeRequest and get a `Ticket` whose future resolves to
-a DecodeResult, to `SUPERSEDED` (a newer partial of the same stream replaced it,
-or its segment closed first), or to an `AsrError` (InferenceFailed for the whole
-batch). One consumer task builds batches:
+Sessions `submit()` a DecodeRequest and get a `Ticket` whose future resolves to a
+DecodeResult or to an `AsrError` (InferenceFailed when the engine call failed). The
+scheduler is a plain two-priority queue: finals go before partials, and otherwise
+requests run in arrival order. It does not decide which partials are worth running:
+the session alone keeps at most one partial per stream in flight.
 
-- it blocks until the first item arrives, then collects more until
-  `batch_window_ms` has passed or `max_batch_size` items are there (it waits on
-  an event with a deadline; it never polls);
-- finals go before partials; a stream has at most one pending partial: a newer
-  one replaces it and the replaced ticket resolves with SUPERSEDED;
-- the engine call runs on a single-thread executor: only the batch thread
-  touches the model, so engines need no locks;
-- the number of results is checked against the number of requests, and a
-  failing batch fails every member with InferenceFailed;
-- the queue is bounded: `submit` raises Overloaded when `max_queue` items wait.
+One consumer task drives the engine on a single-thread executor (only the batch thread
+touches the model, so engines need no locks), in one of two ways:
 
-Batching off is `max_batch_size=1`. `cancel_stream()` removes a closed stream's
-pending work. Metrics (queued audio seconds, recent real-time factor, batch
+- an engine with iteration-level decoding (`SteppingEngine`: add_requests / step) runs
+  continuously: before every decoder step, queued requests join the running batch up to
+  `max_batch_size` (finals first), and each result is delivered the moment its request
+  finishes, so a short partial never waits for a long final;
+- any other engine gets whole batches (`decode_batch`): after the first request arrives
+  the consumer collects more until `batch_window_ms` has passed or `max_batch_size` are
+  there (it waits on an event with a deadline; it never polls).
+
+When nothing is running, both wait up to `batch_window_ms` for a fuller first batch
+(unless every open stream already has work queued). The number of results is checked
+against the number of requests, and a failing engine call fails every request in it with
+InferenceFailed. The queue is bounded: `submit` raises Overloaded when `max_queue`
+requests wait. Batching off is `max_batch_size=1`. `cancel_stream()` removes a closed
+stream's pending work. Metrics (queued audio seconds, recent real-time factor, batch
 sizes) feed LoadReport and benchmarks.
 
 Usable directly from Python (benchmarks drive it in-process)::
@@ -38,30 +43,12 @@ import enum
 import itertools
 import logging
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .engine.base import MODEL_SAMPLE_RATE, DecodeRequest, DecodeResult, Engine
+from .engine.base import MODEL_SAMPLE_RATE, DecodeRequest, DecodeResult, Engine, SteppingEngine
 from .errors import AsrError, InferenceFailed, InternalError, Overloaded
-
-
-class _Superseded:
-    """Outcome of a partial ticket replaced by a newer one, or dropped."""
-
-    _instance: _Superseded | None = None
-
-    def __new__(cls) -> _Superseded:
-        if cls._instance is None:
-            cls._instance = super().__new__(cls)
-        return cls._instance
-
-    def __repr__(self) -> str:
-        return "SUPERSEDED"
-
-
-#: The result of a ticket whose work was replaced or dropped; not an error.
-SUPERSEDED = _Superseded()
 
 
 class TicketState(enum.Enum):
@@ -107,28 +94,29 @@ class SchedulerStats:
 
     submitted: int = 0
     completed: int = 0
-    superseded: int = 0
     failed: int = 0
     refused: int = 0
+    #: Engine calls: whole batches, or iterations (admit + one decoder step) of a SteppingEngine.
     batches: int = 0
 
 
 class Scheduler:
-    """Batches decode requests from all sessions onto one engine.
+    """Runs decode requests from all sessions on one engine, finals before partials.
 
     Args:
-        engine: the Engine; only this scheduler's executor thread calls it.
-        max_batch_size: most requests per engine call (1 = batching off).
-        batch_window_ms: after the first item of a batch arrives, how long to
-            wait for more before running a partial batch.
+        engine: the Engine; only this scheduler's executor thread calls it. A
+            SteppingEngine is driven at iteration level (see the module doc).
+        max_batch_size: most requests decoding together (1 = batching off).
+        batch_window_ms: when nothing is running, how long to wait after the first
+            request for more before starting.
         max_queue: most pending (not yet running) requests; `submit` raises
             Overloaded beyond it.
         rtf_window_s: how far back `recent_rtf` looks.
-        logger: where batch failures are logged.
+        logger: where engine failures are logged.
         clock: monotonic clock in seconds (injectable for tests).
         concurrency: optional callable giving the number of streams that can
-            submit work (the server passes its open stream count); a batch does
-            not wait for the window once that many requests are queued, so a
+            submit work (the server passes its open stream count); a first batch
+            does not wait for the window once that many requests are queued, so a
             lone stream pays no batching delay.
     """
 
@@ -151,25 +139,27 @@ class Scheduler:
         if max_queue < 1:
             raise ValueError("max_queue must be >= 1")
         self.engine = engine
+        #: Whether the engine is driven at iteration level (add_requests / step).
+        self.stepping = isinstance(engine, SteppingEngine)
         self.max_batch_size = max_batch_size
         self.batch_window_s = batch_window_ms / 1000.0
         self.max_queue = max_queue
         self.rtf_window_s = rtf_window_s
         self.stats = SchedulerStats()
-        #: Sizes of the most recent batches (newest last).
+        #: Requests per engine call, newest last: batch sizes, or for a SteppingEngine the
+        #: requests decoding in each step.
         self.batch_sizes: collections.deque[int] = collections.deque(maxlen=1000)
         self._log = logger or logging.getLogger("asr_worker.scheduler")
         self._clock = clock
         self.concurrency = concurrency
         self._finals: collections.deque[Ticket] = collections.deque()
         self._partials: collections.deque[Ticket] = collections.deque()
-        self._pending_partial: dict[Hashable, Ticket] = {}
-        self._running: list[Ticket] = []
+        self._running: dict[int, Ticket] = {}  # by engine handle (batch mode: by position)
         self._seq = itertools.count()
         self._wakeup = asyncio.Event()
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._task: asyncio.Task | None = None
-        # (finished_at, compute_s, audio_s) of recent batches.
+        # (finished_at, compute_s, audio_s) of recent engine calls.
         self._recent: collections.deque[tuple[float, float, float]] = collections.deque()
 
     # -- lifecycle ---------------------------------------------------------
@@ -194,7 +184,7 @@ class Scheduler:
         await self.run_on_engine_thread(self.engine.warmup)
 
     async def stop(self) -> None:
-        """Stop the consumer; pending tickets are cancelled."""
+        """Stop the consumer; pending and running tickets are cancelled."""
         if self._task is not None:
             self._task.cancel()
             try:
@@ -202,12 +192,12 @@ class Scheduler:
             except asyncio.CancelledError:
                 pass
             self._task = None
-        for t in [*self._finals, *self._partials]:
+        for t in [*self._finals, *self._partials, *self._running.values()]:
             if not t.future.done():
                 t.future.cancel()
         self._finals.clear()
         self._partials.clear()
-        self._pending_partial.clear()
+        self._running.clear()
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
@@ -219,64 +209,31 @@ class Scheduler:
         """Pending (not yet running) requests."""
         return len(self._finals) + len(self._partials)
 
+    @property
+    def running(self) -> int:
+        """Requests the engine is decoding now."""
+        return len(self._running)
+
     def submit(self, request: DecodeRequest, *, stream_key: Hashable | None = None) -> Ticket:
         """Queue a request; returns its ticket at once.
 
-        A partial with a stream_key replaces that stream's pending partial (the
-        old ticket resolves with SUPERSEDED) and so never needs a new slot.
         Raises Overloaded when `max_queue` requests are already pending.
         """
         loop = asyncio.get_running_loop()
-        now = self._clock()
-        if request.kind == "partial" and stream_key is not None:
-            old = self._pending_partial.get(stream_key)
-            if old is not None:
-                ticket = Ticket(request, loop.create_future(), stream_key, old.seq, old.enqueued_at)
-                self._replace_partial(old, ticket)
-                self.stats.submitted += 1
-                return ticket
         if self.queue_length >= self.max_queue:
             self.stats.refused += 1
             raise Overloaded(f"inference queue full ({self.max_queue} requests waiting)")
-        ticket = Ticket(request, loop.create_future(), stream_key, next(self._seq), now)
-        if request.kind == "final":
-            self._finals.append(ticket)
-        else:
-            self._partials.append(ticket)
-            if stream_key is not None:
-                self._pending_partial[stream_key] = ticket
+        ticket = Ticket(request, loop.create_future(), stream_key, next(self._seq), self._clock())
+        (self._finals if request.kind == "final" else self._partials).append(ticket)
         self.stats.submitted += 1
         self._wakeup.set()
         return ticket
 
-    def _replace_partial(self, old: Ticket, new: Ticket) -> None:
-        idx = self._partials.index(old)
-        self._partials[idx] = new
-        self._pending_partial[old.stream_key] = new
-        self._resolve_superseded(old)
-
-    def _resolve_superseded(self, ticket: Ticket) -> None:
-        ticket.state = TicketState.DONE
-        self.stats.superseded += 1
-        if not ticket.future.done():
-            ticket.future.set_result(SUPERSEDED)
-
-    def discard(self, ticket: Ticket) -> bool:
-        """Drop a pending ticket (resolves SUPERSEDED); False if already running or done."""
-        if ticket.state is not TicketState.PENDING:
-            return False
-        queue = self._finals if ticket.kind == "final" else self._partials
-        try:
-            queue.remove(ticket)
-        except ValueError:
-            return False
-        if self._pending_partial.get(ticket.stream_key) is ticket:
-            del self._pending_partial[ticket.stream_key]
-        self._resolve_superseded(ticket)
-        return True
-
     def cancel_stream(self, stream_key: Hashable) -> int:
-        """Remove every pending request of a stream (futures cancelled); returns how many."""
+        """Remove every pending request of a stream (futures cancelled); returns how many.
+
+        Requests already decoding finish; their results go to futures nobody awaits.
+        """
         removed = 0
         for queue in (self._finals, self._partials):
             keep = [t for t in queue if t.stream_key != stream_key]
@@ -288,7 +245,6 @@ class Scheduler:
                     removed += 1
             queue.clear()
             queue.extend(keep)
-        self._pending_partial.pop(stream_key, None)
         return removed
 
     # -- metrics -----------------------------------------------------------
@@ -296,7 +252,7 @@ class Scheduler:
     @property
     def queued_audio_seconds(self) -> float:
         """Seconds of audio waiting for or in inference."""
-        return sum(t.audio_seconds for t in (*self._finals, *self._partials, *self._running))
+        return sum(t.audio_seconds for t in (*self._finals, *self._partials, *self._running.values()))
 
     @property
     def recent_rtf(self) -> float:
@@ -315,43 +271,89 @@ class Scheduler:
 
     async def _run(self) -> None:
         while True:
-            while self.queue_length == 0:
-                self._wakeup.clear()
-                await self._wakeup.wait()
-            deadline = self._clock() + self.batch_window_s
-            while self.queue_length < self._batch_target():
-                remaining = deadline - self._clock()
-                if remaining <= 0:
-                    break
-                self._wakeup.clear()
-                try:
-                    await asyncio.wait_for(self._wakeup.wait(), remaining)
-                except TimeoutError:
-                    break
-            batch = self._take_batch()
-            if batch:
+            if not self._running:
+                await self._gather_first_batch()
+            batch = self._take(self.max_batch_size - len(self._running))
+            if self.stepping:
+                await self._iterate(batch)
+            elif batch:
                 await self._run_batch(batch)
+
+    async def _gather_first_batch(self) -> None:
+        """Wait for work, then up to the batch window for a fuller batch."""
+        while self.queue_length == 0:
+            self._wakeup.clear()
+            await self._wakeup.wait()
+        deadline = self._clock() + self.batch_window_s
+        while self.queue_length < self._batch_target():
+            remaining = deadline - self._clock()
+            if remaining <= 0:
+                break
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+            except TimeoutError:
+                break
 
     def _batch_target(self) -> int:
         if self.concurrency is None:
             return self.max_batch_size
         return max(1, min(self.max_batch_size, self.concurrency()))
 
-    def _take_batch(self) -> list[Ticket]:
+    def _take(self, room: int) -> list[Ticket]:
+        """Up to `room` pending tickets, finals first, each queue in arrival order."""
         batch: list[Ticket] = []
-        while self._finals and len(batch) < self.max_batch_size:
-            batch.append(self._finals.popleft())
-        while self._partials and len(batch) < self.max_batch_size:
-            t = self._partials.popleft()
-            if self._pending_partial.get(t.stream_key) is t:
-                del self._pending_partial[t.stream_key]
-            batch.append(t)
+        for queue in (self._finals, self._partials):
+            while queue and len(batch) < room:
+                batch.append(queue.popleft())
         for t in batch:
             t.state = TicketState.RUNNING
         return batch
 
+    async def _iterate(self, joining: list[Ticket]) -> None:
+        """One SteppingEngine iteration: new requests join, every running one steps."""
+        loop = asyncio.get_running_loop()
+        started = self._clock()
+        requests = [t.request for t in joining]
+        try:
+            handles, finished = await loop.run_in_executor(self._executor, self._engine_iteration, requests)
+        except asyncio.CancelledError:
+            for t in joining:
+                if not t.future.done():
+                    t.future.cancel()
+            raise
+        except Exception as exc:  # the engine forgot everything in flight: fail it all
+            self._fail([*self._running.values(), *joining], exc)
+            self._running.clear()
+            return
+        finally:
+            self.stats.batches += 1
+        self._running.update(zip(handles, joining, strict=True))
+        self.batch_sizes.append(len(self._running))
+        done = []
+        for handle, result in finished:
+            t = self._running.pop(handle, None)
+            if t is not None:
+                done.append((t, result))
+        finished_at = self._clock()
+        self._recent.append((finished_at, finished_at - started, sum(t.audio_seconds for t, _ in done)))
+        self._expire_recent()
+        for t, result in done:
+            self._resolve(t, result)
+
+    def _engine_iteration(
+        self, requests: Sequence[DecodeRequest]
+    ) -> tuple[list[int], list[tuple[int, DecodeResult]]]:
+        """On the batch thread: add the new requests, then one decoder step."""
+        engine = self.engine
+        assert isinstance(engine, SteppingEngine)
+        handles = engine.add_requests(requests) if requests else []
+        if len(handles) != len(requests):
+            raise InternalError(f"engine returned {len(handles)} handles for {len(requests)} requests")
+        return handles, engine.step()
+
     async def _run_batch(self, batch: list[Ticket]) -> None:
-        self._running = batch
+        self._running = dict(enumerate(batch))
         requests = [t.request for t in batch]
         started = self._clock()
         loop = asyncio.get_running_loop()
@@ -367,30 +369,33 @@ class Scheduler:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # fanned out to every member
-            err = exc if isinstance(exc, AsrError) else InferenceFailed(
-                f"inference failed: {type(exc).__name__}: {exc}"
-            )
-            if isinstance(err, InternalError):
-                err = InferenceFailed(err.message)
-            self._log.error(
-                "batch failed",
-                extra={"batch_size": len(batch), "error": err.message},
-            )
-            for t in batch:
-                t.state = TicketState.DONE
-                if not t.future.done():
-                    t.future.set_exception(type(err)(err.message))
-            self.stats.failed += len(batch)
+            self._fail(batch, exc)
             return
         finally:
-            self._running = []
+            self._running = {}
             self.stats.batches += 1
             self.batch_sizes.append(len(batch))
         finished = self._clock()
         self._recent.append((finished, finished - started, sum(t.audio_seconds for t in batch)))
         self._expire_recent()
         for t, r in zip(batch, results, strict=True):
+            self._resolve(t, r)
+
+    def _resolve(self, ticket: Ticket, result: DecodeResult) -> None:
+        ticket.state = TicketState.DONE
+        if not ticket.future.done():
+            ticket.future.set_result(result)
+        self.stats.completed += 1
+
+    def _fail(self, tickets: list[Ticket], exc: Exception) -> None:
+        err = exc if isinstance(exc, AsrError) else InferenceFailed(
+            f"inference failed: {type(exc).__name__}: {exc}"
+        )
+        if isinstance(err, InternalError):
+            err = InferenceFailed(err.message)
+        self._log.error("batch failed", extra={"batch_size": len(tickets), "error": err.message})
+        for t in tickets:
             t.state = TicketState.DONE
             if not t.future.done():
-                t.future.set_result(r)
-        self.stats.completed += len(batch)
+                t.future.set_exception(type(err)(err.message))
+        self.stats.failed += len(tickets)

@@ -20,6 +20,7 @@ after its length come from the audio.
 
 from __future__ import annotations
 
+import itertools
 import time
 import zlib
 from collections.abc import Sequence
@@ -101,3 +102,71 @@ class FakeEngine:
             syllable = SYLLABLES[zlib.crc32(q.tobytes()) % len(SYLLABLES)]
             tokens.append(TokenTime(syllable, i * self.syllable_ms, (i + 1) * self.syllable_ms))
         return DecodeResult(text="".join(t.text for t in tokens), tokens=tuple(tokens))
+
+
+class SteppingFakeEngine(FakeEngine):
+    """The fake engine at iteration level (SteppingEngine), for scheduler and load tests.
+
+    Like a real decoder it emits one syllable per step: a request takes one step per
+    syllable of its (prefix-forced) text plus one for the end token, and leaves as soon
+    as it is done. Each `step` costs `step_ms + per_item_ms * running` of sleep on the
+    executor thread; `add_requests` costs `per_item_ms` per request (the prefill).
+
+    Args:
+        step_ms: cost of every step, in ms.
+        per_item_ms: additional cost per running request per step, and per prefill, in ms.
+        syllable_ms, voice_rms: as for FakeEngine.
+    """
+
+    def __init__(self, step_ms: float = 2.0, per_item_ms: float = 0.2, **kwargs) -> None:
+        super().__init__(base_ms=step_ms, per_item_ms=per_item_ms, **kwargs)
+        self._handles = itertools.count()
+        #: handle -> [steps left, result]
+        self._running: dict[int, list] = {}
+        #: Running requests at every step, for tests and benchmarks.
+        self.steps: list[int] = []
+
+    @property
+    def active(self) -> int:
+        """Requests added and not yet returned by `step`."""
+        return len(self._running)
+
+    def warmup(self) -> None:
+        """FakeEngine's warmup, with the step record cleared too."""
+        super().warmup()
+        self.steps.clear()
+
+    def add_requests(self, requests: Sequence[DecodeRequest]) -> list[int]:
+        """Start requests; their results are fixed now, delivered after their steps."""
+        if self.per_item_ms * len(requests) > 0:
+            time.sleep(self.per_item_ms * len(requests) / 1000.0)
+        handles = []
+        for r in requests:
+            result = self._with_prefix(self.transcribe(r.audio), r.prefix)
+            handle = next(self._handles)
+            self._running[handle] = [len(result.tokens) + 1, result]
+            handles.append(handle)
+        return handles
+
+    def step(self) -> list[tuple[int, DecodeResult]]:
+        """One step for every running request; those whose last step it was are returned."""
+        if not self._running:
+            return []
+        self.steps.append(len(self._running))
+        time.sleep((self.base_ms + self.per_item_ms * len(self._running)) / 1000.0)
+        done = []
+        for handle, state in list(self._running.items()):
+            state[0] -= 1
+            if state[0] <= 0:
+                done.append((handle, state[1]))
+                del self._running[handle]
+        return done
+
+    def decode_batch(self, requests: Sequence[DecodeRequest]) -> list[DecodeResult]:
+        """All requests to completion through add_requests and step."""
+        self.calls.append(len(requests))
+        handles = self.add_requests(requests)
+        results: dict[int, DecodeResult] = {}
+        while not all(h in results for h in handles):
+            results.update(self.step())
+        return [results[h] for h in handles]
