@@ -41,12 +41,12 @@ def test_validate_config_defaults_and_mapping():
                                                           asr_pb2.Hotword(phrase="阿里巴巴")]),
                         SessionOptions())
     assert s.mode == asr_pb2.RECOGNITION_MODE_TWO_PASS
-    assert s.options.itn is True and s.options.language == "中文"
+    assert s.options.itn is True and s.options.language == "zh"  # the engine maps it
     assert s.options.hotwords == ("阿里巴巴",)
     assert s.partial_interval_ms == 600
     s = validate_config(asr_pb2.StreamingConfig(sample_rate_hz=16000, itn=False, language="auto",
                                                 partial_interval_ms=100), SessionOptions())
-    assert s.options.itn is False and s.options.language is None and s.partial_interval_ms == 480
+    assert s.options.itn is False and s.options.language == "auto" and s.partial_interval_ms == 480
     s = validate_config(asr_pb2.StreamingConfig(sample_rate_hz=16000, partial_interval_ms=5000),
                         SessionOptions())
     assert s.partial_interval_ms == 1200

@@ -57,17 +57,6 @@ from .vad import WINDOW_SAMPLES, Endpointer, EventKind, VadConfig, VadEvent, Vad
 MAX_HOTWORDS = 256
 MAX_HOTWORD_CHARS = 64
 
-#: FunASR language codes -> the names Fun-ASR-Nano's prompt uses.
-LANGUAGE_NAMES = {
-    "zh": "中文",
-    "cn": "中文",
-    "en": "英文",
-    "ja": "日文",
-    "jp": "日文",
-    "yue": "粤语",
-    "ko": "韩文",
-}
-
 _REASONS = {
     "vad": asr_pb2.ENDPOINT_REASON_VAD,
     "max_length": asr_pb2.ENDPOINT_REASON_MAX_LENGTH,
@@ -140,8 +129,9 @@ def validate_config(cfg: asr_pb2.StreamingConfig, options: SessionOptions) -> Se
             )
         if phrase and phrase not in phrases:
             phrases.append(phrase)
-    lang = cfg.language.strip()
-    language = None if lang.lower() in ("", "auto") else LANGUAGE_NAMES.get(lang.lower(), lang)
+    # Passed through as the client gave it: the engine is the one place that maps codes
+    # to its prompt's names and decides which languages the loaded model knows.
+    language = cfg.language.strip() or None
     itn = cfg.itn if cfg.HasField("itn") else True
     interval = cfg.partial_interval_ms or options.partial_interval_ms
     interval = min(max(interval, options.min_partial_interval_ms), options.max_partial_interval_ms)

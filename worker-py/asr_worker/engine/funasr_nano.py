@@ -61,6 +61,7 @@ LANGUAGE_NAMES: dict[str, str | None] = {
     "": None,
     "zh": "中文",
     "zh-cn": "中文",
+    "cn": "中文",
     "cmn": "中文",
     "chinese": "中文",
     "mandarin": "中文",
