@@ -248,3 +248,24 @@ async def test_vad_batcher_serves_concurrent_streams_like_inline(vad, shared_aud
     for r in results:
         assert np.allclose(r, expected, atol=1e-5)
     assert max(batcher.batch_sizes) > 1
+
+
+@pytest.mark.parametrize(("flag", "runtime"),
+                         [("silero", "auto"), ("silero-torch", "torch"), ("silero-onnx", "onnx")])
+def test_vad_flag_picks_the_silero_runtime(flag, runtime):
+    """`serve --vad` as parsed and built by the CLI (every front builds its VAD this way)."""
+    from asr_worker.cli import build_parser, build_vad, check_serve_args
+
+    args = build_parser().parse_args(["serve", "--engine", "fake", "--vad", flag])
+    check_serve_args(args)
+    vad = build_vad(args)
+    assert (vad.runtime, vad.name) == (runtime, flag)
+
+
+def test_unknown_vad_flag_is_a_startup_error_naming_the_choices():
+    from asr_worker.cli import build_parser, check_serve_args
+    from asr_worker.errors import StartupError
+
+    args = build_parser().parse_args(["serve", "--engine", "fake", "--vad", "webrtc"])
+    with pytest.raises(StartupError, match="silero, silero-torch, silero-onnx, fsmn"):
+        check_serve_args(args)

@@ -20,14 +20,14 @@ Two parts, so that the cheap state machine is testable without a model:
   speech duration, a minimum silence duration, pre-roll / post-roll padding and
   the maximum segment length (forced close, reason MAX_LENGTH).
 
-Cost, measured on this project's 2-core CI box with torch.set_num_threads(1):
-scoring one stream's window alone costs about 0.3-0.5 ms (1 ms per 60 ms chunk:
-~1.7 % of a core per real-time stream, so 400 streams would need ~7 cores), and
-moving that single call to a thread adds ~0.2 ms and buys nothing under the GIL.
-Scored as one batch, a 60 ms chunk costs 0.23 ms per stream at 8 streams and
-0.08 ms at 64-256 streams (400 real-time streams: about half a core). So the
-server scores windows of all streams together (`VadBatcher`) on one VAD thread;
-the event loop only slices audio.
+Cost (bench/vad_cost.py, docs/benchmarks.md "VAD cost"; single-threaded, µs of
+CPU per stream-second on the busy 2-core CI box): silero on torch 15,000 for one
+stream alone, 2,200 at 16 streams per call, 1,000 at 200 (TorchScript's per-call
+overhead dominates small calls); on onnxruntime 5,600 alone but 2,000 at 200
+(slower convolutions). So `SileroVad` defaults to both, picked per step by batch
+size, and the server scores windows of all streams together (`VadBatcher`) on
+one VAD thread; the event loop only slices audio. fsmn-vad costs 20,000-70,000,
+mostly FunASR's per-stream online fbank frontend.
 """
 
 from __future__ import annotations
