@@ -24,9 +24,9 @@ from asr_worker.engine.funasr_nano import (
     clean_prompt_text,
     ctc_align,
     language_name,
-    load_engine,
 )
 from asr_worker.errors import ModelLoadError
+from asr_worker.models.loader import load_engine
 
 torch.set_num_threads(2)
 

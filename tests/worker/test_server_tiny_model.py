@@ -13,7 +13,7 @@ pytestmark = pytest.mark.timeout(180)
 
 @pytest.fixture(scope="module")
 def tiny_engine(tiny_model_dir):
-    from asr_worker.engine.funasr_nano import load_engine
+    from asr_worker.models.loader import load_engine
 
     return load_engine(tiny_model_dir, "cpu")
 

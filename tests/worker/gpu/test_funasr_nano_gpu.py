@@ -37,7 +37,7 @@ def _requests(n: int) -> list[DecodeRequest]:
 
 
 def test_bf16_batched_decode_on_cuda(tiny_model_dir: Path):
-    from asr_worker.engine.funasr_nano import load_engine
+    from asr_worker.models.loader import load_engine
 
     eng = load_engine(tiny_model_dir, "cuda")
     major, _ = torch.cuda.get_device_capability()
@@ -58,7 +58,7 @@ def test_bf16_batched_decode_on_cuda(tiny_model_dir: Path):
 def test_fp32_on_cuda_batched_agrees_with_one_at_a_time(tiny_model_dir: Path):
     # Bitwise equality is a CPU guarantee only (cuDNN/cuBLAS pick kernels by shape), so on
     # CUDA a padding or splicing bug shows as most requests disagreeing.
-    from asr_worker.engine.funasr_nano import load_engine
+    from asr_worker.models.loader import load_engine
 
     eng = load_engine(tiny_model_dir, "cuda", dtype="fp32")
     reqs = _requests(6)
@@ -70,8 +70,8 @@ def test_fp32_on_cuda_batched_agrees_with_one_at_a_time(tiny_model_dir: Path):
 
 @pytest.mark.skipif(os.environ.get("ASR_TEST_REAL_SHAPES") != "1", reason="set ASR_TEST_REAL_SHAPES=1")
 def test_real_shapes_batched_decode(tmp_path: Path):
-    from asr_worker.engine.funasr_nano import load_engine
     from asr_worker.models import build_tiny_model
+    from asr_worker.models.loader import load_engine
 
     model_dir = build_tiny_model(tmp_path / "real", real_shapes=True)
     eng = load_engine(model_dir, "cuda", forced_tokens_per_second=5.0)

@@ -1,8 +1,9 @@
 """The `funasr-nano` engine: Fun-ASR-Nano-2512 through FunASR's own model code.
 
-Loading goes through FunASR's `AutoModel.build_model` (registry, tokenizer, frontend,
-FunASRNano, `load_pretrained_model`) with every path pointing into the local model
-directory, so nothing consults a model hub. Decoding reuses FunASRNano's own pieces:
+Loading (`asr_worker.models.loader.load_engine`) goes through FunASR's
+`AutoModel.build_model` (registry, tokenizer, frontend, FunASRNano, `load_pretrained_model`)
+with every path pointing into the local model directory, so nothing consults a model hub.
+Decoding reuses FunASRNano's own pieces:
 `get_prompt` / `generate_chatml` / `data_template` / `data_load_speech` build each request's
 prompt ids and fbank features, `encode` + `audio_adaptor` run once over the padded batch,
 and the adaptor frames are spliced into the prompt embeddings the way `inference_prepare`
@@ -525,12 +526,3 @@ def ctc_align(log_probs: Any, targets: Sequence[int], blank: int) -> list[tuple[
             spans.append([int(ext[s]), t, t + 1, s])
     return [(tok, start, end) for tok, start, end, _ in spans]
 
-
-def __getattr__(name: str) -> Any:
-    """`load_engine`, `resolve_device` and `resolve_dtype` moved to asr_worker.models.loader
-    (the engine decodes; the loader owns directories and devices); old imports keep working."""
-    if name in ("load_engine", "resolve_device", "resolve_dtype", "DeviceUnavailableError"):
-        from asr_worker.models import loader
-
-        return getattr(loader, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
