@@ -6,6 +6,12 @@
  *
  *   npm run bench:gateway -- --ns 100,500,1000,2000 [--worker python|stub] [--pin gateway=0,worker=1,load=1]
  *   npm run bench:gateway -- --ns 20 --worker stub            # smoke run
+ *   npm run bench:gateway -- --worker stub --ns 500,1000 --gateway-env GATEWAY_PROCESSES=2 --nice=-5
+ *
+ * With GATEWAY_PROCESSES=N the gateway's CPU is the sum over its primary and
+ * every child process. `--nice=-N` runs the gateway, worker and load
+ * generator at that priority, so a bounded benchmark run on a shared, busy
+ * machine measures its own processes rather than everyone else's load.
  *
  * Added latency is measured two ways:
  *  - per result: for every final (and first partial) the latency from sending
@@ -15,7 +21,7 @@
  *  - per frame, uplink (stub worker only, which records receipt times):
  *    client send -> worker receipt of each 60 ms frame, via gateway minus direct.
  */
-import { mkdirSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { parseArgs } from "node:util";
 import os from "node:os";
@@ -42,6 +48,7 @@ const { values } = parseArgs({
     pin: { type: "string", default: "" },
     out: { type: "string" },
     "max-seconds": { type: "string", default: "120" },
+    nice: { type: "string", default: "" },
   },
 });
 
@@ -123,8 +130,32 @@ const strip = (r: LoadResult): Row["direct"] => {
   return rest;
 };
 
+/** Every process of a (possibly multi-process) gateway: the pid and its children, recursively. */
+function processTree(pid: number): number[] {
+  let kids: number[] = [];
+  try {
+    kids = readFileSync(`/proc/${pid}/task/${pid}/children`, "utf8").trim().split(/\s+/).filter(Boolean).map(Number);
+  } catch {
+    // Not Linux or already gone: the pid alone.
+  }
+  return [pid, ...kids.flatMap(processTree)];
+}
+
+/** Applies --nice to the given pids (needs privileges for negative values). */
+function renice(pids: number[]): void {
+  if (values.nice === "") return;
+  for (const pid of pids) {
+    try {
+      os.setPriority(pid, Number(values.nice));
+    } catch (e) {
+      log(`cannot renice ${pid}: ${(e as Error).message}`);
+    }
+  }
+}
+
 async function main(): Promise<void> {
   pinSelf(pins.load);
+  renice([process.pid]);
   rmSync(traceFile, { force: true });
   log(`starting ${values.worker} worker${pins.worker ? ` on cpu ${pins.worker}` : ""}`);
   const worker = await startWorker();
@@ -135,7 +166,10 @@ async function main(): Promise<void> {
   };
   log(`worker ${worker.address} SERVING; starting gateway${pins.gateway ? ` on cpu ${pins.gateway}` : ""}`);
   const gateway = await startGateway(worker.address, pins.gateway, gwEnv, values["gateway-node-arg"] as string[]);
-  log(`gateway ${gateway.address} ready`);
+  // A multi-process gateway (GATEWAY_PROCESSES) is measured as all of its processes together.
+  const gatewayPids = processTree(gateway.pid);
+  renice([...gatewayPids, ...processTree(worker.pid)]);
+  log(`gateway ${gateway.address} ready (${gatewayPids.length} process${gatewayPids.length > 1 ? "es" : ""})`);
   const rows: Row[] = [];
   try {
     const refs = new Map<number, Awaited<ReturnType<typeof calibrate>>>();
@@ -176,10 +210,7 @@ async function main(): Promise<void> {
           target: `ws://${gateway.address}`,
           tag: `g${n}`,
           reference,
-          pids: [
-            { pid: gateway.pid, label: "gateway" },
-            { pid: worker.pid, label: "worker" },
-          ],
+          pids: [...gatewayPids.map((pid, i) => ({ pid, label: i === 0 ? "gateway" : `gateway#${i}` })), { pid: worker.pid, label: "worker" }],
         });
         printSummary(r, (s) => process.stderr.write(s + "\n"));
         return r;
@@ -205,8 +236,9 @@ async function main(): Promise<void> {
       const pf = paired(dS.keyed.finalAfterSpeechEnd, gS.keyed.finalAfterSpeechEnd);
       const pp = paired(dS.keyed.firstPartial, gS.keyed.firstPartial);
       const q = (a: number | null, b: number | null): number | null => (a === null || b === null ? null : a - b);
-      const gwProc = gw.procs.find((p) => p.label === "gateway");
-      const gwCores = gwProc?.steadyCores ?? gwProc?.cores ?? null;
+      const gwProcs = gw.procs.filter((p) => p.label.startsWith("gateway"));
+      const gwCpuSec = gwProcs.reduce((a, p) => a + p.cpuSec, 0);
+      const gwCores = gwProcs.length > 0 ? gwProcs.reduce((a, p) => a + (p.steadyCores ?? p.cores), 0) : null;
       rows.push({
         n,
         direct: strip(direct),
@@ -234,9 +266,9 @@ async function main(): Promise<void> {
           streamsPerGatewayCore: gwCores ? n / gwCores : null,
           // Gateway CPU per forwarded 60 ms frame (uplink frame + its share of results), in µs.
           gatewayCpuUsPerFrame: gwCores ? (gwCores / (n * (1000 / 60))) * 1e6 : null,
-          gatewayKernelShare: gwProc?.sysShare ?? null,
-          gatewayRssPerSessionKiB: gwProc ? ((gwProc.rssPeakMiB - gwProc.rssStartMiB) * 1024) / n : null,
-          gatewayRssPeakMiB: gwProc?.rssPeakMiB ?? null,
+          gatewayKernelShare: gwCpuSec > 0 ? gwProcs.reduce((a, p) => a + p.sysShare * p.cpuSec, 0) / gwCpuSec : null,
+          gatewayRssPerSessionKiB: gwProcs.length > 0 ? (gwProcs.reduce((a, p) => a + p.rssPeakMiB - p.rssStartMiB, 0) * 1024) / n : null,
+          gatewayRssPeakMiB: gwProcs.length > 0 ? gwProcs.reduce((a, p) => a + p.rssPeakMiB, 0) : null,
           pairedFinals: pf.length,
         },
       });

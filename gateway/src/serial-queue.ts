@@ -20,6 +20,11 @@ export class SerialQueue {
    */
   constructor(private readonly onError: (e: unknown) => void) {}
 
+  /** Whether a step may run at once (nothing is waiting). */
+  get idle(): boolean {
+    return !this.busy && !this.stopped;
+  }
+
   /** Runs `step` now, or after the steps before it. */
   run(step: Step): void {
     if (this.stopped) return;

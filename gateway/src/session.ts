@@ -208,7 +208,16 @@ export class Session extends EventEmitter<SessionEvents> {
   onBinary(data: Buffer): void {
     if (this.st === "closed") return;
     this.armIdle();
-    this.queue.run(() => this.handleBinary(data));
+    if (!this.queue.idle) {
+      this.queue.run(() => this.handleBinary(data));
+      return;
+    }
+    // The per-frame common case: no step is pending, so run now without queueing a closure.
+    try {
+      this.handleBinary(data);
+    } catch (e) {
+      this.handleError(e);
+    }
   }
 
   /** The client's socket closed: cancel the worker call at once. */

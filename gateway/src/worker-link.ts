@@ -29,6 +29,7 @@ import {
   type StreamingRecognizeResponse,
 } from "./gen/asr/v1/asr.js";
 import { ReplayBuffer } from "./replay.js";
+import { encodeAudioRequest, type EncodedRequest } from "./wire.js";
 import type { RecognizeCall, WorkerLease, WorkerSource } from "./workers.js";
 
 /** Largest AudioChunk sent to a worker (the contract allows 4 MiB). */
@@ -171,7 +172,7 @@ export class WorkerLink extends EventEmitter<WorkerLinkEvents> {
     for (let off = 0; off < pcm.length; off += MAX_CHUNK_BYTES) {
       const chunk = off === 0 && pcm.length <= MAX_CHUNK_BYTES ? pcm : pcm.subarray(off, Math.min(pcm.length, off + MAX_CHUNK_BYTES));
       this.replay.push(chunk, sampleRateHz);
-      this.write({ streamingRequest: { $case: "audio", value: { pcm16le: chunk, sampleRateHz } } });
+      this.write(encodeAudioRequest(chunk, sampleRateHz));
     }
   }
 
@@ -223,7 +224,7 @@ export class WorkerLink extends EventEmitter<WorkerLinkEvents> {
     this.write({ streamingRequest: { $case: "config", value } });
   }
 
-  private write(req: StreamingRecognizeRequest): void {
+  private write(req: StreamingRecognizeRequest | EncodedRequest): void {
     const call = this.call;
     if (call === null || this.closed) return;
     if (!call.write(req) && !this.paused) {
@@ -336,7 +337,7 @@ export class WorkerLink extends EventEmitter<WorkerLinkEvents> {
       this.writeConfig(r.config);
       for (const c of chunks) {
         if (c.startMs < r.startMs || (r.eoiAtMs !== null && c.startMs >= r.eoiAtMs)) continue;
-        this.write({ streamingRequest: { $case: "audio", value: { pcm16le: c.pcm, sampleRateHz: c.sampleRateHz } } });
+        this.write(encodeAudioRequest(c.pcm, c.sampleRateHz));
       }
       if (r.eoiAtMs !== null) this.write(END_OF_INPUT);
     }

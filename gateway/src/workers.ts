@@ -14,15 +14,16 @@
 import { credentials, status as GrpcStatus, type ClientDuplexStream, type ClientReadableStream, type StatusObject } from "@grpc/grpc-js";
 import type { Logger } from "pino";
 import {
-  AsrClient,
+  type AsrClient,
   type LoadReport,
   type StreamingRecognizeRequest,
   type StreamingRecognizeResponse,
 } from "./gen/asr/v1/asr.js";
 import { HealthCheckResponse_ServingStatus, HealthClient, type HealthCheckResponse } from "./gen/grpc/health/v1/health.js";
+import { FastAsrClient, type EncodedRequest } from "./wire.js";
 
-/** A bidirectional StreamingRecognize call. */
-export type RecognizeCall = ClientDuplexStream<StreamingRecognizeRequest, StreamingRecognizeResponse>;
+/** A bidirectional StreamingRecognize call (audio requests may be written pre-encoded, see wire.ts). */
+export type RecognizeCall = ClientDuplexStream<StreamingRecognizeRequest | EncodedRequest, StreamingRecognizeResponse>;
 
 /** A session's hold on one worker; release it exactly once when the session ends. */
 export interface WorkerLease {
@@ -108,7 +109,10 @@ export class WorkerPool implements WorkerSource {
 
   /** A channel for one worker address (not watched yet). */
   private createEntry(address: string): Entry {
-    const asr = new AsrClient(address, credentials.createInsecure(), {
+    const asr = new FastAsrClient(address, credentials.createInsecure(), {
+      // grpc-js keeps every written message for transparent retries until the call commits;
+      // sessions fail over by replay themselves (worker-link.ts), so that copy is pure cost.
+      "grpc.enable_retries": 0,
       // Audio frames are small, but a whole decoded file is re-chunked to 1 MiB; results are small.
       "grpc.max_send_message_length": 8 * 1024 * 1024,
       "grpc.max_receive_message_length": 8 * 1024 * 1024,
@@ -233,7 +237,7 @@ export class WorkerPool implements WorkerSource {
     return {
       address: e.address,
       open: () => {
-        const call = e.asr.streamingRecognize();
+        const call = e.asr.streamingRecognize() as RecognizeCall;
         e.calls.add(call);
         call.on("status", () => e.calls.delete(call));
         return call;

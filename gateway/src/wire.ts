@@ -1,0 +1,77 @@
+/**
+ * The per-frame request encoding of the worker link.
+ *
+ * Why not the generated encoder for audio: every 60 ms frame of every
+ * session becomes one StreamingRecognizeRequest { audio { pcm16le,
+ * sample_rate_hz } }. Through ts-proto that is three objects, a growing
+ * BinaryWriter and two copies of the PCM (finish(), then Buffer.from in the
+ * generated serializer) — 11 % of the gateway's busy time and a large share
+ * of its garbage in `--cpu-prof` runs (docs/benchmarks.md). Audio requests
+ * are therefore encoded here straight into one Buffer of the exact size; the
+ * bytes are the standard protobuf encoding (tests decode them with the
+ * generated decoder), and every other request still goes through ts-proto.
+ */
+import { makeGenericClientConstructor, type ChannelCredentials, type ClientOptions } from "@grpc/grpc-js";
+import { AsrService, StreamingRecognizeRequest, type AsrClient } from "./gen/asr/v1/asr.js";
+
+/** A StreamingRecognizeRequest already encoded (a Buffer the serializer passes through). */
+export type EncodedRequest = Buffer & { readonly __encodedRequest: true };
+
+/** StreamingRecognizeRequest.audio is field 2; AudioChunk.pcm16le field 1, sample_rate_hz field 2. */
+const TAG_REQUEST_AUDIO = (2 << 3) | 2;
+const TAG_PCM = (1 << 3) | 2;
+const TAG_RATE = (2 << 3) | 0;
+
+function varintSize(v: number): number {
+  let n = 1;
+  while (v >= 0x80) {
+    v = Math.floor(v / 128);
+    n++;
+  }
+  return n;
+}
+
+function writeVarint(buf: Buffer, off: number, v: number): number {
+  while (v >= 0x80) {
+    buf[off++] = (v & 0x7f) | 0x80;
+    v = Math.floor(v / 128);
+  }
+  buf[off++] = v;
+  return off;
+}
+
+/** Encodes StreamingRecognizeRequest { audio { pcm16le: pcm, sample_rate_hz: rate } } into one exact-size Buffer. */
+export function encodeAudioRequest(pcm: Uint8Array, sampleRateHz: number): EncodedRequest {
+  // proto3 leaves out fields holding their default (empty bytes, rate 0).
+  const inner = (pcm.length > 0 ? 1 + varintSize(pcm.length) + pcm.length : 0) + (sampleRateHz > 0 ? 1 + varintSize(sampleRateHz) : 0);
+  const buf = Buffer.allocUnsafe(1 + varintSize(inner) + inner);
+  let off = 0;
+  buf[off++] = TAG_REQUEST_AUDIO;
+  off = writeVarint(buf, off, inner);
+  if (pcm.length > 0) {
+    buf[off++] = TAG_PCM;
+    off = writeVarint(buf, off, pcm.length);
+    buf.set(pcm, off);
+    off += pcm.length;
+  }
+  if (sampleRateHz > 0) {
+    buf[off++] = TAG_RATE;
+    writeVarint(buf, off, sampleRateHz);
+  }
+  return buf as EncodedRequest;
+}
+
+/** The Asr service with a request serializer that passes EncodedRequest buffers through untouched. */
+export const FAST_ASR_SERVICE = {
+  ...AsrService,
+  streamingRecognize: {
+    ...AsrService.streamingRecognize,
+    requestSerialize: (value: StreamingRecognizeRequest | EncodedRequest): Buffer =>
+      Buffer.isBuffer(value) ? value : Buffer.from(StreamingRecognizeRequest.encode(value).finish()),
+  },
+} as const;
+
+/** A grpc-js client constructor for FAST_ASR_SERVICE, shaped like the generated AsrClient. */
+export const FastAsrClient = makeGenericClientConstructor(FAST_ASR_SERVICE, "asr.v1.Asr") as unknown as {
+  new (address: string, credentials: ChannelCredentials, options?: Partial<ClientOptions>): AsrClient;
+};

@@ -1,0 +1,31 @@
+/**
+ * The hand-encoded audio request is byte-for-byte what the generated
+ * encoder produces, so a worker decodes it like any other request.
+ */
+import assert from "node:assert/strict";
+import { describe, test } from "node:test";
+import { StreamingRecognizeRequest } from "../../gateway/src/gen/asr/v1/asr.js";
+import { FAST_ASR_SERVICE, encodeAudioRequest } from "../../gateway/src/wire.js";
+
+describe("audio request encoding", () => {
+  test("equals the generated encoding for frame sizes across varint boundaries and both rates", () => {
+    for (const bytes of [0, 2, 126, 128, 1920, 16_382, 16_384, 204_800, 1 << 20]) {
+      for (const rate of [0, 8000, 16000]) {
+        const pcm = Buffer.alloc(bytes, 7);
+        const generated = Buffer.from(StreamingRecognizeRequest.encode({ streamingRequest: { $case: "audio", value: { pcm16le: pcm, sampleRateHz: rate } } }).finish());
+        assert.deepEqual(encodeAudioRequest(pcm, rate), generated, `${bytes} bytes at ${rate} Hz`);
+      }
+    }
+  });
+
+  test("decodes back to the same audio, and the serializer passes encoded requests through", () => {
+    const pcm = Buffer.from([1, 2, 3, 4, 5, 6]);
+    const enc = encodeAudioRequest(pcm.subarray(2), 16000);
+    const back = StreamingRecognizeRequest.decode(enc).streamingRequest;
+    assert.equal(back?.$case, "audio");
+    assert.deepEqual(Buffer.from(back!.$case === "audio" ? back.value.pcm16le : []), Buffer.from([3, 4, 5, 6]));
+    const ser = FAST_ASR_SERVICE.streamingRecognize.requestSerialize;
+    assert.equal(ser(enc), enc);
+    assert.deepEqual(ser({ streamingRequest: { $case: "audio", value: { pcm16le: pcm, sampleRateHz: 8000 } } }), encodeAudioRequest(pcm, 8000));
+  });
+});
