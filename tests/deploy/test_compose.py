@@ -105,6 +105,10 @@ def test_multi_gpu_profile_adds_a_worker_on_the_second_gpu() -> None:
     w0 = cfg["services"]["worker"]["deploy"]["resources"]["reservations"]["devices"][0]["device_ids"]
     assert w0 == ["0"]
     assert cfg["services"]["gateway"]["environment"]["WORKER_ADDRESSES"] == "worker:50051,worker-gpu1:50051"
+    # By default the gateways find it through the shared name "worker" (DNS discovery).
+    dflt = compose_config("--profile", "multi-gpu")
+    assert "worker" in dflt["services"]["worker-gpu1"]["networks"]["default"]["aliases"]
+    assert dflt["services"]["gateway"]["environment"]["WORKER_ADDRESSES"] == "worker:50051"
 
 
 def _haproxy_timeouts() -> dict[str, float]:

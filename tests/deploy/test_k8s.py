@@ -58,11 +58,15 @@ def test_workers_get_a_gpu_grpc_probes_and_a_headless_service() -> None:
     assert ("PodDisruptionBudget", "asr-worker") in d
 
 
-def test_gateway_addresses_every_worker_pod() -> None:
+def test_gateway_finds_every_worker_pod_through_the_headless_service() -> None:
     d = docs()
-    replicas = d[("StatefulSet", "asr-worker")]["spec"]["replicas"]
-    addrs = d[("ConfigMap", "asr-gateway")]["data"]["WORKER_ADDRESSES"].split(",")
-    assert addrs == [f"asr-worker-{i}.asr-worker.asr.svc.cluster.local:50051" for i in range(replicas)]
+    svc = d[("Service", "asr-worker")]["spec"]
+    assert svc["clusterIP"] == "None"
+    assert d[("StatefulSet", "asr-worker")]["spec"]["serviceName"] == "asr-worker"
+    data = d[("ConfigMap", "asr-gateway")]["data"]
+    # One name for all pods: scaling the StatefulSet needs no gateway change.
+    assert data["WORKER_ADDRESSES"] == f"asr-worker.asr.svc.cluster.local:{svc['ports'][0]['port']}"
+    assert 0 < int(data["WORKER_DNS_REFRESH_SECONDS"]) <= 60
 
 
 def test_gateway_readiness_drain_hpa_and_pdb() -> None:
