@@ -7,6 +7,7 @@
  *   npm run bench:gateway -- --ns 100,500,1000,2000 [--worker python|stub] [--pin gateway=0,worker=1,load=1]
  *   npm run bench:gateway -- --ns 20 --worker stub            # smoke run
  *   npm run bench:gateway -- --worker stub --ns 500,1000 --gateway-env GATEWAY_PROCESSES=2 --nice=-5
+ *   npm run bench:gateway -- --worker stub --ns 300 --gateway-root /tmp/gw-old   # another checkout's gateway
  *
  * With GATEWAY_PROCESSES=N the gateway's CPU is the sum over its primary and
  * every child process. `--nice=-N` runs the gateway, worker and load
@@ -49,6 +50,7 @@ const { values } = parseArgs({
     out: { type: "string" },
     "max-seconds": { type: "string", default: "120" },
     nice: { type: "string", default: "" },
+    "gateway-root": { type: "string", default: REPO_ROOT },
   },
 });
 
@@ -165,7 +167,7 @@ async function main(): Promise<void> {
     ...Object.fromEntries((values["gateway-env"] as string[]).map((kv) => kv.split("=", 2) as [string, string])),
   };
   log(`worker ${worker.address} SERVING; starting gateway${pins.gateway ? ` on cpu ${pins.gateway}` : ""}`);
-  const gateway = await startGateway(worker.address, pins.gateway, gwEnv, values["gateway-node-arg"] as string[]);
+  const gateway = await startGateway(worker.address, pins.gateway, gwEnv, values["gateway-node-arg"] as string[], values["gateway-root"]);
   // A multi-process gateway (GATEWAY_PROCESSES) is measured as all of its processes together.
   const gatewayPids = processTree(gateway.pid);
   renice([...gatewayPids, ...processTree(worker.pid)]);

@@ -97,17 +97,18 @@ export async function waitServing(address: string, timeoutMs = 300_000): Promise
   }
 }
 
-/** Starts the gateway (`gateway/src/main.ts`) and waits for /readyz. */
+/** Starts the gateway (`gateway/src/main.ts` of `root`, default this checkout) and waits for /readyz. */
 export async function startGateway(
   workers: string,
   cpus: string | undefined,
   extraEnv: Record<string, string>,
   nodeArgs: string[] = [],
+  root: string = REPO_ROOT,
 ): Promise<Server> {
   const port = await freePort();
   const [cmd, args] = pinned(cpus, process.execPath, [...nodeArgs, "--import", "tsx", "gateway/src/main.ts"]);
   const env = { GATEWAY_PORT: String(port), WORKER_ADDRESSES: workers, LOG_LEVEL: "warn", ...extraEnv };
-  const proc = spawn(cmd, args, { cwd: REPO_ROOT, env: { ...process.env, ...env }, stdio: ["ignore", "ignore", "pipe"] });
+  const proc = spawn(cmd, args, { cwd: root, env: { ...process.env, ...env }, stdio: ["ignore", "ignore", "pipe"] });
   let err = "";
   proc.stderr!.on("data", (d: Buffer) => {
     err = (err + d.toString()).slice(-8000);
