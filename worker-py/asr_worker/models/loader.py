@@ -5,6 +5,7 @@ A Fun-ASR-Nano-2512 directory looks like::
     config.yaml            FunASR config: model FunASRNano, frontend, encoder, adaptor, LLM, CTC
     configuration.json     ModelScope metadata (file_path_metas)
     model.pt               {"state_dict": {audio_encoder.*, audio_adaptor.*, llm.*, ctc_decoder.*, ctc.*}}
+                           (the Hugging Face snapshot has no ctc_decoder.* / ctc.*: no timestamps)
     multilingual.tiktoken  SenseVoice tokenizer of the CTC (timestamp) branch
     Qwen3-0.6B/            config.json + tokenizer of the Qwen3 decoder (weights live in model.pt)
 
