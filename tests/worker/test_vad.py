@@ -269,3 +269,17 @@ def test_unknown_vad_flag_is_a_startup_error_naming_the_choices():
     args = build_parser().parse_args(["serve", "--engine", "fake", "--vad", "webrtc"])
     with pytest.raises(StartupError, match="silero, silero-torch, silero-onnx, fsmn"):
         check_serve_args(args)
+
+
+def test_loading_silero_keeps_the_process_torch_thread_count():
+    """silero_vad's import sets torch to 1 thread; the engine's --torch-threads must survive it."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    worker = Path(__file__).resolve().parents[2] / "worker-py"
+    code = ("import torch; torch.set_num_threads(2); from asr_worker.vad import SileroVad; "
+            "SileroVad('auto'); print(torch.get_num_threads())")
+    out = subprocess.run([sys.executable, "-c", code], cwd=worker, capture_output=True, text=True,
+                         timeout=60, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "2", out.stderr

@@ -378,7 +378,13 @@ _Runner = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 def _silero_torch() -> _Runner:
     """silero's TorchScript network as a numpy function."""
     import torch
+
+    # Importing silero_vad calls torch.set_num_threads(1) for the whole process; keep the
+    # caller's setting (`serve --torch-threads` also sizes the engine in one-process mode).
+    threads = torch.get_num_threads()
     from silero_vad import load_silero_vad
+
+    torch.set_num_threads(threads)
 
     model = load_silero_vad()._model  # the stateless inner network, 16 kHz
     if int(model.context_size_samples) != SILERO_CONTEXT:
