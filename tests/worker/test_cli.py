@@ -246,6 +246,7 @@ def test_check_on_the_release_layout_without_ctc_weights_warns_once(tmp_path):
         (["--model-dir", "/nonexistent/model"], "does not exist"),
         (["--model-dir", "/tmp", "--device", "tpu"], "unknown device"),
         ([], "--model-dir"),
+        (["--model-dir", "/tmp", "--max-cer", "-1"], "--max-cer must be >= 0"),
     ],
 )
 def test_check_misconfiguration_is_one_line_and_exit_2(args, needle):

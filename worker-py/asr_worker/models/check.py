@@ -193,6 +193,8 @@ def check_from_args(args: argparse.Namespace, out: TextIO) -> None:
     """Run `check` from parsed arguments; writes the report to out, raises StartupError."""
     from asr_worker.log import configure
 
+    if not args.max_cer >= 0:
+        raise StartupError(f"--max-cer must be >= 0, got {args.max_cer}")
     configure("warning")  # the loader's warnings (no CTC weights, ...) go to stderr
     # Libraries print notices to stdout; keep stdout for the report alone.
     with contextlib.redirect_stdout(sys.stderr):
