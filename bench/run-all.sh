@@ -21,6 +21,9 @@ node --import tsx bench/gateway-overhead.ts --worker python --ns "${NS_PY:-50,10
 echo "== worker batching on CPU"
 $py bench/worker_batching.py --json "$out/worker-batching-$stamp.json" | tee "$out/worker-batching-$stamp.md"
 
+echo "== VAD cost per backend and batch size"
+$py bench/vad_cost.py --out "$out/vad-cost-$stamp.json" | tee "$out/vad-cost-$stamp.md"
+
 echo "== GPU capacity"
 if [ "${GPU:-0}" = 1 ]; then
   $py bench/gpu_capacity.py --search --json "$out/gpu-capacity-$stamp.json" | tee "$out/gpu-capacity-$stamp.md"
