@@ -331,3 +331,15 @@ async def test_stepping_engine_no_request_lost_under_concurrency():
         assert max(engine.steps) <= 6
     finally:
         await sched.stop()
+
+
+def test_fake_engines_count_their_work():
+    for engine in (FakeEngine(0, 0), SteppingFakeEngine(0, 0)):
+        engine.warmup()
+        req = _req(1.0, kind="partial", seed=3)
+        n = len(engine.transcribe(req.audio).tokens)
+        engine.decode_batch([DecodeRequest(req.audio, OPTS, "partial", prefix="XY"), _req(0.6, seed=4)])
+        assert engine.work.requests == {"partial": 1, "final": 1}
+        assert engine.work.generated_tokens["partial"] == n - 2 + 1  # the tail + the end token
+        assert engine.work.prefilled_tokens["partial"] == 2
+        assert engine.work.audio_seconds["final"] == pytest.approx(0.6)

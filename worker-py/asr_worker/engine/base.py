@@ -90,6 +90,8 @@ class Engine(Protocol):
 
     #: Short name reported in LoadReport.engine ("funasr-nano", "fake").
     name: str
+    #: Cumulative work since warmup (for metrics and benchmarks; read, never reset, by them).
+    work: DecodeWork
 
     def warmup(self) -> None:
         """Run a representative decode so the first real request is not slow.

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .base import MODEL_SAMPLE_RATE, DecodeOptions, DecodeRequest, DecodeResult, TokenTime
+from .base import MODEL_SAMPLE_RATE, DecodeOptions, DecodeRequest, DecodeResult, DecodeWork, TokenTime
 
 #: Syllables the fake engine "recognizes".
 SYLLABLES = tuple("今天气很好我们去公园散步吧请把会议安排在下午三点阿里巴达摩院推出了新的语音识别模型")
@@ -63,6 +63,9 @@ class FakeEngine:
         self.voice_rms = float(voice_rms)
         #: Batch sizes of every decode_batch call, for tests and benchmarks.
         self.calls: list[int] = []
+        #: Work counters as a real engine keeps them: one token per syllable generated
+        #: (plus one end token per request), the prefix's characters as prefilled tokens.
+        self.work = DecodeWork()
         self.warmed_up = False
 
     def warmup(self) -> None:
@@ -71,6 +74,7 @@ class FakeEngine:
             [DecodeRequest(audio=np.zeros(MODEL_SAMPLE_RATE, dtype=np.float32), options=DecodeOptions())]
         )
         self.calls.clear()
+        self.work = DecodeWork()
         self.warmed_up = True
 
     def decode_batch(self, requests: Sequence[DecodeRequest]) -> list[DecodeResult]:
@@ -79,7 +83,19 @@ class FakeEngine:
         cost_s = (self.base_ms + self.per_item_ms * len(requests)) / 1000.0
         if cost_s > 0:
             time.sleep(cost_s)
-        return [self._with_prefix(self.transcribe(r.audio), r.prefix) for r in requests]
+        return [self._result(r) for r in requests]
+
+    def _result(self, request: DecodeRequest) -> DecodeResult:
+        """The request's (prefix-forced) result, its work counted."""
+        result = self._with_prefix(self.transcribe(request.audio), request.prefix)
+        self.work.add(
+            request.kind,
+            requests=1,
+            audio_seconds=len(request.audio) / MODEL_SAMPLE_RATE,
+            prefilled=len(request.prefix),
+            generated=len(result.tokens) + 1,
+        )
+        return result
 
     @staticmethod
     def _with_prefix(result: DecodeResult, prefix: str) -> DecodeResult:
@@ -142,7 +158,7 @@ class SteppingFakeEngine(FakeEngine):
             time.sleep(self.per_item_ms * len(requests) / 1000.0)
         handles = []
         for r in requests:
-            result = self._with_prefix(self.transcribe(r.audio), r.prefix)
+            result = self._result(r)
             handle = next(self._handles)
             self._running[handle] = [len(result.tokens) + 1, result]
             handles.append(handle)
