@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from asr.v1 import asr_pb2, asr_pb2_grpc
@@ -216,7 +217,7 @@ class AsrService(asr_pb2_grpc.AsrServicer):
         )
         reader: asyncio.Task | None = None
         try:
-            it = aiter(request_iterator)
+            it = _decoded(request_iterator)
             first_task = asyncio.ensure_future(anext(it))
             await asyncio.wait({first_task, killed}, return_when=asyncio.FIRST_COMPLETED)
             if killed.done():
@@ -291,6 +292,22 @@ class AsrService(asr_pb2_grpc.AsrServicer):
         except Exception as exc:  # a bug: end this call only
             log.exception("session failed")
             session.fail(InternalError(f"internal error: {type(exc).__name__}"))
+
+
+async def _decoded(
+    requests: AsyncIterator[asr_pb2.StreamingRecognizeRequest],
+) -> AsyncIterator[asr_pb2.StreamingRecognizeRequest]:
+    """The call's requests; bytes that are not a StreamingRecognizeRequest are the client's error.
+
+    grpc.aio raises the deserializer's DecodeError from the request iterator; unhandled it
+    would end the call as UNKNOWN ("unexpected error") and log a traceback, as for a bug
+    (found by tests/worker/test_fuzz_requests.py).
+    """
+    try:
+        async for req in requests:
+            yield req
+    except DecodeError as exc:
+        raise InvalidConfig("malformed request: not an asr.v1.StreamingRecognizeRequest") from exc
 
 
 class WorkerServer:
