@@ -16,7 +16,7 @@
  * bounded number of attempts). A single-process worker (no front_streams)
  * gets no extra connection: all streams use the pool's own channel.
  */
-import type { ClientReadableStream, StatusObject } from "@grpc/grpc-js";
+import { status as GrpcStatus, type ClientReadableStream, type StatusObject } from "@grpc/grpc-js";
 import type { Logger } from "pino";
 import type { AsrClient, LoadReport } from "./gen/asr/v1/asr.js";
 
@@ -105,11 +105,11 @@ export class WorkerConnections {
     call.on("error", () => {
       // Handled by the status event.
     });
-    call.on("status", (_s: StatusObject) => {
+    call.on("status", (s: StatusObject) => {
       if (conn.loadCall !== call) return;
       conn.loadCall = null;
       conn.frontId = null;
-      if (this.closed) return;
+      if (this.closed || s.code === GrpcStatus.UNIMPLEMENTED) return; // no WatchLoad: one connection
       if (conn.owned) {
         // An extra connection that failed is dropped; coverage is re-established by the next report.
         this.drop(conn);

@@ -21,6 +21,7 @@ import {
 } from "./gen/asr/v1/asr.js";
 import { HealthCheckResponse_ServingStatus, HealthClient, type HealthCheckResponse } from "./gen/grpc/health/v1/health.js";
 import { FastAsrClient, type EncodedRequest } from "./wire.js";
+import { WorkerConnections } from "./worker-connections.js";
 
 /** A bidirectional StreamingRecognize call (audio requests may be written pre-encoded, see wire.ts). */
 export type RecognizeCall = ClientDuplexStream<StreamingRecognizeRequest | EncodedRequest, StreamingRecognizeResponse>;
@@ -53,6 +54,14 @@ export interface WorkerPoolOptions {
   minBackoffMs?: number;
   /** Largest reconnect delay, ms. */
   maxBackoffMs?: number;
+  /**
+   * A worker whose load reports (due every loadIntervalMs) stop for this long is
+   * treated as hung — SIGSTOPped, wedged, or cut off without a TCP reset, none of
+   * which ends a call by itself (keepalive would, after 30 s): it is taken out of
+   * placement and its open calls are cancelled, so that their sessions fail over
+   * by replay. It is placed on again when its reports resume. 0 = off.
+   */
+  stallTimeoutMs?: number;
 }
 
 /** A worker's state as the pool sees it. */
@@ -85,6 +94,12 @@ interface Entry {
   calls: Set<RecognizeCall>;
   /** The address vanished from discovery: never placed on again. */
   retired: boolean;
+  /** Spreads this worker's streams over its front processes (extra connections). */
+  spread: WorkerConnections;
+  /** When the newest load report arrived (Date.now()). */
+  lastReportAt: number;
+  /** Load reports stopped for stallTimeoutMs: out of placement until the next one. */
+  stalled: boolean;
 }
 
 /** The worker pool (see module comment). Call start() once, close() at shutdown. */
@@ -94,6 +109,7 @@ export class WorkerPool implements WorkerSource {
   private readonly opts: Required<WorkerPoolOptions>;
   private started = false;
   private closed = false;
+  private stallTimer: NodeJS.Timeout | undefined;
 
   /** Creates channels for `addresses`; nothing is watched before start(). */
   constructor(addresses: readonly string[], logger: Logger, options: WorkerPoolOptions = {}) {
@@ -103,13 +119,14 @@ export class WorkerPool implements WorkerSource {
       loadIntervalMs: options.loadIntervalMs ?? 1000,
       minBackoffMs: options.minBackoffMs ?? 200,
       maxBackoffMs: options.maxBackoffMs ?? 5000,
+      stallTimeoutMs: options.stallTimeoutMs ?? 3000,
     };
     this.entries = addresses.map((address) => this.createEntry(address));
   }
 
   /** A channel for one worker address (not watched yet). */
   private createEntry(address: string): Entry {
-    const asr = new FastAsrClient(address, credentials.createInsecure(), {
+    const channelOptions = {
       // grpc-js keeps every written message for transparent retries until the call commits;
       // sessions fail over by replay themselves (worker-link.ts), so that copy is pure cost.
       "grpc.enable_retries": 0,
@@ -121,7 +138,12 @@ export class WorkerPool implements WorkerSource {
       "grpc.keepalive_time_ms": 20_000,
       "grpc.keepalive_timeout_ms": 10_000,
       "grpc.keepalive_permit_without_calls": 1,
-    });
+    };
+    const asr = new FastAsrClient(address, credentials.createInsecure(), channelOptions);
+    // Extra connections (own subchannel pool each) reach the worker's other front processes.
+    const extra = (): AsrClient =>
+      new FastAsrClient(address, credentials.createInsecure(), { ...channelOptions, "grpc.use_local_subchannel_pool": 1 });
+    const spread = new WorkerConnections(asr, extra, this.log.child({ worker: address }), { loadIntervalMs: this.opts.loadIntervalMs });
     // Share the one channel: health, load and recognition use the same connection.
     const health = new HealthClient(address, credentials.createInsecure(), { channelOverride: asr.getChannel() });
     return {
@@ -139,6 +161,9 @@ export class WorkerPool implements WorkerSource {
       timers: new Set(),
       calls: new Set(),
       retired: false,
+      spread,
+      lastReportAt: 0,
+      stalled: false,
     };
   }
 
@@ -148,6 +173,31 @@ export class WorkerPool implements WorkerSource {
     for (const e of this.entries) {
       this.watchHealth(e);
       this.watchLoad(e);
+      e.spread.start();
+    }
+    const stall = this.opts.stallTimeoutMs;
+    if (stall > 0) {
+      // A quarter of the timeout between checks: a hang is noticed within 1.25 x the timeout.
+      this.stallTimer = setInterval(() => this.checkStalls(), Math.max(50, stall / 4));
+      this.stallTimer.unref();
+    }
+  }
+
+  /** Takes workers whose load reports stopped out of placement and fails their sessions over. */
+  private checkStalls(): void {
+    const now = Date.now();
+    for (const e of this.entries) {
+      // Only a load watch that has reported proves the worker can report; without one
+      // (not connected yet, or no WatchLoad) there is nothing to time out.
+      if (e.stalled || e.loadCall === null || e.load === null) continue;
+      if (now - e.lastReportAt < this.opts.stallTimeoutMs) continue;
+      e.stalled = true;
+      this.log.warn(
+        { worker: e.address, silent_ms: now - e.lastReportAt, sessions: e.localSessions },
+        "worker stopped reporting load; treating it as hung, its sessions fail over",
+      );
+      // CANCELLED by us is retryable: each session replays on another worker.
+      for (const call of [...e.calls]) call.cancel();
     }
   }
 
@@ -171,6 +221,7 @@ export class WorkerPool implements WorkerSource {
       if (this.started) {
         this.watchHealth(e);
         this.watchLoad(e);
+        e.spread.start();
       }
     }
   }
@@ -181,6 +232,7 @@ export class WorkerPool implements WorkerSource {
     this.stopWatching(e);
     // The calls' status events reach their sessions, which fail over (CANCELLED by us is retryable).
     for (const call of [...e.calls]) call.cancel();
+    e.spread.close();
     e.asr.close();
   }
 
@@ -208,12 +260,12 @@ export class WorkerPool implements WorkerSource {
 
   /** {@inheritDoc WorkerSource.servingCount} */
   servingCount(): number {
-    return this.entries.filter((e) => e.serving).length;
+    return this.entries.filter((e) => e.serving && !e.stalled).length;
   }
 
   /** A snapshot of every worker (for logs and tests). */
   status(): WorkerStatus[] {
-    return this.entries.map((e) => ({ address: e.address, serving: e.serving, load: e.load, localSessions: e.localSessions }));
+    return this.entries.map((e) => ({ address: e.address, serving: e.serving && !e.stalled, load: e.load, localSessions: e.localSessions }));
   }
 
   /** {@inheritDoc WorkerSource.acquire} */
@@ -221,7 +273,7 @@ export class WorkerPool implements WorkerSource {
     let best: Entry | null = null;
     let bestScore = Number.POSITIVE_INFINITY;
     for (const e of this.entries) {
-      if (!e.serving || exclude?.has(e.address)) continue;
+      if (!e.serving || e.stalled || exclude?.has(e.address)) continue;
       const score = this.score(e);
       if (score === null) continue;
       if (score < bestScore) {
@@ -237,7 +289,7 @@ export class WorkerPool implements WorkerSource {
     return {
       address: e.address,
       open: () => {
-        const call = e.asr.streamingRecognize() as RecognizeCall;
+        const call = e.spread.streamingRecognize() as RecognizeCall;
         e.calls.add(call);
         call.on("status", () => e.calls.delete(call));
         return call;
@@ -305,6 +357,11 @@ export class WorkerPool implements WorkerSource {
     e.loadCall = call;
     call.on("data", (r: LoadReport) => {
       e.loadBackoff = this.opts.minBackoffMs;
+      e.lastReportAt = Date.now();
+      if (e.stalled) {
+        e.stalled = false;
+        this.log.info({ worker: e.address }, "worker reporting load again; placing on it");
+      }
       e.load = r;
       e.placedSinceReport = 0;
     });
@@ -327,8 +384,10 @@ export class WorkerPool implements WorkerSource {
   close(): void {
     if (this.closed) return;
     this.closed = true;
+    if (this.stallTimer) clearInterval(this.stallTimer);
     for (const e of this.entries) {
       this.stopWatching(e);
+      e.spread.close();
       e.asr.close();
     }
   }

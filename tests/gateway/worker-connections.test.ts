@@ -10,6 +10,7 @@ import { createLogger } from "../../gateway/src/log.js";
 import { StreamingRecognizeRequest, type AsrClient, type LoadReport } from "../../gateway/src/gen/asr/v1/asr.js";
 import { FastAsrClient } from "../../gateway/src/wire.js";
 import { WorkerConnections } from "../../gateway/src/worker-connections.js";
+import { WorkerPool } from "../../gateway/src/workers.js";
 import { SKIP_REASON, startRealWorker, type RealWorker } from "../e2e/helpers/real-worker.js";
 
 const logger = createLogger("silent");
@@ -74,6 +75,37 @@ describe("worker connections", { skip: SKIP_REASON }, () => {
     } finally {
       spread.close();
       primary.close();
+      probe.close();
+    }
+  });
+
+  test("a gateway's worker pool places the sessions it sends to one worker evenly on its fronts", { timeout: 120_000 }, async () => {
+    const pool = new WorkerPool([worker.address], logger, { loadIntervalMs: 100, minBackoffMs: 50, maxBackoffMs: 300 });
+    const probe = new FastAsrClient(worker.address, credentials.createInsecure(), { "grpc.use_local_subchannel_pool": 1 });
+    pool.start();
+    try {
+      await until(() => pool.servingCount() === 1, 60_000, "the worker to be serving");
+      // Give the pool time to reach both fronts (it opens extra connections as reports come in).
+      await new Promise((r) => setTimeout(r, 1500));
+      const calls = [];
+      for (let i = 0; i < 30; i++) {
+        const lease = pool.acquire();
+        assert.ok(lease !== null, "a lease");
+        const call = lease.open();
+        call.on("error", () => {});
+        call.write(StreamingRecognizeRequest.fromPartial({ streamingRequest: { $case: "config", value: { sampleRateHz: 16000 } } }));
+        calls.push(call);
+      }
+      let last: LoadReport | null = null;
+      await until(async () => {
+        last = await report(probe);
+        return last.activeStreams === 30;
+      }, 20_000, "30 open streams");
+      const perFront = [...last!.frontStreams];
+      assert.ok(Math.abs(perFront[0]! - perFront[1]!) <= 3, `even spread: ${JSON.stringify(perFront)}`);
+      for (const c of calls) c.end();
+    } finally {
+      pool.close();
       probe.close();
     }
   });
