@@ -26,10 +26,9 @@ import { traceMetrics } from "../lib/metrics.js";
 import { dist, fmt } from "../lib/stats.js";
 import { checkAll, referenceRun } from "./lib/check.js";
 import { signalTree, startGateway, startWorker, type Proc } from "./lib/cluster.js";
+import { CHAOS_FILES } from "./lib/files.js";
 import { createNetns, type Netns } from "./lib/netns.js";
 
-/** Files long enough (>= 40 s each, several segments) that a fault at ~12 s lands mid-session. */
-export const CHAOS_FILES = ["synth/three_utterances.wav*2", "zh/long.wav*5", "zh/binhai.wav*7", "zh/damo.wav*7", "zh/mid.wav*8"];
 
 const { values } = parseArgs({
   options: {
