@@ -72,6 +72,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--latency-requests", type=int, default=48)
     p.add_argument("--arrival-ms", type=float, default=15.0)
     p.add_argument("--max-batch-size", type=int, default=8)
+    p.add_argument("--batch-window-ms", type=float, default=10.0, help="serve's default: 10")
     p.add_argument("--json", type=Path, default=None)
     return p.parse_args()
 
@@ -188,7 +189,8 @@ async def latency_run(engine, segs, mode: str, a: argparse.Namespace) -> dict:
     from asr_worker.scheduler import Scheduler
 
     target = engine if mode == "iteration" else WholeBatches(engine)
-    sched = Scheduler(target, max_batch_size=a.max_batch_size, batch_window_ms=0, max_queue=10_000)
+    sched = Scheduler(target, max_batch_size=a.max_batch_size, batch_window_ms=a.batch_window_ms,
+                      max_queue=10_000)
     await sched.start()
     waits: dict[str, list[float]] = {"final": [], "partial": []}
     loop = asyncio.get_running_loop()
@@ -262,7 +264,7 @@ def main() -> int:
         for mode in ("whole-batch", "iteration"):
             latency.append(asyncio.run(latency_run(engine, segs, mode, a)))
         print(f"\n{a.latency_requests} requests (1 final : 3 partials), one every {a.arrival_ms} ms, "
-              f"max_batch_size {a.max_batch_size}, forced 3 tokens/s")
+              f"max_batch_size {a.max_batch_size}, batch window {a.batch_window_ms} ms, forced 3 tokens/s")
         print("| batching | partial p50 / p95 ms | final p50 / p95 ms | mean running | wall s |")
         print("|---|---|---|---|---|")
         for r in latency:

@@ -10,9 +10,10 @@ One consumer task drives the engine on a single-thread executor (only the batch 
 touches the model, so engines need no locks), in one of two ways:
 
 - an engine with iteration-level decoding (`SteppingEngine`: add_requests / step) runs
-  continuously: before every decoder step, queued requests join the running batch up to
-  `max_batch_size` (finals first), and each result is delivered the moment its request
-  finishes, so a short partial never waits for a long final;
+  continuously: between decoder steps, queued requests join the running batch up to
+  `max_batch_size` (finals first) once the oldest has waited `batch_window_ms` (so one
+  prefill serves several newcomers) or they fill the room, and each result is delivered
+  the moment its request finishes, so a short partial never waits for a long final;
 - any other engine gets whole batches (`decode_batch`): after the first request arrives
   the consumer collects more until `batch_window_ms` has passed or `max_batch_size` are
   there (it waits on an event with a deadline; it never polls).
@@ -42,6 +43,7 @@ import concurrent.futures
 import enum
 import itertools
 import logging
+import threading
 import time
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
@@ -49,6 +51,9 @@ from typing import Any
 
 from .engine.base import MODEL_SAMPLE_RATE, DecodeRequest, DecodeResult, Engine, SteppingEngine
 from .errors import AsrError, InferenceFailed, InternalError, Overloaded
+
+#: Most decoder steps per batch-thread call while nothing finishes and nothing is queued.
+_STEPS_PER_CALL = 16
 
 
 class TicketState(enum.Enum):
@@ -157,6 +162,10 @@ class Scheduler:
         self._running: dict[int, Ticket] = {}  # by engine handle (batch mode: by position)
         self._seq = itertools.count()
         self._wakeup = asyncio.Event()
+        # Set by submit, read by the batch thread: queued work ends a run of decoder steps
+        # once its batch window (`_join_at`, scheduler clock) has passed.
+        self._work_queued = threading.Event()
+        self._join_at = 0.0
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._task: asyncio.Task | None = None
         # (finished_at, compute_s, audio_s) of recent engine calls.
@@ -227,6 +236,9 @@ class Scheduler:
         (self._finals if request.kind == "final" else self._partials).append(ticket)
         self.stats.submitted += 1
         self._wakeup.set()
+        if not self._work_queued.is_set():
+            self._join_at = ticket.enqueued_at + self.batch_window_s
+            self._work_queued.set()
         return ticket
 
     def cancel_stream(self, stream_key: Hashable) -> int:
@@ -273,7 +285,8 @@ class Scheduler:
         while True:
             if not self._running:
                 await self._gather_first_batch()
-            batch = self._take(self.max_batch_size - len(self._running))
+            room = self.max_batch_size - len(self._running)
+            batch = self._take(room) if not self._running or self._join_due(room) else []
             if self.stepping:
                 await self._iterate(batch)
             elif batch:
@@ -300,6 +313,16 @@ class Scheduler:
             return self.max_batch_size
         return max(1, min(self.max_batch_size, self.concurrency()))
 
+    def _join_due(self, room: int) -> bool:
+        """Whether queued work joins a running batch now: the batch window applies to
+        joins too, so that one prefill serves several newcomers, unless they fill the room."""
+        if room <= 0 or not self.queue_length:
+            return False
+        return self.queue_length >= room or self._clock() >= self._oldest_queued() + self.batch_window_s
+
+    def _oldest_queued(self) -> float:
+        return min(q[0].enqueued_at for q in (self._finals, self._partials) if q)
+
     def _take(self, room: int) -> list[Ticket]:
         """Up to `room` pending tickets, finals first, each queue in arrival order."""
         batch: list[Ticket] = []
@@ -315,6 +338,11 @@ class Scheduler:
         loop = asyncio.get_running_loop()
         started = self._clock()
         requests = [t.request for t in joining]
+        room = len(self._running) + len(joining) < self.max_batch_size
+        if not room or not self.queue_length:
+            self._work_queued.clear()  # nothing more can join: let the steps run on
+        else:
+            self._join_at = self._oldest_queued() + self.batch_window_s
         try:
             handles, finished = await loop.run_in_executor(self._executor, self._engine_iteration, requests)
         except asyncio.CancelledError:
@@ -344,13 +372,24 @@ class Scheduler:
     def _engine_iteration(
         self, requests: Sequence[DecodeRequest]
     ) -> tuple[list[int], list[tuple[int, DecodeResult]]]:
-        """On the batch thread: add the new requests, then one decoder step."""
+        """On the batch thread: add the new requests, then decoder steps.
+
+        Steps go on without a round trip through the event loop until a request
+        finishes (its result is delivered at once), queued work is due to join (its batch
+        window has passed), or `_STEPS_PER_CALL` steps have run.
+        """
         engine = self.engine
         assert isinstance(engine, SteppingEngine)
         handles = engine.add_requests(requests) if requests else []
         if len(handles) != len(requests):
             raise InternalError(f"engine returned {len(handles)} handles for {len(requests)} requests")
-        return handles, engine.step()
+        for _ in range(_STEPS_PER_CALL):
+            finished = engine.step()
+            if finished or not engine.active:
+                break
+            if self._work_queued.is_set() and self._clock() >= self._join_at:
+                break
+        return handles, finished
 
     async def _run_batch(self, batch: list[Ticket]) -> None:
         self._running = dict(enumerate(batch))
