@@ -128,6 +128,7 @@ export async function runLoad(o: LoadOptions): Promise<LoadResult> {
   const isWs = o.target.startsWith("ws");
   setTag(o.tag ?? "bench");
   const pool = isWs ? undefined : new GrpcPool(o.target.replace(/^grpc:\/\//, ""), o.channels);
+  await pool?.settle();
   const pacer = new Pacer();
   const sampler = new ProcSampler(o.pids);
   const sessions: BenchSession[] = [];

@@ -8,6 +8,8 @@ import { credentials, type ClientDuplexStream } from "@grpc/grpc-js";
 import WebSocket from "ws";
 // The gateway's own schema of server messages: the load also checks protocol conformance.
 import { ServerMessageSchema } from "../../gateway/src/protocol.js";
+import { createLogger } from "../../gateway/src/log.js";
+import { WorkerConnections } from "../../gateway/src/worker-connections.js";
 import {
   AsrClient,
   ControlType,
@@ -253,10 +255,19 @@ export interface GrpcOptions {
   mode: RecognitionMode;
 }
 
-/** A pool of channels to one worker; sessions are spread round-robin. */
+/** What a session needs to open its call. */
+export type CallOpener = Pick<AsrClient, "streamingRecognize">;
+
+/**
+ * A pool of channels to one worker; sessions are spread round-robin. With one
+ * channel (the default) sessions are placed the way a gateway places them:
+ * through WorkerConnections, so a worker with several front processes gets its
+ * streams spread over them (extra connections, least-loaded front per stream).
+ */
 export class GrpcPool {
   private clients: AsrClient[] = [];
   private next = 0;
+  private spread: WorkerConnections | undefined;
   constructor(address: string, channels: number) {
     for (let i = 0; i < channels; i++) {
       // A distinct option per client forces a distinct channel (grpc-js shares identical ones).
@@ -267,13 +278,34 @@ export class GrpcPool {
         } as Record<string, unknown>),
       );
     }
+    if (channels === 1) {
+      const extra = (): AsrClient =>
+        new AsrClient(address, credentials.createInsecure(), {
+          "grpc.use_local_subchannel_pool": 1,
+          "grpc.max_receive_message_length": 8 << 20,
+        } as Record<string, unknown>);
+      this.spread = new WorkerConnections(this.clients[0]!, extra, createLogger("silent"), { loadIntervalMs: 200 });
+      this.spread.start();
+    }
   }
-  pick(): AsrClient {
+  /** Waits (up to timeoutMs) until connections reach every front process of the worker. */
+  async settle(timeoutMs = 5000): Promise<void> {
+    const s = this.spread;
+    if (s === undefined) return;
+    const deadline = Date.now() + timeoutMs;
+    while (Date.now() < deadline && (s.frontCount() === 0 || s.coveredFronts().length < s.frontCount())) {
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
+  pick(): CallOpener {
+    const s = this.spread;
+    if (s !== undefined) return { streamingRecognize: () => s.streamingRecognize() };
     const c = this.clients[this.next % this.clients.length]!;
     this.next++;
     return c;
   }
   close(): void {
+    this.spread?.close();
     for (const c of this.clients) c.close();
   }
 }
@@ -291,7 +323,7 @@ export class GrpcSession implements BenchSession {
     frameMs: number,
     nFrames: number,
     audioMs: number,
-    private readonly client: AsrClient,
+    private readonly client: CallOpener,
     private readonly opt: GrpcOptions,
   ) {
     this.trace = newTrace(idx, file, "grpc", frameMs, nFrames, audioMs);

@@ -71,6 +71,11 @@ export class WorkerConnections {
     this.watch(this.conns[0]!);
   }
 
+  /** Front processes of the worker (0 until a report names them, or for a single-process worker). */
+  frontCount(): number {
+    return this.frontStreams.length;
+  }
+
   /** Fronts reached by at least one connection. */
   coveredFronts(): number[] {
     return [...new Set(this.conns.map((c) => c.frontId).filter((f): f is number => f !== null))].sort((a, b) => a - b);

@@ -25,7 +25,10 @@ closed before the partial's result was emitted is dropped, as is a partial
 superseded by a newer one of the same stream.
 
 Stable deltas (LocalAgreement-2). Partials re-decode the open segment (its last
-`partial_window_ms` at most) every `partial_interval_ms` of audio. The delta of a
+`partial_window_ms` at most): the first as soon as the segment opens (the VAD
+has already heard `min_speech_ms` of speech), the second half an interval later
+(two hypotheses must agree before the first delta is visible), then every
+`partial_interval_ms` of audio. The delta of a
 partial is the part of the longest common prefix of the last two hypotheses
 beyond what earlier deltas already emitted; an emitted delta is never revised
 (if a hypothesis contradicts emitted text, no delta is emitted until the final,
@@ -153,6 +156,7 @@ class _Segment:
     start: int  # 16 kHz samples since stream start
     last_partial_pos: int = 0
     sent: int = 0  # audio before this position is already with the engine
+    partials: int = 0  # partials due so far
     closed: bool = False
     # Stable-delta state.
     emitted: str = ""
@@ -362,7 +366,9 @@ class Session:
 
     async def _on_vad_event(self, ev: VadEvent) -> None:
         if ev.kind is EventKind.START:
-            seg = _Segment(id=self._next_segment, start=ev.sample, last_partial_pos=ev.sample)
+            # The first partial is due at once (see the module docstring).
+            due = ev.sample - self.settings.partial_interval_ms * MODEL_SAMPLE_RATE // 1000
+            seg = _Segment(id=self._next_segment, start=ev.sample, last_partial_pos=due)
             self._next_segment += 1
             self._segment = seg
             # Everything from the (padded) start up to now; later chunks follow in feed_audio.
@@ -420,9 +426,13 @@ class Session:
         seg = self._segment
         if seg is None or not self.settings.partials:
             return
-        if pos - seg.last_partial_pos < self.settings.partial_interval_ms * MODEL_SAMPLE_RATE // 1000:
+        interval = self.settings.partial_interval_ms * MODEL_SAMPLE_RATE // 1000
+        if pos - seg.last_partial_pos < interval:
             return
-        seg.last_partial_pos = pos
+        # The partial after the opening one comes half an interval later: two hypotheses
+        # must agree before a first delta is visible, and they should agree early.
+        seg.last_partial_pos = pos - interval // 2 if seg.partials == 0 else pos
+        seg.partials += 1
         if self._partial_inflight:
             self._partial_due = True  # submitted when the one in flight resolves
             return
