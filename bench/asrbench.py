@@ -253,6 +253,30 @@ def proc_cpu_seconds(pid: int) -> float:
         return float("nan")
 
 
+def proc_tree_pids(pid: int) -> list[int]:
+    """`pid` and all its descendants (the worker is a supervisor with engine and front children)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo.extend(int(c) for c in (task / "children").read_text().split())
+        except OSError:
+            continue
+    return out
+
+
+def proc_tree_cpu_seconds(pid: int) -> float:
+    """utime + stime of a process and all its descendants."""
+    return sum(proc_cpu_seconds(p) for p in proc_tree_pids(pid))
+
+
+def proc_tree_rss_mib(pid: int) -> float:
+    """Resident memory of a process and all its descendants, MiB."""
+    return sum(proc_rss_mib(p) for p in proc_tree_pids(pid))
+
+
 def proc_rss_mib(pid: int) -> float:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -369,6 +393,28 @@ async def _one_stream(
     return tr
 
 
+async def connections_per_front(address: str, opts: list, attempts_per_front: int = 8) -> list:
+    """One aio channel (own connection) per front process of the worker, learnt from
+    LoadReport.front_id; a single channel for a single-process worker."""
+    found: dict[int, grpc.aio.Channel] = {}
+    fronts = 1
+    for attempt in range(attempts_per_front * 16):
+        ch = grpc.aio.insecure_channel(
+            address, options=[*opts, ("grpc.use_local_subchannel_pool", 1), ("bench.conn", attempt)]
+        )
+        call = asr_pb2_grpc.AsrStub(ch).WatchLoad(asr_pb2.WatchLoadRequest())
+        report = await call.read()
+        call.cancel()
+        fronts = max(1, len(report.front_streams))
+        if report.front_id in found:
+            await ch.close()
+        else:
+            found[report.front_id] = ch
+        if len(found) >= fronts or attempt + 1 >= attempts_per_front * fronts:
+            break
+    return list(found.values())
+
+
 async def run_streams(
     address: str,
     audios: Sequence[Audio],
@@ -382,9 +428,16 @@ async def run_streams(
 ) -> tuple[list[StreamTrace], float]:
     """C concurrent streams (file i % len(audios)); returns traces and wall seconds."""
     opts = [("grpc.max_receive_message_length", 8 << 20)]
-    chans = [
-        grpc.aio.insecure_channel(address, options=[*opts, ("bench.channel", i)]) for i in range(channels)
-    ]
+    if channels == 1:
+        # Like a gateway (gateway/src/worker-connections.ts): one connection per front process
+        # of the worker, so the streams spread over its fronts.
+        chans = await connections_per_front(address, opts)
+        channels = len(chans)
+    else:
+        chans = [
+            grpc.aio.insecure_channel(address, options=[*opts, ("bench.channel", i)])
+            for i in range(channels)
+        ]
     stubs = [asr_pb2_grpc.AsrStub(c) for c in chans]
     t_start = time.monotonic()
     tasks = [

@@ -8,7 +8,10 @@
 2. Starts the production worker (`asr_worker serve --engine funasr-nano`) through
    bench/capacity_worker.py, which only forces decode lengths to what real speech yields
    (--tokens-per-second, default 5: every request generates exactly ceil(seconds x 5)
-   tokens, EOS suppressed) — random weights would otherwise stop at random.
+   tokens, EOS suppressed) — random weights would otherwise stop at random. That is the
+   shipped process model (supervisor + engine process + default front processes); worker
+   CPU and RSS are summed over the whole process tree, and each client process opens one
+   connection per front (asrbench.connections_per_front), as a gateway does.
 3. Ramps N concurrent streams (real-time paced 60 ms chunks of the shared recordings,
    concatenated per stream in a rotated order, so speech with natural pauses; staggered
    starts) for --duration-s each and checks the DESIGN targets:
@@ -189,7 +192,8 @@ def run_step(w: ab.Worker, audios: list[ab.Audio], n: int, a: argparse.Namespace
         mine = [audios[(offset + i) % len(audios)] for i in range(min(k, len(audios)))]
         jobs.append((w.address, mine, k, offset, ramp, a.partial_interval_ms, a.duration_s + 120))
         offset += k
-    cpu0, t0 = ab.proc_cpu_seconds(w.pid), time.monotonic()
+    # The worker is a process tree (supervisor, engine, fronts): count all of it.
+    cpu0, t0 = ab.proc_tree_cpu_seconds(w.pid), time.monotonic()
     with GpuSampler() as gpu:
         if procs == 1:
             traces = _client(jobs[0])
@@ -202,8 +206,8 @@ def run_step(w: ab.Worker, audios: list[ab.Audio], n: int, a: argparse.Namespace
         streams=n,
         wall_s=wall,
         client_procs=procs,
-        worker_cores=(ab.proc_cpu_seconds(w.pid) - cpu0) / wall,
-        worker_rss_mib=ab.proc_rss_mib(w.pid),
+        worker_cores=(ab.proc_tree_cpu_seconds(w.pid) - cpu0) / wall,
+        worker_rss_mib=ab.proc_tree_rss_mib(w.pid),
         gpu_util_mean=sum(gpu.util) / len(gpu.util) if gpu.util else None,
         gpu_mem_max_mib=max(gpu.mem) if gpu.mem else None,
     )
