@@ -31,10 +31,11 @@ heard (random weights cannot produce one), and two emission rules are measured:
 `--latency` adds the other half of the decoder work: how long a short partial waits when
 it shares the engine with long finals. The same mixed arrivals (one long final to three
 short partials, `--latency-requests` in all, one every `--arrival-ms`) go through the
-real Scheduler twice: whole batches (`decode_batch`: a batch runs until its longest
-member ends, newcomers wait for it) and iteration level (requests join between decoder
-steps and leave when done). Wall-clock figures, so they depend on the machine (tiny
-model, 1 CPU thread); the ratio between the two rows is the point.
+real Scheduler `--repeats` times per mode, alternating (medians reported): whole batches
+(`decode_batch`: a batch runs until its longest member ends, newcomers wait for it) and
+iteration level (requests join between decoder steps and leave when done). Wall-clock
+figures, so they depend on the machine (tiny model, 1 CPU thread); the ratio between the
+two rows is the point.
 
 Reported: transcript tokens per audio-second (finals' reference + end token), generated and prefilled
 decoder tokens per audio-second (partials + finals), their ratio to the transcript rate
@@ -70,6 +71,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--segments", type=int, default=0, help="only the first N segments (smoke runs)")
     p.add_argument("--latency", action="store_true", help="also the partial-latency comparison")
     p.add_argument("--latency-requests", type=int, default=48)
+    p.add_argument("--repeats", type=int, default=3, help="latency runs per mode, alternating; medians")
     p.add_argument("--arrival-ms", type=float, default=15.0)
     p.add_argument("--max-batch-size", type=int, default=8)
     p.add_argument("--batch-window-ms", type=float, default=10.0, help="serve's default: 10")
@@ -261,10 +263,16 @@ def main() -> int:
         import asyncio
 
         engine.forced_tokens_per_second = 3.0  # about real Mandarin's tokens per second
-        for mode in ("whole-batch", "iteration"):
-            latency.append(asyncio.run(latency_run(engine, segs, mode, a)))
+        runs: dict[str, list[dict]] = {"whole-batch": [], "iteration": []}
+        for _ in range(a.repeats):  # alternating, so both modes see the same machine load
+            for mode, out in runs.items():
+                out.append(asyncio.run(latency_run(engine, segs, mode, a)))
+        for mode, out in runs.items():
+            row = {k: float(np.median([r[k] for r in out])) for k in out[0] if k != "mode"}
+            latency.append({"mode": mode, "repeats": len(out), **row})
         print(f"\n{a.latency_requests} requests (1 final : 3 partials), one every {a.arrival_ms} ms, "
               f"max_batch_size {a.max_batch_size}, batch window {a.batch_window_ms} ms, forced 3 tokens/s")
+        print(f"medians of {a.repeats} alternating runs per mode")
         print("| batching | partial p50 / p95 ms | final p50 / p95 ms | mean running | wall s |")
         print("|---|---|---|---|---|")
         for r in latency:
