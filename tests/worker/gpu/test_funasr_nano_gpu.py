@@ -1,4 +1,4 @@
-"""funasr-nano on CUDA: bf16 batched decode. Skips cleanly without a GPU.
+"""funasr-nano on CUDA: bf16 batched and iteration-level decode. Skips cleanly without a GPU.
 
 The real-shapes test builds a random-weight Fun-ASR-Nano with the real dimensions (~2 GB,
 a minute or two) and runs only when ASR_TEST_REAL_SHAPES=1.
@@ -66,6 +66,26 @@ def test_fp32_on_cuda_batched_agrees_with_one_at_a_time(tiny_model_dir: Path):
     singles = [eng.decode_batch([r])[0] for r in reqs]
     agree = sum(a.text == b.text for a, b in zip(batched, singles, strict=True))
     assert agree >= len(reqs) - 1, (batched, singles)
+
+
+def test_fp32_on_cuda_requests_joining_a_running_batch_agree_with_one_at_a_time(tiny_model_dir: Path):
+    # Iteration-level batching on the device: half the requests join while the others are
+    # mid-decode (the KV cache is re-padded and merged on the GPU).
+    from asr_worker.models.loader import load_engine
+
+    eng = load_engine(tiny_model_dir, "cuda", dtype="fp32")
+    reqs = _requests(6)
+    done = {}
+    first = eng.add_requests(reqs[:3])
+    for _ in range(3):
+        done.update(eng.step())
+    later = eng.add_requests(reqs[3:])
+    while eng.active:
+        done.update(eng.step())
+    joined = [done[h] for h in first + later]
+    singles = [eng.decode_batch([r])[0] for r in reqs]
+    agree = sum(a.text == b.text for a, b in zip(joined, singles, strict=True))
+    assert agree >= len(reqs) - 1, (joined, singles)
 
 
 @pytest.mark.skipif(os.environ.get("ASR_TEST_REAL_SHAPES") != "1", reason="set ASR_TEST_REAL_SHAPES=1")
