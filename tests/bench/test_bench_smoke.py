@@ -31,6 +31,7 @@ def _python() -> str:
     return str(PY) if PY.exists() else sys.executable
 
 
+@pytest.mark.timeout(300)  # builds a tiny model, starts the worker's process tree, runs 2-3 steps
 def test_gpu_capacity_cpu_smoke(tmp_path: Path) -> None:
     out = tmp_path / "capacity.json"
     r = subprocess.run(
