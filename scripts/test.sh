@@ -9,6 +9,7 @@
 #   ruff         ruff check on the Python code (generated worker-py/asr excluded)
 #   pytest       worker tests (tests/worker)
 #   node-tests   gateway, client and end-to-end tests (npm run test:ts)
+#   chaos        tests/chaos: worker hang/crash under load and a short soak (real processes)
 #   deploy       tests/deploy: compose file, k8s manifests, Dockerfiles, scripts
 #   bench-smoke  tests/bench: the benchmark scripts at tiny scale (GPU capacity on CPU)
 #
@@ -23,7 +24,7 @@ set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root" || exit 1
 
-all_stages=(setup proto-drift buf-lint typecheck ruff pytest node-tests deploy bench-smoke)
+all_stages=(setup proto-drift buf-lint typecheck ruff pytest node-tests chaos deploy bench-smoke)
 selected=("$@")
 want() {
   [ ${#selected[@]} = 0 ] && return 0
@@ -111,6 +112,7 @@ stage ruff check 120 worker-py/.venv/bin/ruff check worker-py tests/worker tests
   --extend-exclude worker-py/asr --extend-exclude worker-py/.venv
 stage pytest pytest 2400 "$py" -m pytest tests/worker -ra -p no:cacheprovider
 stage node-tests node 1800 npm run --silent test:ts
+stage chaos node 900 node --import tsx --test --test-reporter=spec --test-concurrency=1 tests/chaos/worker-faults.test.ts tests/chaos/soak.test.ts
 stage deploy pytest 900 "$py" -m pytest tests/deploy -ra -p no:cacheprovider
 stage bench-smoke pytest 900 "$py" -m pytest tests/bench -ra -p no:cacheprovider
 

@@ -28,11 +28,12 @@ const { values } = parseArgs({
     // the load (the serve defaults, 8 per 60 ms, saturate near 130 decodes/s: an overload test).
     "worker-args": { type: "string", default: "--max-batch-size 32 --fake-base-ms 10 --fake-per-item-ms 0.5" },
     json: { type: "string" },
+    "worker-log": { type: "string" },
     help: { type: "boolean", default: false },
   },
 });
 if (values.help) {
-  process.stdout.write("usage: soak [--streams 200] [--minutes 30] [--sample-s 10] [--fronts N|auto] [--worker-args 'SERVE FLAGS'] [--json OUT]\n");
+  process.stdout.write("usage: soak [--streams 200] [--minutes 30] [--sample-s 10] [--fronts N|auto] [--worker-args 'SERVE FLAGS'] [--json OUT] [--worker-log FILE]\n");
   process.exit(0);
 }
 const streams = Number(values.streams);
@@ -53,7 +54,7 @@ setTimeout(() => {
 
 try {
   const fronts = values.fronts === "auto" ? undefined : Number(values.fronts);
-  const worker = await startWorker({ label: "worker", ...(fronts !== undefined ? { fronts } : {}), maxStreams: Math.max(400, streams * 2), args: values["worker-args"].split(/\s+/).filter(Boolean) });
+  const worker = await startWorker({ label: "worker", ...(fronts !== undefined ? { fronts } : {}), maxStreams: Math.max(400, streams * 2), args: values["worker-args"].split(/\s+/).filter(Boolean), ...(values["worker-log"] ? { logFile: values["worker-log"] } : {}) });
   stops.push(() => worker.stop());
   const ref = await referenceRun(worker.address, CHAOS_FILES, 60);
   const gw = await startGateway("gateway", [worker.address]);

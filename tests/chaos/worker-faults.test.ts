@@ -11,46 +11,50 @@ import { after, before, describe, test } from "node:test";
 import { DEFAULTS, runLoad } from "../../bench/lib/run.js";
 import { checkAll, referenceRun, type TextReference } from "../../bench/chaos/lib/check.js";
 import { signalTree, startGateway, startWorker, type GatewayProc, type Proc } from "../../bench/chaos/lib/cluster.js";
+import type { Trace } from "../../bench/lib/sessions.js";
 import { AUDIO_SKIP_REASON, SKIP_REASON as WORKER_SKIP } from "../e2e/helpers/real-worker.js";
 
 const SKIP_REASON = WORKER_SKIP || AUDIO_SKIP_REASON;
 /** ~16 s sessions with several segments each: a fault at 5 s lands mid-session. */
 const FILES = ["synth/three_utterances.wav", "zh/long.wav*2", "zh/binhai.wav*3"];
 
-async function faultRun(fault: "SIGSTOP" | "SIGKILL", streams: number): Promise<{ gw: GatewayProc; ref: TextReference; traces: Awaited<ReturnType<typeof runLoad>>["traces"] }> {
-  const procs: Proc[] = [];
-  let gw: GatewayProc | undefined;
-  let hung: Proc | undefined;
-  try {
-    const a = await startWorker({ label: "worker-a", fronts: 1 });
-    procs.push(a);
-    const b = await startWorker({ label: "worker-b", fronts: 1 });
-    procs.push(b);
-    const ref = await referenceRun(a.address, FILES, 60);
-    gw = await startGateway("gateway", [a.address, b.address]);
-    const timer = setTimeout(() => {
-      hung = b;
-      signalTree(b.pid, fault);
-    }, 5000);
-    const r = await runLoad({ ...DEFAULTS, target: gw.url, streams, files: FILES, rampMs: 1000, maxSeconds: 60, quiet: true, tag: `ci-${fault}` });
-    clearTimeout(timer);
-    return { gw, ref, traces: r.traces };
-  } finally {
-    if (hung && fault === "SIGSTOP") signalTree(hung.pid, "SIGCONT");
-    await gw?.stop();
-    for (const p of procs) await p.stop(3000);
-  }
-}
-
 describe("worker faults under load", { skip: SKIP_REASON, timeout: 240_000 }, () => {
+  // Three workers started at once: A stays healthy, B is hung, C is killed.
+  let a: Proc;
+  let b: Proc;
+  let c: Proc;
+  let ref: TextReference;
+  before(async () => {
+    const started = await Promise.all(["worker-a", "worker-b", "worker-c"].map((label) => startWorker({ label, fronts: 1 })));
+    [a, b, c] = [started[0]!, started[1]!, started[2]!];
+    ref = await referenceRun(a.address, FILES, 60);
+  });
+  after(async () => {
+    if (b) signalTree(b.pid, "SIGCONT");
+    await Promise.all([a, b, c].filter(Boolean).map((p) => p.stop(3000)));
+  });
+
+  /** Sessions through a gateway on [A, victim]; `fault` hits the victim 5 s in. */
+  async function faultRun(victim: Proc, fault: "SIGSTOP" | "SIGKILL", streams: number): Promise<{ gw: GatewayProc; traces: Trace[] }> {
+    const gw = await startGateway("gateway", [a.address, victim.address]);
+    try {
+      const timer = setTimeout(() => signalTree(victim.pid, fault), 5000);
+      const r = await runLoad({ ...DEFAULTS, target: gw.url, streams, files: FILES, rampMs: 1000, maxSeconds: 60, quiet: true, tag: `ci-${fault}` });
+      clearTimeout(timer);
+      return { gw, traces: r.traces };
+    } finally {
+      await gw.stop();
+    }
+  }
+
   test("a worker hung by SIGSTOP is taken out when its load reports stop, and its sessions fail over with every final exactly once", async () => {
-    const { gw, ref, traces } = await faultRun("SIGSTOP", 8);
+    const { gw, traces } = await faultRun(b, "SIGSTOP", 8);
     const { totals } = checkAll(traces, ref);
     assert.deepEqual(totals.errors, []);
     assert.equal(totals.lost, 0, "finals lost");
     assert.equal(totals.duplicates, 0, "finals duplicated");
     // A hang ends no call by itself: the stall watch (load reports silent) must have acted,
-    // not TCP keepalive, and every session on the hung worker failed over.
+    // not TCP keepalive, and the sessions on the hung worker failed over.
     const stalls = gw.logs.filter((l) => String(l.msg).startsWith("worker stopped reporting load"));
     assert.equal(stalls.length, 1, JSON.stringify(gw.logs.slice(-5)));
     const failovers = gw.logs.filter((l) => l.msg === "failing over to another worker");
@@ -58,32 +62,19 @@ describe("worker faults under load", { skip: SKIP_REASON, timeout: 240_000 }, ()
   });
 
   test("a worker killed with SIGKILL loses no final and duplicates none", async () => {
-    const { gw, ref, traces } = await faultRun("SIGKILL", 8);
+    const { gw, traces } = await faultRun(c, "SIGKILL", 8);
     const { totals } = checkAll(traces, ref);
     assert.deepEqual(totals.errors, []);
     assert.equal(totals.lost, 0, "finals lost");
     assert.equal(totals.duplicates, 0, "finals duplicated");
     assert.ok(gw.logs.some((l) => l.msg === "failing over to another worker"));
   });
-});
-
-describe("the exactly-once check itself", { skip: SKIP_REASON, timeout: 120_000 }, () => {
-  let w: Proc;
-  let ref: TextReference;
-  before(async () => {
-    w = await startWorker({ label: "worker", fronts: 0 });
-    ref = await referenceRun(w.address, FILES, 60);
-  });
-  after(async () => {
-    await w?.stop();
-  });
-
-  test("flags a dropped final as lost and a repeated one as a duplicate", async () => {
-    const r = await runLoad({ ...DEFAULTS, target: `grpc://${w.address}`, streams: 1, files: [FILES[0]!], pace: 0, rampMs: 0, quiet: true, tag: "self" });
+  test("the exactly-once check flags a dropped final as lost and a repeated one as a duplicate", async () => {
+    const r = await runLoad({ ...DEFAULTS, target: `grpc://${a.address}`, streams: 1, files: [FILES[0]!], pace: 0, rampMs: 0, quiet: true, tag: "self" });
     // The direct run reports segment spans as start/end; give its finals the spans a gateway's carry.
     const t = r.traces[0]!;
     for (const e of t.events) if (e.kind === "final") e.span = [e.startMs ?? 0, e.endMs ?? 0];
-    assert.deepEqual(checkAll([t], ref).totals.lost, 0);
+    assert.equal(checkAll([t], ref).totals.lost, 0);
     const finals = t.events.filter((e) => e.kind === "final" && e.text);
     assert.ok(finals.length >= 3);
     t.events.splice(t.events.indexOf(finals[1]!), 1);

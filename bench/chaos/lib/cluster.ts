@@ -7,10 +7,10 @@
  * so the harness keeps working while their insides change.
  */
 import { spawn, type ChildProcess } from "node:child_process";
-import { readdirSync, readFileSync, readlinkSync } from "node:fs";
+import { createWriteStream, readdirSync, readFileSync, readlinkSync } from "node:fs";
 import path from "node:path";
 import { REPO_ROOT } from "../../lib/audio.js";
-import { freePort, spawnListening, waitServing } from "../../lib/procs.js";
+import { freePort, waitServing } from "../../lib/procs.js";
 import type { Netns } from "./netns.js";
 
 /** A started server process (worker or gateway). */
@@ -131,6 +131,8 @@ export interface WorkerOptions {
   /** Extra `serve` flags. */
   args?: string[];
   env?: Record<string, string>;
+  /** Append the worker's stderr (its log) to this file. */
+  logFile?: string;
 }
 
 /** Starts `python -m asr_worker serve --engine fake` and waits until it is SERVING. */
@@ -145,9 +147,39 @@ export async function startWorker(o: WorkerOptions): Promise<Proc> {
   ];
   // `ip netns exec` execs the command after entering the namespace: the pid stays the worker's.
   const [cmd, args] = o.netns ? ["ip", ["netns", "exec", o.netns.name, py, ...serve]] : [py, serve];
-  const s = await spawnListening(o.label, cmd, args as string[], o.env ?? {});
-  await waitServing(s.address, 120_000);
-  return { label: o.label, proc: s.proc, pid: s.pid, address: s.address, stop: stopper(s.proc) };
+  const proc = spawn(cmd, args as string[], { cwd: REPO_ROOT, env: { ...process.env, ...(o.env ?? {}) }, stdio: ["ignore", "pipe", "pipe"] });
+  const logFile = o.logFile ? createWriteStream(o.logFile, { flags: "a" }) : undefined;
+  let tail = "";
+  proc.stderr!.on("data", (d: Buffer) => {
+    tail = (tail + d.toString()).slice(-4000);
+    logFile?.write(d);
+  });
+  proc.once("exit", () => logFile?.end());
+  const address = await new Promise<string>((resolve, reject) => {
+    let out = "";
+    const timer = setTimeout(() => {
+      proc.kill("SIGKILL");
+      reject(new Error(`${o.label}: no LISTENING line within 120 s\n${tail}`));
+    }, 120_000);
+    const onExit = (code: number | null): void => {
+      clearTimeout(timer);
+      reject(new Error(`${o.label} exited with ${code}\n${tail}`));
+    };
+    proc.once("exit", onExit);
+    proc.stdout!.on("data", (d: Buffer) => {
+      out += d.toString();
+      const m = /LISTENING (\S+)/.exec(out);
+      if (m) {
+        clearTimeout(timer);
+        proc.off("exit", onExit);
+        proc.stdout!.removeAllListeners("data");
+        proc.stdout!.resume();
+        resolve(m[1]!);
+      }
+    });
+  });
+  await waitServing(address, 120_000);
+  return { label: o.label, proc, pid: proc.pid!, address, stop: stopper(proc) };
 }
 
 /** Starts a gateway (`node --import tsx gateway/src/main.ts`) and waits for /readyz. */
