@@ -114,13 +114,18 @@ export async function startGateway(
     err = (err + d.toString()).slice(-8000);
   });
   const deadline = Date.now() + 60_000;
+  // Several ready answers in a row: with GATEWAY_PROCESSES=N, connections go round-robin to
+  // N processes, and every one of them must be ready.
+  let oks = 0;
   for (;;) {
     if (proc.exitCode !== null) throw new Error(`gateway exited with ${proc.exitCode}\n${err}`);
     try {
-      const r = await fetch(`http://127.0.0.1:${port}/readyz`);
-      if (r.ok) break;
+      const r = await fetch(`http://127.0.0.1:${port}/readyz`, { headers: { Connection: "close" } });
+      oks = r.ok ? oks + 1 : 0;
+      if (oks >= 8) break;
+      if (oks > 0) continue;
     } catch {
-      /* not up yet */
+      oks = 0;
     }
     if (Date.now() > deadline) {
       proc.kill("SIGKILL");

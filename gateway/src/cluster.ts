@@ -29,6 +29,14 @@ export function processCount(setting: number | "auto"): number {
   return setting === "auto" ? Math.max(1, os.availableParallelism()) : setting;
 }
 
+/** How long a child waits for a SERVING worker before it listens anyway (then /readyz says 503). */
+export const CHILD_READY_WAIT_MS = 10_000;
+
+/** Whether this process is one gateway of a GATEWAY_PROCESSES group. */
+export function isClusterChild(): boolean {
+  return cluster.isWorker;
+}
+
 /** Whether this process should run as the primary of `count` gateway processes. */
 export function isClusterPrimary(count: number): boolean {
   return count > 1 && cluster.isPrimary;

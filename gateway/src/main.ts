@@ -9,7 +9,7 @@
  */
 import { Registry } from "prom-client";
 import { createFileDecoder, findFfmpeg } from "./audio.js";
-import { isClusterPrimary, processCount, reportListening, runPrimary } from "./cluster.js";
+import { CHILD_READY_WAIT_MS, isClusterChild, isClusterPrimary, processCount, reportListening, runPrimary } from "./cluster.js";
 import { ConfigError, loadConfig, type GatewayConfig } from "./config.js";
 import { GatewayServer } from "./http.js";
 import { systemResolver, WorkerDiscovery } from "./discovery.js";
@@ -49,6 +49,9 @@ async function main(): Promise<void> {
     logger,
   });
   await discovery.start();
+  // In a GATEWAY_PROCESSES group the primary hands connections to a process as soon as it
+  // listens, whatever its /readyz says: give it a few seconds to see a SERVING worker first.
+  if (isClusterChild()) await pool.waitForServing(CHILD_READY_WAIT_MS);
   const metrics = new GatewayMetrics({ registry: new Registry(), servingWorkers: () => pool.servingCount(), clusterChild: processes > 1 });
   const server = new GatewayServer({ config, workers: pool, decoder: createFileDecoder(ffmpeg), logger, ui: new UiSite(DEFAULT_UI_DIR), metrics });
   let addr;
