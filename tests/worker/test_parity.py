@@ -213,3 +213,12 @@ async def test_finals_through_the_scheduler_equal_funasr(engine, cases, referenc
         assert max(sched.batch_sizes) > 1
     finally:
         await sched.stop()
+
+
+def test_decode_batch_while_requests_run_keeps_their_results(engine, cases, reference):
+    running = engine.add_requests([cases[0][0]])
+    assert engine.decode_batch([cases[1][0]])[0].text == reference[1]
+    done = {}
+    while engine.active:
+        done.update(engine.step())
+    assert done[running[0]].text == reference[0]

@@ -310,11 +310,14 @@ class FunAsrNanoEngine:
         handles = self.add_requests(requests)
         wanted = set(handles)
         done: dict[int, DecodeResult] = {}
+        others: list[tuple[int, DecodeResult]] = []  # requests added by add_requests
         while wanted - done.keys():
             finished = self.step()
             done.update((h, r) for h, r in finished if h in wanted)
+            others.extend((h, r) for h, r in finished if h not in wanted)
             if not finished and not self.active:
                 raise RuntimeError("decoder stopped with requests unfinished")
+        self._ready.extend(others)  # the next step() returns them
         self.last_input_ids = [self._last.get(h, ([], "", []))[0] for h in handles]
         self.last_prompts = [self._last.get(h, ([], "", []))[1] for h in handles]
         self.last_generated = [self._last.get(h, ([], "", []))[2] for h in handles]
