@@ -122,8 +122,8 @@ def test_decoder_work_smoke(tmp_path: Path) -> None:
     out = tmp_path / "decoder.json"
     r = subprocess.run(
         [_python(), "bench/decoder_work.py", "--segments", "1", "--modes", "before,lcp2", "--latency",
-         "--latency-requests", "8", "--arrival-ms", "5", "--model-dir", str(tmp_path / "tiny-model"),
-         "--json", str(out)],
+         "--latency-requests", "8", "--arrival-ms", "5", "--repeats", "1",
+         "--model-dir", str(tmp_path / "tiny-model"), "--json", str(out)],
         cwd=REPO,
         capture_output=True,
         text=True,
