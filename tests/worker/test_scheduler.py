@@ -343,3 +343,20 @@ def test_fake_engines_count_their_work():
         assert engine.work.generated_tokens["partial"] == n - 2 + 1  # the tail + the end token
         assert engine.work.prefilled_tokens["partial"] == 2
         assert engine.work.audio_seconds["final"] == pytest.approx(0.6)
+
+
+async def test_work_queued_while_the_batch_is_full_joins_when_a_slot_frees():
+    engine = SteppingFakeEngine(step_ms=3, per_item_ms=0)
+    sched = await _started(engine, max_batch_size=2, batch_window_ms=0)
+    try:
+        short = sched.submit(_req(0.4, seed=1), stream_key="a")  # 3 steps
+        long = sched.submit(_req(5.0, seed=2), stream_key="b")  # 26 steps
+        await asyncio.sleep(0.002)
+        waiting = sched.submit(_req(0.4, kind="partial", seed=3), stream_key="c")  # no room yet
+        await short.future
+        result = await waiting.future
+        assert result == engine.transcribe(waiting.request.audio)
+        assert not long.future.done(), "the queued partial waited for the long final"
+        await long.future
+    finally:
+        await sched.stop()

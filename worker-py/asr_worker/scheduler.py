@@ -341,8 +341,9 @@ class Scheduler:
         room = len(self._running) + len(joining) < self.max_batch_size
         if not room or not self.queue_length:
             self._work_queued.clear()  # nothing more can join: let the steps run on
-        else:
+        else:  # queued work joins once its window has passed (it may predate a full batch)
             self._join_at = self._oldest_queued() + self.batch_window_s
+            self._work_queued.set()
         try:
             handles, finished = await loop.run_in_executor(self._executor, self._engine_iteration, requests)
         except asyncio.CancelledError:
