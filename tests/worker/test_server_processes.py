@@ -90,7 +90,8 @@ class ProcessWorker:
 
 @pytest.fixture(scope="module")
 def two_fronts():
-    w = ProcessWorker(fronts=2)
+    """One worker shared by the tests that leave it as they found it (max 2 streams)."""
+    w = ProcessWorker("--max-streams", "2", fronts=2)
     try:
         yield w
     finally:
@@ -99,6 +100,13 @@ def two_fronts():
 
 def _report(channel: grpc.Channel) -> asr_pb2.LoadReport:
     return next(asr_pb2_grpc.AsrStub(channel).WatchLoad(asr_pb2.WatchLoadRequest()))
+
+
+def _wait_idle(channel: grpc.Channel) -> None:
+    """Until the worker reports no open stream (releases from earlier tests have landed)."""
+    deadline = time.monotonic() + 10
+    while _report(channel).active_streams and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def _channels_per_front(worker: ProcessWorker, fronts: int, limit: int = 40):
@@ -141,6 +149,7 @@ def test_sessions_decode_across_the_process_boundary(two_fronts, shared_audio, a
 def test_every_front_reports_the_whole_worker(two_fronts):
     by_front = _channels_per_front(two_fronts, 2)
     assert sorted(by_front) == [0, 1], "connections reach both fronts (SO_REUSEPORT)"
+    _wait_idle(by_front[0])
     try:
         # Two open streams on front 0: the report of front 1 counts them too.
         stub0 = asr_pb2_grpc.AsrStub(by_front[0])
@@ -160,7 +169,9 @@ def test_every_front_reports_the_whole_worker(two_fronts):
         assert report.front_id == 1
         assert report.active_streams == 2
         assert list(report.front_streams) == [2, 0]
-        assert report.engine == "fake" and report.accepting
+        # Worker-wide admission: 2 of --max-streams 2 are open (on front 0), so front 1's
+        # report says the worker accepts no more.
+        assert report.engine == "fake" and not report.accepting
         gate.set()
         for c in calls:
             list(c)
@@ -169,11 +180,12 @@ def test_every_front_reports_the_whole_worker(two_fronts):
             ch.close()
 
 
-def test_max_streams_holds_across_fronts():
-    w = ProcessWorker("--max-streams", "2", fronts=2)
+def test_max_streams_holds_across_fronts(two_fronts):
+    w = two_fronts
+    by_front = _channels_per_front(w, 2)
     try:
-        by_front = _channels_per_front(w, 2)
         assert sorted(by_front) == [0, 1]
+        _wait_idle(by_front[0])
         gate = threading.Event()
 
         def held():
@@ -194,10 +206,9 @@ def test_max_streams_holds_across_fronts():
         gate.set()
         for c in calls:
             list(c)
+    finally:
         for ch in by_front.values():
             ch.close()
-    finally:
-        w.stop()
 
 
 @pytest.mark.parametrize("child", ["front 1", "engine"])
