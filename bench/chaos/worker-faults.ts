@@ -10,6 +10,9 @@
  *   none   baseline
  *   kill   SIGKILL (a crash)
  *   stop   SIGSTOP (a hang: the process is there, nothing answers); SIGCONT at the end
+ *   stop-engine  SIGSTOP of B's engine process only: B's front still accepts streams
+ *          and reports load, but nothing is ever decoded (a worker that accepts and
+ *          never answers); SIGCONT at the end
  *   cut    B runs in a network namespace; its veth goes down (a partition both ways,
  *          no RST); restored at the end. Needs root and `ip` (see lib/netns.ts).
  *
@@ -25,7 +28,7 @@ import { runLoad, DEFAULTS } from "../lib/run.js";
 import { traceMetrics } from "../lib/metrics.js";
 import { dist, fmt } from "../lib/stats.js";
 import { checkAll, referenceRun } from "./lib/check.js";
-import { signalTree, startGateway, startWorker, type Proc } from "./lib/cluster.js";
+import { engineProcess, signalTree, startGateway, startWorker, type Proc } from "./lib/cluster.js";
 import { CHAOS_FILES } from "./lib/files.js";
 import { createNetns, type Netns } from "./lib/netns.js";
 
@@ -44,11 +47,11 @@ const { values } = parseArgs({
   },
 });
 if (values.help) {
-  process.stdout.write("usage: worker-faults --fault none|kill|stop|cut [--streams N] [--fault-at-s S] [--gateway-env K=V ...] [--json OUT]\n");
+  process.stdout.write("usage: worker-faults --fault none|kill|stop|stop-engine|cut [--streams N] [--fault-at-s S] [--gateway-env K=V ...] [--json OUT]\n");
   process.exit(0);
 }
 const fault = values.fault;
-if (!["none", "kill", "stop", "cut"].includes(fault)) throw new Error(`unknown --fault ${fault}`);
+if (!["none", "kill", "stop", "stop-engine", "cut"].includes(fault)) throw new Error(`unknown --fault ${fault}`);
 const streams = Number(values.streams);
 const faultAtMs = Number(values["fault-at-s"]) * 1000;
 const gatewayEnv = Object.fromEntries((values["gateway-env"] as string[]).map((kv) => kv.split("=", 2) as [string, string]));
@@ -86,6 +89,11 @@ try {
   const b: Proc = await startWorker({ label: "worker-b", fronts, ...(ns ? { netns: ns } : {}) });
   cleanups.push(() => b.stop(3000));
   if (fault === "stop") cleanups.push(() => void signalTree(b.pid, "SIGCONT"));
+  const engine = fault === "stop-engine" ? engineProcess(b.pid) : null;
+  if (fault === "stop-engine") {
+    if (engine === null) throw new Error("worker-b: engine process not found");
+    cleanups.push(() => void process.kill(engine, "SIGCONT"));
+  }
   if (ns) cleanups.push(() => ns!.heal());
   const ref = await referenceRun(a.address, CHAOS_FILES, 60);
   const gw = await startGateway("gateway", [a.address, b.address], gatewayEnv);
@@ -99,6 +107,7 @@ try {
     faultPerf = performance.now();
     if (fault === "kill") signalTree(b.pid, "SIGKILL");
     else if (fault === "stop") signalTree(b.pid, "SIGSTOP");
+    else if (fault === "stop-engine") process.kill(engine!, "SIGSTOP");
     else if (fault === "cut") ns!.cut();
     log(`fault ${fault} injected`);
   }, faultAtMs);

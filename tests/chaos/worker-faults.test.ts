@@ -10,7 +10,7 @@ import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 import { DEFAULTS, runLoad } from "../../bench/lib/run.js";
 import { checkAll, referenceRun, type TextReference } from "../../bench/chaos/lib/check.js";
-import { signalTree, startGateway, startWorker, type GatewayProc, type Proc } from "../../bench/chaos/lib/cluster.js";
+import { engineProcess, signalTree, startGateway, startWorker, type GatewayProc, type Proc } from "../../bench/chaos/lib/cluster.js";
 import type { Trace } from "../../bench/lib/sessions.js";
 import { AUDIO_SKIP_REASON, SKIP_REASON as WORKER_SKIP } from "../e2e/helpers/real-worker.js";
 
@@ -19,27 +19,30 @@ const SKIP_REASON = WORKER_SKIP || AUDIO_SKIP_REASON;
 const FILES = ["synth/three_utterances.wav", "zh/long.wav*2", "zh/binhai.wav*3"];
 
 describe("worker faults under load", { skip: SKIP_REASON, timeout: 240_000 }, () => {
-  // Three workers started at once: A stays healthy, B is hung, C is killed.
+  // Four workers started at once: A stays healthy, B is hung, C is killed, D's engine hangs.
   let a: Proc;
   let b: Proc;
   let c: Proc;
+  let d: Proc;
   let ref: TextReference;
   before(async () => {
-    const started = await Promise.all(["worker-a", "worker-b", "worker-c"].map((label) => startWorker({ label, fronts: 1 })));
-    [a, b, c] = [started[0]!, started[1]!, started[2]!];
+    const started = await Promise.all(["worker-a", "worker-b", "worker-c", "worker-d"].map((label) => startWorker({ label, fronts: 1 })));
+    [a, b, c, d] = [started[0]!, started[1]!, started[2]!, started[3]!];
     ref = await referenceRun(a.address, FILES, 60);
   });
   after(async () => {
     if (b) signalTree(b.pid, "SIGCONT");
-    await Promise.all([a, b, c].filter(Boolean).map((p) => p.stop(3000)));
+    if (d) signalTree(d.pid, "SIGCONT");
+    await Promise.all([a, b, c, d].filter(Boolean).map((p) => p.stop(3000)));
   });
 
   /** Sessions through a gateway on [A, victim]; `fault` hits the victim 5 s in. */
-  async function faultRun(victim: Proc, fault: "SIGSTOP" | "SIGKILL", streams: number): Promise<{ gw: GatewayProc; traces: Trace[] }> {
+  async function faultRun(victim: Proc, fault: "SIGSTOP" | "SIGKILL" | "SIGSTOP engine", streams: number): Promise<{ gw: GatewayProc; traces: Trace[] }> {
     const gw = await startGateway("gateway", [a.address, victim.address]);
+    const engine = engineProcess(victim.pid);
     try {
-      const timer = setTimeout(() => signalTree(victim.pid, fault), 5000);
-      const r = await runLoad({ ...DEFAULTS, target: gw.url, streams, files: FILES, rampMs: 1000, maxSeconds: 60, quiet: true, tag: `ci-${fault}` });
+      const timer = setTimeout(() => (fault === "SIGSTOP engine" ? process.kill(engine!, "SIGSTOP") : signalTree(victim.pid, fault)), 5000);
+      const r = await runLoad({ ...DEFAULTS, target: gw.url, streams, files: FILES, rampMs: 1000, maxSeconds: 60, quiet: true, tag: `ci-${fault.replace(" ", "-")}` });
       clearTimeout(timer);
       return { gw, traces: r.traces };
     } finally {
@@ -59,6 +62,18 @@ describe("worker faults under load", { skip: SKIP_REASON, timeout: 240_000 }, ()
     assert.equal(stalls.length, 1, JSON.stringify(gw.logs.slice(-5)));
     const failovers = gw.logs.filter((l) => l.msg === "failing over to another worker");
     assert.ok(failovers.length > 0 && failovers.length <= Number(stalls[0]!.sessions), `${failovers.length} failovers`);
+  });
+
+  test("a worker whose engine hangs (its front still accepts and reports load) ends itself, and its sessions fail over with every final exactly once", async () => {
+    const { gw, traces } = await faultRun(d, "SIGSTOP engine", 8);
+    const { totals } = checkAll(traces, ref);
+    assert.deepEqual(totals.errors, []);
+    assert.equal(totals.lost, 0, "finals lost");
+    assert.equal(totals.duplicates, 0, "finals duplicated");
+    assert.ok(gw.logs.some((l) => l.msg === "failing over to another worker"));
+    // The front's engine watchdog ended the worker (a hang became a crash).
+    await new Promise((r) => setTimeout(r, 2000));
+    assert.notEqual(d.proc.exitCode, null, "the worker is still running");
   });
 
   test("a worker killed with SIGKILL loses no final and duplicates none", async () => {

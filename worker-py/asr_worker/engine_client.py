@@ -4,6 +4,13 @@ Admission is a round trip to the engine (the one owner of the worker-wide count)
 decode requests are fire-and-forget records (ipc.Outbox coalesces one loop turn's records into
 one message); results resolve futures by request id. The engine pushes load figures and
 readiness on every admission change and a few times a second; `load()` returns the newest.
+
+Those pushes double as the engine's heartbeat. A hung engine (SIGSTOPped, deadlocked, its loop
+wedged) ends no call by itself: this front would keep accepting streams and reporting load
+while nothing is ever decoded, and gateways would wait forever. With `stall_s`, a watchdog
+calls `on_stall` once the engine has been silent that long (the front ends the worker, so
+gateways fail its sessions over at once and the orchestrator restarts it — a hang becomes a
+crash). Measured in docs/reliability.md ("engine hang").
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import time
 from collections.abc import Callable, Hashable
 from typing import Any
 
@@ -93,10 +101,25 @@ class EngineClient:
         address: the engine's ROUTER endpoint (ipc://...).
         logger: this front's logger.
         front_index: this front's number (LoadReport.front_id).
+        stall_s: engine silence (no message at all; it pushes load every 0.25 s) after
+            which `on_stall(silent_s)` is called once; None = no watchdog.
+        on_stall: what a stalled engine means to this process (see module docstring).
     """
 
-    def __init__(self, address: str, logger: logging.Logger, *, front_index: int = 0) -> None:
+    def __init__(
+        self,
+        address: str,
+        logger: logging.Logger,
+        *,
+        front_index: int = 0,
+        stall_s: float | None = None,
+        on_stall: Callable[[float], None] | None = None,
+    ) -> None:
         self._address = address
+        self._stall_s = stall_s
+        self._on_stall = on_stall
+        self._heard_at = time.monotonic()
+        self._watchdog: asyncio.Task | None = None
         self._front_index = front_index
         self._log = logger
         self._ctx = zmq.asyncio.Context()
@@ -118,10 +141,36 @@ class EngineClient:
         self._sock.connect(self._address)
         self.put(("hello", self._front_index))
         self._reader = asyncio.get_running_loop().create_task(self._read(), name="engine-reader")
+        if self._stall_s is not None and self._on_stall is not None:
+            self._watchdog = asyncio.get_running_loop().create_task(
+                self._watch(self._stall_s, self._on_stall), name="engine-watchdog"
+            )
+
+    async def _watch(self, stall_s: float, on_stall: Callable[[float], None]) -> None:
+        period = min(0.25, stall_s / 4)
+        last = time.monotonic()
+        while True:
+            await asyncio.sleep(period)
+            now = time.monotonic()
+            if now - last > 4 * period:
+                # This process was starved (its own loop woke late): the engine's messages
+                # may be waiting unread. Count silence only from here on.
+                self._heard_at = max(self._heard_at, now - period)
+            last = now
+            if not self._ready or now - self._heard_at < stall_s:
+                continue
+            # Let the reader drain anything already received before concluding.
+            await asyncio.sleep(0)
+            silent = time.monotonic() - self._heard_at
+            if silent >= stall_s:
+                on_stall(silent)
+                return
 
     async def stop(self) -> None:
         """Stop reading and close the socket."""
         self._outbox.flush()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         if self._reader is not None:
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -189,6 +238,7 @@ class EngineClient:
     async def _read(self) -> None:
         while True:
             frame = await self._sock.recv(copy=False)
+            self._heard_at = time.monotonic()
             for record in unpack(frame.buffer):
                 kind = record[0]
                 if kind == "result":

@@ -31,6 +31,13 @@ from .errors import Draining, StartupError
 
 #: Exit status of a child whose engine failed to load or warm up (the CLI's startup-error code).
 EXIT_STARTUP = 2
+#: Exit status of a front that found the engine hung (see ENGINE_STALL_S).
+EXIT_ENGINE_STALL = 3
+#: Engine silence (it pushes load every 0.25 s) after which a front ends the worker: a hung
+#: engine then looks like a crashed one to gateways (failover at once) and orchestrators
+#: (restart), instead of a worker that accepts streams and never answers. Kept above the
+#: loop stalls a busy 2-core machine shows, below the 5 s hang-detection target.
+ENGINE_STALL_S = 3.0
 
 
 def _exit_with_parent(loop: asyncio.AbstractEventLoop) -> None:
@@ -127,7 +134,16 @@ async def _front(
     torch.set_num_threads(1)
     session_options = session_options_from_args(args)
     vad = build_vad(args)
-    client = EngineClient(address, log, front_index=index)
+    def engine_stalled(silent_s: float) -> None:
+        log.error(
+            "engine silent; ending the worker so that gateways fail over and it is restarted",
+            extra={"silent_s": round(silent_s, 1)},
+        )
+        _exit(EXIT_ENGINE_STALL)
+
+    client = EngineClient(
+        address, log, front_index=index, stall_s=ENGINE_STALL_S, on_stall=engine_stalled
+    )
     await client.start()
     config = ServiceConfig(max_streams=args.max_streams, session=session_options, front_id=index)
     service = AsrService(link=client, vad=vad, config=config, logger=log)

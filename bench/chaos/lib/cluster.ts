@@ -71,6 +71,27 @@ export function signalTree(pid: number, signal: NodeJS.Signals): number[] {
   return all;
 }
 
+/**
+ * The engine process of a worker started with `--front-processes 1`: the supervisor
+ * starts front 0 first, then the engine (worker-py/asr_worker/supervisor.py), so it is
+ * the second child by start time that is not multiprocessing's resource tracker.
+ */
+export function engineProcess(workerPid: number): number | null {
+  const kids = descendants(workerPid).filter((p) => {
+    try {
+      return !readFileSync(`/proc/${p}/cmdline`, "utf8").includes("resource_tracker");
+    } catch {
+      return false;
+    }
+  });
+  const started = (p: number): number => {
+    const stat = readFileSync(`/proc/${p}/stat`, "utf8");
+    return Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[19]);
+  };
+  const sorted = kids.map((p) => [p, started(p)] as const).sort((x, y) => x[1] - y[1]);
+  return sorted.length >= 2 ? sorted[1]![0] : null;
+}
+
 /** Open file descriptors of a process (null when it is gone). */
 export function fdCount(pid: number): number | null {
   try {
