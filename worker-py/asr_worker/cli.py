@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import signal
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from .errors import Draining, ModelLoadError, StartupError
 
@@ -87,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--fake-base-ms", type=float, default=20.0, help="fake engine: cost per call")
     s.add_argument("--fake-per-item-ms", type=float, default=5.0, help="fake engine: cost per request")
     s.add_argument("--worker-id", default="", help="id in load reports (default HOSTNAME:PORT)")
+    s.add_argument("--metrics-port", type=int, default=None,
+                   help="serve Prometheus /metrics of every worker process on this port, on the "
+                        "--listen host (0 = any free port, printed as METRICS host:port); default off")
     s.add_argument("--log-level", default="info", help="debug, info, warning, error")
 
     d = sub.add_parser("download", help="download Fun-ASR-Nano into a cache directory")
@@ -118,6 +123,8 @@ def check_serve_args(args: argparse.Namespace) -> None:
         raise StartupError("--max-queue, --batch-window-ms and --drain-grace-s must be >= 0")
     if args.max_segment_s < 1:
         raise StartupError("--max-segment-s must be >= 1")
+    if args.metrics_port is not None and not 0 <= args.metrics_port <= 65535:
+        raise StartupError("--metrics-port must be 0..65535")
     if args.vad == "fsmn":
         from .vad import validate_fsmn_dir
 
@@ -265,6 +272,12 @@ async def serve(args: argparse.Namespace, listening_out) -> int:
     vad = build_vad(args)
     engine = load_engine(args)
     configure(args.log_level)  # again: model code may have installed its own handlers
+    metrics = None
+    if args.metrics_port is not None:
+        from .metrics import WorkerMetrics, metered_engine
+
+        metrics = WorkerMetrics("worker")
+        engine = metered_engine(engine, metrics)
     scheduler = build_scheduler(args, engine, log)
     core = EngineCore(scheduler, Admission(args.max_streams), engine.name)
     service = AsrService(
@@ -272,6 +285,7 @@ async def serve(args: argparse.Namespace, listening_out) -> int:
         vad=vad,
         config=ServiceConfig(max_streams=args.max_streams, session=session_options),
         logger=log.getChild("server"),
+        vad_observer=metrics,
     )
     server = WorkerServer(service, log.getChild("server"))
     try:
@@ -291,6 +305,11 @@ async def serve(args: argparse.Namespace, listening_out) -> int:
         loop.add_signal_handler(sig, stop.set)
 
     await scheduler.start()
+    sampler = None
+    if metrics is not None:
+        from .metrics import start_engine_sampler
+
+        sampler = start_engine_sampler(metrics, scheduler=scheduler, admission=core.admission, engine=engine)
     warm = asyncio.create_task(scheduler.warmup())
     waiter = asyncio.create_task(stop.wait())
     await asyncio.wait({warm, waiter}, return_when=asyncio.FIRST_COMPLETED)
@@ -317,9 +336,38 @@ async def serve(args: argparse.Namespace, listening_out) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop_now)
     await server.drain(args.drain_grace_s)
+    if sampler is not None:
+        sampler.cancel()
     await scheduler.stop()
     log.info("stopped")
     return 0
+
+
+@contextlib.contextmanager
+def serving_metrics(args: argparse.Namespace, listening_out) -> Iterator[Any]:
+    """With --metrics-port: the worker's metrics directory (exported before any process imports
+    prometheus_client, so every process of the worker records there) and /metrics served from
+    this process, for as long as the worker runs; yields the MetricsDir, or None when off."""
+    if args.metrics_port is None:
+        yield None
+        return
+    from .metrics import MetricsDir, serve_metrics
+
+    metrics_dir = MetricsDir()
+    host = args.listen.rpartition(":")[0]
+    try:
+        try:
+            server, port = serve_metrics(metrics_dir.path, host, args.metrics_port)
+        except OSError as exc:
+            raise StartupError(f"cannot serve metrics on {host}:{args.metrics_port}: {exc}") from exc
+        listening_out.write(f"METRICS {host}:{port}\n")
+        listening_out.flush()
+        try:
+            yield metrics_dir
+        finally:
+            server.shutdown()
+    finally:
+        metrics_dir.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -330,11 +378,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             # Before anything is imported that may print (FunASR prints notices).
             listening_out = stdout_to_stderr()
             check_serve_args(args)
-            if args.front_processes == 0:
-                return asyncio.run(serve(args, listening_out))
-            from .supervisor import run_worker
+            with serving_metrics(args, listening_out) as metrics_dir:
+                if args.front_processes == 0:
+                    return asyncio.run(serve(args, listening_out))
+                from .supervisor import run_worker
 
-            return run_worker(args, load_engine, listening_out)
+                return run_worker(args, load_engine, listening_out, metrics_dir=metrics_dir)
         from .models import check, download, tiny
 
         if args.command == "download":

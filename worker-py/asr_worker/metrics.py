@@ -221,6 +221,25 @@ async def sample_loop(metrics: WorkerMetrics, sample: Callable[[], None], interv
         await asyncio.sleep(interval_s)
 
 
+def start_engine_sampler(
+    metrics: WorkerMetrics, *, scheduler: Any, admission: Any, engine: Any, interval_s: float = 1.0
+) -> asyncio.Task:
+    """In the process that owns the scheduler: samples streams (worker-wide admission), queue
+    depth, running requests, the engine's decoder counters and CUDA memory every `interval_s`.
+    Cancel the task to stop it."""
+    device = str(getattr(engine, "device", "cpu"))
+
+    def sample() -> None:
+        running = getattr(scheduler, "running", None)
+        metrics.sample(
+            streams=admission.active, queued=scheduler.queue_length,
+            running=running if isinstance(running, int) else None, engine=engine, device=device,
+        )
+
+    loop = asyncio.get_running_loop()
+    return loop.create_task(sample_loop(metrics, sample, interval_s), name="metrics-sampler")
+
+
 class MeteredEngine:
     """An Engine (decode_batch) whose calls are timed into `metrics`; all else is the engine's."""
 

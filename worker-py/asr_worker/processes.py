@@ -81,11 +81,21 @@ async def _engine(args: argparse.Namespace, address: str, load_engine: Callable[
     torch.set_num_threads(args.torch_threads)
     engine = load_engine(args)
     log = configure(args.log_level).getChild("engine")  # model code may install handlers
+    metrics = None
+    if args.metrics_port is not None:
+        from .metrics import WorkerMetrics, metered_engine
+
+        metrics = WorkerMetrics("engine")
+        engine = metered_engine(engine, metrics)
     scheduler = build_scheduler(args, engine, log)
     core = EngineCore(scheduler, Admission(args.max_streams), engine.name)
     service = EngineService(core, address, log)
     await service.start()
     await scheduler.start()
+    if metrics is not None:
+        from .metrics import start_engine_sampler
+
+        start_engine_sampler(metrics, scheduler=scheduler, admission=core.admission, engine=engine)
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     try:
@@ -146,7 +156,12 @@ async def _front(
     )
     await client.start()
     config = ServiceConfig(max_streams=args.max_streams, session=session_options, front_id=index)
-    service = AsrService(link=client, vad=vad, config=config, logger=log)
+    metrics = None
+    if args.metrics_port is not None:
+        from .metrics import WorkerMetrics
+
+        metrics = WorkerMetrics("front")
+    service = AsrService(link=client, vad=vad, config=config, logger=log, vad_observer=metrics)
     server = WorkerServer(service, log, reuse_port=True)
     try:
         port = await server.start(listen)

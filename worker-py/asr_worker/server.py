@@ -33,7 +33,7 @@ from .engine_link import EngineLink
 from .errors import AsrError, Draining, InternalError, InvalidConfig
 from .log import SessionLogger
 from .session import Session, SessionOptions, validate_config
-from .vad import VadBatcher, VadModel
+from .vad import VadBatcher, VadModel, VadObserver
 
 #: Health service names that follow readiness.
 HEALTH_SERVICES = ("", "asr.v1.Asr")
@@ -103,6 +103,7 @@ class AsrService(asr_pb2_grpc.AsrServicer):
         vad: the VAD weights of this front.
         config: limits and session settings.
         logger: the worker's logger.
+        vad_observer: told VAD time and audio in (the process's WorkerMetrics), if any.
     """
 
     def __init__(
@@ -112,6 +113,7 @@ class AsrService(asr_pb2_grpc.AsrServicer):
         vad: VadModel,
         config: ServiceConfig,
         logger: logging.Logger,
+        vad_observer: VadObserver | None = None,
     ) -> None:
         self.link = link
         self._vad = vad
@@ -125,7 +127,7 @@ class AsrService(asr_pb2_grpc.AsrServicer):
             max_workers=1, thread_name_prefix="asr-vad"
         )
         #: Scores all streams' VAD windows together on the VAD thread.
-        self.vad_batcher = VadBatcher(vad, self._vad_exec)
+        self.vad_batcher = VadBatcher(vad, self._vad_exec, observer=vad_observer)
 
     # -- load --------------------------------------------------------------
 

@@ -64,11 +64,16 @@ class Supervisor:
         args: the parsed `serve` flags.
         load_engine: builds the Engine from `args` in the engine process (a module-level
             function: it is pickled by reference into the spawned child).
+        metrics_dir: the worker's metrics.MetricsDir (--metrics-port), told of children that exit.
     """
 
-    def __init__(self, args: argparse.Namespace, load_engine: Callable[[Any], Any]) -> None:
+    def __init__(
+        self, args: argparse.Namespace, load_engine: Callable[[Any], Any], metrics_dir: Any = None
+    ) -> None:
         self.args = args
         self._load_engine = load_engine
+        self._metrics_dir = metrics_dir
+        self._marked_dead: set[int] = set()
         self._log = configure(args.log_level).getChild("supervisor")
         self._ctx = multiprocessing.get_context("spawn")
         self._children: dict[str, multiprocessing.process.BaseProcess] = {}
@@ -160,8 +165,18 @@ class Supervisor:
                     if p.exitcode is None:
                         os.kill(p.pid, signal.SIGTERM)  # a second one cuts the grace short
             self._check_children(draining=draining)
+            self._mark_exited()
             if draining and all(p.exitcode is not None for p in fronts):
                 return self._stop_engine()
+
+    def _mark_exited(self) -> None:
+        # A drained front's live gauges (its streams, its process) leave the scrape.
+        if self._metrics_dir is None:
+            return
+        for proc in self._children.values():
+            if proc.exitcode is not None and proc.pid not in self._marked_dead:
+                self._marked_dead.add(proc.pid)
+                self._metrics_dir.mark_dead(proc.pid)
 
     def _stop_engine(self) -> int:
         engine = self._children["engine"]
@@ -199,9 +214,12 @@ class Supervisor:
         return 1
 
 
-def run_worker(args: argparse.Namespace, load_engine: Callable[[Any], Any], listening_out) -> int:
+def run_worker(
+    args: argparse.Namespace, load_engine: Callable[[Any], Any], listening_out, *, metrics_dir: Any = None
+) -> int:
     """`serve` with one engine process and N front processes; returns the exit status.
 
-    `listening_out` is the original stdout (cli.stdout_to_stderr), for the LISTENING line.
+    `listening_out` is the original stdout (cli.stdout_to_stderr), for the LISTENING line;
+    `metrics_dir` the worker's metrics directory when --metrics-port is on.
     """
-    return Supervisor(args, load_engine).run(listening_out)
+    return Supervisor(args, load_engine, metrics_dir).run(listening_out)
