@@ -51,7 +51,8 @@ import numpy as np
 from asr.v1 import asr_pb2
 
 from .audio import SUPPORTED_RATES, AudioBuffer, Upsampler2x, pcm16le_to_float
-from .engine.base import MODEL_SAMPLE_RATE, DecodeOptions, DecodeResult
+from .engine.base import MODEL_SAMPLE_RATE, DecodeOptions, DecodeRequest, DecodeResult
+from .engine_core import request_fields
 from .engine_link import StreamPort
 from .errors import AsrError, InferenceFailed, InvalidAudio, InvalidConfig, Overloaded
 from .vad import WINDOW_SAMPLES, Endpointer, EventKind, VadConfig, VadEvent, VadModel, VadStream
@@ -59,6 +60,9 @@ from .vad import WINDOW_SAMPLES, Endpointer, EventKind, VadConfig, VadEvent, Vad
 #: Most hotword phrases per session, and characters per phrase (see asr.proto).
 MAX_HOTWORDS = 256
 MAX_HOTWORD_CHARS = 64
+
+#: Placeholder audio of the request templates sessions send (the engine supplies the audio).
+_NO_AUDIO = np.zeros(0, dtype=np.float32)
 
 _REASONS = {
     "vad": asr_pb2.ENDPOINT_REASON_VAD,
@@ -419,8 +423,11 @@ class Session:
         self._final_done.set()
 
     def _fields(self, kind: str, prefix: str = "") -> dict:
-        # DecodeRequest fields but audio (the engine cuts that from its segment store).
-        return {"options": self.settings.options, "kind": kind, "prefix": prefix}
+        # A DecodeRequest without its audio (the engine cuts that from its segment store);
+        # built as the dataclass, so every field, present and future, crosses by name.
+        return request_fields(
+            DecodeRequest(audio=_NO_AUDIO, options=self.settings.options, kind=kind, prefix=prefix)
+        )
 
     def _maybe_partial(self, pos: int) -> None:
         seg = self._segment
