@@ -110,6 +110,7 @@ export class WorkerPool implements WorkerSource {
   private started = false;
   private closed = false;
   private stallTimer: NodeJS.Timeout | undefined;
+  private lastStallCheck = 0;
 
   /** Creates channels for `addresses`; nothing is watched before start(). */
   constructor(addresses: readonly string[], logger: Logger, options: WorkerPoolOptions = {}) {
@@ -178,26 +179,39 @@ export class WorkerPool implements WorkerSource {
     const stall = this.opts.stallTimeoutMs;
     if (stall > 0) {
       // A quarter of the timeout between checks: a hang is noticed within 1.25 x the timeout.
-      this.stallTimer = setInterval(() => this.checkStalls(), Math.max(50, stall / 4));
+      const period = Math.max(50, stall / 4);
+      this.lastStallCheck = Date.now();
+      this.stallTimer = setInterval(() => this.checkStalls(period), period);
       this.stallTimer.unref();
     }
   }
 
   /** Takes workers whose load reports stopped out of placement and fails their sessions over. */
-  private checkStalls(): void {
+  private checkStalls(period: number): void {
     const now = Date.now();
+    const late = now - this.lastStallCheck > 2 * period;
+    this.lastStallCheck = now;
+    if (late) {
+      // This process was starved (the check itself ran late): reports may be waiting unread
+      // behind this timer (Node runs timers before I/O). Count silence only from here on.
+      for (const e of this.entries) e.lastReportAt = Math.max(e.lastReportAt, now - period);
+      return;
+    }
     for (const e of this.entries) {
       // Only a load watch that has reported proves the worker can report; without one
       // (not connected yet, or no WatchLoad) there is nothing to time out.
       if (e.stalled || e.loadCall === null || e.load === null) continue;
       if (now - e.lastReportAt < this.opts.stallTimeoutMs) continue;
       e.stalled = true;
+      // Failing over needs somewhere to go: with no other worker answering, cancelling would
+      // only turn a slow worker into failed sessions (keepalive still ends a dead link).
+      const elsewhere = this.entries.some((o) => o !== e && o.serving && !o.stalled && !o.retired);
       this.log.warn(
-        { worker: e.address, silent_ms: now - e.lastReportAt, sessions: e.localSessions },
-        "worker stopped reporting load; treating it as hung, its sessions fail over",
+        { worker: e.address, silent_ms: now - e.lastReportAt, sessions: e.localSessions, failing_over: elsewhere },
+        "worker stopped reporting load; treating it as hung",
       );
       // CANCELLED by us is retryable: each session replays on another worker.
-      for (const call of [...e.calls]) call.cancel();
+      if (elsewhere) for (const call of [...e.calls]) call.cancel();
     }
   }
 
