@@ -31,13 +31,13 @@ WORKER = Path(__file__).resolve().parents[2] / "worker-py"
 class ProcessWorker:
     """`python -m asr_worker serve --engine fake` with N fronts; stderr lines are collected."""
 
-    def __init__(self, *extra: str, fronts: int = 2) -> None:
+    def __init__(self, *extra: str, fronts: int = 2, own_group: bool = False) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "asr_worker", "serve", "--engine", "fake", "--listen",
              "127.0.0.1:0", "--front-processes", str(fronts), "--torch-threads", "1",
              "--fake-base-ms", "2", "--fake-per-item-ms", "1", *extra],
             cwd=WORKER, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env={**os.environ, "PYTHONPATH": str(WORKER)},
+            env={**os.environ, "PYTHONPATH": str(WORKER)}, start_new_session=own_group,
         )
         self.logs: list[dict] = []
         self.raw_stderr: list[str] = []
@@ -283,5 +283,42 @@ def test_sigterm_drains_streams_on_every_front(shared_audio):
         assert not w.errors(), w.raw_stderr
         for ch in by_front.values():
             ch.close()
+    finally:
+        w.stop()
+
+
+def test_ctrl_c_to_the_process_group_drains_instead_of_cutting_streams(shared_audio):
+    """A terminal's SIGINT reaches every process; streams still get the whole grace period."""
+    pcm, _ = read_wav(shared_audio / "zh/damo.wav")
+    w = ProcessWorker("--drain-grace-s", "20", fronts=2, own_group=True)
+    try:
+        go = threading.Event()
+        got: list = []
+
+        def reqs():
+            yield asr_pb2.StreamingRecognizeRequest(
+                config=asr_pb2.StreamingConfig(sample_rate_hz=16000))
+            yield asr_pb2.StreamingRecognizeRequest(
+                audio=asr_pb2.AudioChunk(pcm16le=pcm.tobytes()[:64000]))
+            go.wait(30)
+            yield asr_pb2.StreamingRecognizeRequest(
+                audio=asr_pb2.AudioChunk(pcm16le=pcm.tobytes()[64000:]))
+            yield asr_pb2.StreamingRecognizeRequest(
+                control=asr_pb2.Control(type=asr_pb2.CONTROL_TYPE_END_OF_INPUT))
+
+        with w.channel() as ch:
+            t = threading.Thread(
+                target=lambda: got.extend(asr_pb2_grpc.AsrStub(ch).StreamingRecognize(reqs())))
+            t.start()
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and _report(ch).active_streams < 1:
+                time.sleep(0.05)
+            os.killpg(w.proc.pid, signal.SIGINT)
+            time.sleep(1.5)
+            go.set()
+            t.join(30)
+        assert got and got[-1].HasField("end_of_input"), "the stream finished within the grace"
+        assert w.proc.wait(timeout=30) == 0
+        assert not w.errors(), w.raw_stderr
     finally:
         w.stop()

@@ -7,7 +7,9 @@
   front has drained, stops it.
 - `front_main`: one of N front processes. Owns gRPC streams (grpc.aio on the shared port with
   SO_REUSEPORT), sessions, VAD and partial schedules; talks to the engine through EngineClient.
-  SIGTERM/SIGINT drains it; a second signal ends its open streams at once.
+  SIGTERM (from the supervisor) drains it; a second one ends its open streams at once. It
+  ignores SIGINT: a terminal's Ctrl-C reaches every process of the group, and the supervisor,
+  which gets it too, forwards SIGTERM; counting both would cut the drain short.
 
 Both exit at once when their parent (the supervisor) dies, so no orphan keeps the port.
 Started with the multiprocessing "spawn" method: fresh interpreters, no state inherited.
@@ -119,6 +121,7 @@ def front_main(
     args: argparse.Namespace, index: int, address: str, listen: str, port_out: Connection
 ) -> None:
     """Run front `index` on `listen` until drained; its bound port is sent on `port_out`."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         code = asyncio.run(_front(args, index, address, listen, port_out))
     except StartupError as exc:
@@ -172,8 +175,7 @@ async def _front(
     port_out.close()
 
     stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
     await stop.wait()
     log.info("signal received; draining", extra={"grace_s": args.drain_grace_s})
 
@@ -181,8 +183,7 @@ async def _front(
         log.info("second signal; ending open streams now")
         service.kill_all(Draining("worker shutting down; resume elsewhere"))
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop_now)
+    loop.add_signal_handler(signal.SIGTERM, stop_now)
     await server.drain(args.drain_grace_s)
     await client.stop()
     log.info("front stopped")
