@@ -32,6 +32,7 @@ const { values } = parseArgs({
     fault: { type: "string", default: "kill" },
     streams: { type: "string", default: "50" },
     slow: { type: "string", default: "50" },
+    "slow-seconds": { type: "string", default: "60" },
     "fault-at-s": { type: "string", default: "10" },
     json: { type: "string" },
     "worker-log": { type: "string" },
@@ -39,7 +40,7 @@ const { values } = parseArgs({
   },
 });
 if (values.help) {
-  process.stdout.write("usage: gateway-faults --fault kill|term|slow [--streams N] [--slow N] [--fault-at-s S] [--json OUT]\n");
+  process.stdout.write("usage: gateway-faults --fault kill|term|slow [--streams N] [--slow N] [--slow-seconds S] [--fault-at-s S] [--json OUT]\n");
   process.exit(0);
 }
 const fault = values.fault;
@@ -137,13 +138,20 @@ try {
     const pcm = splitFrames(loadAudio(["zh/damo.wav"])[0]!, 60);
     const base = await runLoad({ ...DEFAULTS, target: gw1.url, streams, files: CHAOS_FILES, rampMs: 5000, maxSeconds: 120, reference: ref.segments, quiet: true, tag: "base", pids: [{ label: "gateway", pid: gw1.pid }] });
     const rss0 = (rssKiB(gw1.pid) ?? 0) / 1024;
-    const stopAt = performance.now() + 60_000;
+    const stopAt = performance.now() + Number(values["slow-seconds"]) * 1000;
     const slowRuns = Array.from({ length: slow }, () => slowClient(gw1.url, pcm, stopAt));
     let peak = 0;
-    const sampler = setInterval(() => (peak = Math.max(peak, (rssKiB(gw1.pid) ?? 0) / 1024)), 500);
+    const t0 = performance.now();
+    const timeline: [number, number][] = [];
+    const sampler = setInterval(() => {
+      const mib = (rssKiB(gw1.pid) ?? 0) / 1024;
+      peak = Math.max(peak, mib);
+      const s = Math.round((performance.now() - t0) / 1000);
+      if (s % 10 === 0 && timeline.at(-1)?.[0] !== s) timeline.push([s, Math.round(mib)]);
+    }, 500);
     const withSlow = await runLoad({ ...DEFAULTS, target: gw1.url, streams, files: CHAOS_FILES, rampMs: 5000, maxSeconds: 120, reference: ref.segments, quiet: true, tag: "healthy" });
-    clearInterval(sampler);
     await Promise.all(slowRuns);
+    clearInterval(sampler);
     const a = checkAll(base.traces, ref).totals;
     const b = checkAll(withSlow.traces, ref).totals;
     const basePeak = base.procs.find((p) => p.label === "gateway")?.rssPeakMiB ?? 0;
@@ -157,10 +165,12 @@ try {
       healthyAlone: { errors: a.sessionsWithErrors, lost: a.lost, duplicates: a.duplicates, finalAfterSpeechEndMs: base.summary.finalAfterSpeechEndMs },
       healthyBesideSlow: { errors: b.sessionsWithErrors, lost: b.lost, duplicates: b.duplicates, finalAfterSpeechEndMs: withSlow.summary.finalAfterSpeechEndMs },
       gatewayAlive: gw1.proc.exitCode === null,
+      gatewayRssTimelineMiB: timeline,
     };
     const d = (x: { p50: number | null; p95: number | null; max: number | null }): string => `p50 ${fmt(x.p50)} / p95 ${fmt(x.p95)} / max ${fmt(x.max)} ms`;
     console.log(`== ${slow} clients that never read beside ${streams} healthy`);
     console.log(`  gateway RSS peak: healthy alone ${basePeak.toFixed(0)} MiB; with the slow clients ${peak.toFixed(0)} MiB (before them ${rss0.toFixed(0)} MiB)`);
+    console.log(`  gateway RSS every 10 s while the slow clients are connected: ${timeline.map(([t, m]) => `${t}s ${m}`).join(", ")}`);
     console.log(`  healthy alone:      errors ${a.sessionsWithErrors}, lost ${a.lost}, dup ${a.duplicates}, final after speech end ${d(base.summary.finalAfterSpeechEndMs)}`);
     console.log(`  healthy beside slow: errors ${b.sessionsWithErrors}, lost ${b.lost}, dup ${b.duplicates}, final after speech end ${d(withSlow.summary.finalAfterSpeechEndMs)}`);
   }
