@@ -49,11 +49,19 @@ def _exit_with_parent(loop: asyncio.AbstractEventLoop) -> None:
         loop.add_reader(parent.sentinel, os._exit, 1)
 
 
-def engine_main(args: argparse.Namespace, address: str, load_engine: Callable[[Any], Any]) -> None:
-    """Run the engine process until SIGTERM; exit 2 when the engine cannot load or warm up."""
+def engine_main(
+    args: argparse.Namespace,
+    address: str,
+    load_engine: Callable[[Any], Any],
+    loaded_out: Connection | None = None,
+) -> None:
+    """Run the engine process until SIGTERM; exit 2 when the engine cannot load or warm up.
+
+    `loaded_out` gets one message once the model is loaded (before warmup).
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        code = asyncio.run(_engine(args, address, load_engine))
+        code = asyncio.run(_engine(args, address, load_engine, loaded_out))
     except StartupError as exc:
         print(f"asr_worker: error: {exc}", file=sys.stderr, flush=True)
         code = EXIT_STARTUP
@@ -69,7 +77,12 @@ def _exit(code: int) -> None:
     os._exit(code)
 
 
-async def _engine(args: argparse.Namespace, address: str, load_engine: Callable[[Any], Any]) -> int:
+async def _engine(
+    args: argparse.Namespace,
+    address: str,
+    load_engine: Callable[[Any], Any],
+    loaded_out: Connection | None,
+) -> int:
     import torch
 
     from .cli import build_scheduler
@@ -82,6 +95,9 @@ async def _engine(args: argparse.Namespace, address: str, load_engine: Callable[
     log = configure(args.log_level).getChild("engine")
     torch.set_num_threads(args.torch_threads)
     engine = load_engine(args)
+    if loaded_out is not None:
+        loaded_out.send(True)
+        loaded_out.close()
     log = configure(args.log_level).getChild("engine")  # model code may install handlers
     metrics = None
     if args.metrics_port is not None:

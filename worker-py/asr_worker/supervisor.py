@@ -4,8 +4,9 @@ The supervisor does no request work. It
 
 1. starts front 0, which loads the VAD and binds `--listen` (port 0 = any), then the engine
    process (it loads the model) and the other fronts, which bind the same port with
-   SO_REUSEPORT; then prints `LISTENING host:port` on stdout. A VAD that cannot load thus
-   fails the start before any model is loaded;
+   SO_REUSEPORT; once every front is bound and the model is loaded, prints
+   `LISTENING host:port` on stdout (health turns SERVING after the engine's warmup). A VAD
+   that cannot load thus fails the start before any model is loaded;
 2. watches every child: one that ends unexpectedly ends the whole worker: one error log line
    naming it, the other children are killed, and the supervisor exits non-zero (2 when a
    child could not start: that child's own one-line error is then the line; else 1).
@@ -112,15 +113,22 @@ class Supervisor:
         port = self._wait_port(self._start_front(0, address, self.args.listen))
         if port is None:
             return self._stop_all_now()
+        loaded_in, loaded_out = self._ctx.Pipe(duplex=False)
         engine = self._ctx.Process(
-            target=engine_main, args=(self.args, address, self._load_engine), name="asr-engine"
+            target=engine_main, args=(self.args, address, self._load_engine, loaded_out),
+            name="asr-engine",
         )
         engine.start()
+        loaded_out.close()
         self._children["engine"] = engine
         pipes = [self._start_front(i, address, f"{host}:{port}") for i in range(1, self.fronts)]
         for pipe in pipes:
             if self._wait_port(pipe) is None:
                 return self._stop_all_now()
+        # LISTENING once the model is loaded too (as a one-process worker did): callers then
+        # wait only for warmup, not for the load, before health says SERVING.
+        if self._wait_port(loaded_in) is None:
+            return self._stop_all_now()
         listening_out.write(f"LISTENING {host}:{port}\n")
         listening_out.flush()
         self._log.info(
@@ -131,7 +139,8 @@ class Supervisor:
         return self._watch()
 
     def _wait_port(self, port_in) -> int | None:
-        """The port a starting front bound; None when a signal asked to stop first."""
+        """What a starting child sends (a front: its port; the engine: loaded); None when a
+        signal asked to stop first."""
         while True:
             ready = wait([port_in, *(p.sentinel for p in self._children.values())], _POLL_S)
             if self._signals:
