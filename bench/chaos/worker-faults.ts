@@ -13,6 +13,8 @@
  *   stop-engine  SIGSTOP of B's engine process only: B's front still accepts streams
  *          and reports load, but nothing is ever decoded (a worker that accepts and
  *          never answers); SIGCONT at the end
+ *   engine-error  B's fake engine raises in every 25th batch from the start
+ *          (`serve --fake-fail-every 25`, a test-only flag): engine exceptions mid-batch
  *   cut    B runs in a network namespace; its veth goes down (a partition both ways,
  *          no RST); restored at the end. Needs root and `ip` (see lib/netns.ts).
  *
@@ -47,11 +49,11 @@ const { values } = parseArgs({
   },
 });
 if (values.help) {
-  process.stdout.write("usage: worker-faults --fault none|kill|stop|stop-engine|cut [--streams N] [--fault-at-s S] [--gateway-env K=V ...] [--json OUT]\n");
+  process.stdout.write("usage: worker-faults --fault none|kill|stop|stop-engine|engine-error|cut [--streams N] [--fault-at-s S] [--gateway-env K=V ...] [--json OUT]\n");
   process.exit(0);
 }
 const fault = values.fault;
-if (!["none", "kill", "stop", "stop-engine", "cut"].includes(fault)) throw new Error(`unknown --fault ${fault}`);
+if (!["none", "kill", "stop", "stop-engine", "engine-error", "cut"].includes(fault)) throw new Error(`unknown --fault ${fault}`);
 const streams = Number(values.streams);
 const faultAtMs = Number(values["fault-at-s"]) * 1000;
 const gatewayEnv = Object.fromEntries((values["gateway-env"] as string[]).map((kv) => kv.split("=", 2) as [string, string]));
@@ -86,7 +88,12 @@ try {
   const fronts = Number(values.fronts);
   const a = await startWorker({ label: "worker-a", fronts });
   cleanups.push(() => a.stop());
-  const b: Proc = await startWorker({ label: "worker-b", fronts, ...(ns ? { netns: ns } : {}) });
+  const b: Proc = await startWorker({
+    label: "worker-b",
+    fronts,
+    ...(ns ? { netns: ns } : {}),
+    ...(fault === "engine-error" ? { args: ["--fake-fail-every", "25"] } : {}),
+  });
   cleanups.push(() => b.stop(3000));
   if (fault === "stop") cleanups.push(() => void signalTree(b.pid, "SIGCONT"));
   const engine = fault === "stop-engine" ? engineProcess(b.pid) : null;

@@ -88,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--torch-threads", type=int, default=2, help="torch intra-op threads (default 2)")
     s.add_argument("--fake-base-ms", type=float, default=20.0, help="fake engine: cost per call")
     s.add_argument("--fake-per-item-ms", type=float, default=5.0, help="fake engine: cost per request")
+    s.add_argument("--fake-fail-every", type=int, default=0,
+                   help="fake engine, fault-injection tests only: every Nth batch raises (0 = never)")
     s.add_argument("--worker-id", default="", help="id in load reports (default HOSTNAME:PORT)")
     s.add_argument("--metrics-port", type=int, default=None,
                    help="serve Prometheus /metrics of every worker process on this port, on the "
@@ -170,7 +172,7 @@ def load_engine(args: argparse.Namespace):
         from .engine.fake import FakeEngine
 
         try:
-            return FakeEngine(args.fake_base_ms, args.fake_per_item_ms)
+            return FakeEngine(args.fake_base_ms, args.fake_per_item_ms, fail_every=args.fake_fail_every)
         except ValueError as exc:
             raise StartupError(str(exc)) from exc
     from .models.loader import load_engine as load_funasr_nano

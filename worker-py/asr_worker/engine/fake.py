@@ -13,6 +13,9 @@ So silence decodes to "", the same audio always gives the same text, and the
 text of a prefix of some audio is a prefix of the text of the whole — which is
 what a streaming re-decoder converges to and what stable partials need.
 
+For fault-injection tests only, `fail_every=N` makes every N-th decode_batch call raise
+InjectedEngineFailure after its cost (an engine exception mid-batch); 0, the default, never.
+
 A request's `prefix` (the agreed text of a partial) is honoured like a real engine
 forcing it into the answer: the result starts with the prefix, and only the syllables
 after its length come from the audio.
@@ -33,6 +36,10 @@ from .base import MODEL_SAMPLE_RATE, DecodeOptions, DecodeRequest, DecodeResult,
 SYLLABLES = tuple("今天气很好我们去公园散步吧请把会议安排在下午三点阿里巴达摩院推出了新的语音识别模型")
 
 
+class InjectedEngineFailure(RuntimeError):
+    """The failure `fail_every` injects (tests and chaos runs only)."""
+
+
 class FakeEngine:
     """Fixed-cost, deterministic engine.
 
@@ -41,6 +48,8 @@ class FakeEngine:
         per_item_ms: additional cost per request in the batch, in ms.
         syllable_ms: audio per syllable, in ms.
         voice_rms: RMS (of float samples in [-1, 1]) above which a frame is voiced.
+        fail_every: tests only: every N-th decode_batch call raises InjectedEngineFailure
+            (0 = never).
     """
 
     name = "fake"
@@ -52,9 +61,14 @@ class FakeEngine:
         *,
         syllable_ms: int = 200,
         voice_rms: float = 0.01,
+        fail_every: int = 0,
     ) -> None:
         if base_ms < 0 or per_item_ms < 0:
             raise ValueError("fake engine costs must be >= 0")
+        if fail_every < 0:
+            raise ValueError("fake engine fail_every must be >= 0")
+        self.fail_every = int(fail_every)
+        self._batches = 0
         if syllable_ms <= 0:
             raise ValueError("syllable_ms must be > 0")
         self.base_ms = float(base_ms)
@@ -75,6 +89,7 @@ class FakeEngine:
         )
         self.calls.clear()
         self.work = DecodeWork()
+        self._batches = 0  # injected failures count serving batches only
         self.warmed_up = True
 
     def decode_batch(self, requests: Sequence[DecodeRequest]) -> list[DecodeResult]:
@@ -83,6 +98,9 @@ class FakeEngine:
         cost_s = (self.base_ms + self.per_item_ms * len(requests)) / 1000.0
         if cost_s > 0:
             time.sleep(cost_s)
+        self._batches += 1
+        if self.fail_every and self.warmed_up and self._batches % self.fail_every == 0:
+            raise InjectedEngineFailure(f"injected failure of batch {self._batches}")
         return [self._result(r) for r in requests]
 
     def _result(self, request: DecodeRequest) -> DecodeResult:
