@@ -98,4 +98,26 @@ describe("worker faults under load", { skip: SKIP_REASON, timeout: 240_000 }, ()
     assert.equal(totals.lost, 1);
     assert.equal(totals.duplicates, 1);
   });
+  test("a lone worker that stalls for a few seconds keeps its sessions: with nowhere to fail over, nothing is cancelled", async () => {
+    // Runs last: it pauses worker A, which the tests above use as the healthy one.
+    const gw = await startGateway("gateway", [a.address]);
+    try {
+      const timer = setTimeout(() => {
+        signalTree(a.pid, "SIGSTOP");
+        setTimeout(() => signalTree(a.pid, "SIGCONT"), 4500);
+      }, 5000);
+      const r = await runLoad({ ...DEFAULTS, target: gw.url, streams: 4, files: FILES, rampMs: 1000, maxSeconds: 60, quiet: true, tag: "ci-lone-stall" });
+      clearTimeout(timer);
+      const { totals } = checkAll(r.traces, ref);
+      assert.deepEqual(totals.errors, []);
+      assert.equal(totals.lost, 0);
+      assert.equal(totals.duplicates, 0);
+      const stalls = gw.logs.filter((l) => String(l.msg).startsWith("worker stopped reporting load"));
+      assert.ok(stalls.length >= 1, "the stall went unnoticed");
+      assert.ok(stalls.every((l) => l.failing_over === false), JSON.stringify(stalls));
+    } finally {
+      signalTree(a.pid, "SIGCONT");
+      await gw.stop();
+    }
+  });
 });
