@@ -62,7 +62,34 @@ async def test_no_request_lost_under_concurrency():
         await sched.stop()
 
 
-async def test_batch_failure_fans_out_to_every_member():
+async def test_batch_failure_fails_its_partials_and_decodes_its_finals_again_alone():
+    class PoisonedByCompany(FakeEngine):
+        """Fails any call with more than one request (e.g. memory for the longest member)."""
+
+        def decode_batch(self, requests):
+            if len(requests) > 1:
+                self.calls.append(len(requests))
+                raise RuntimeError("CUDA error: device-side assert")
+            return super().decode_batch(requests)
+
+    engine = PoisonedByCompany(0, 0)
+    sched = await _started(engine, max_batch_size=4, batch_window_ms=50)
+    try:
+        reqs = [_req(0.3, kind=k, seed=i) for i, k in enumerate(["final", "partial", "final", "partial"])]
+        tickets = [sched.submit(r, stream_key=i) for i, r in enumerate(reqs)]
+        results = await asyncio.gather(*(t.future for t in tickets), return_exceptions=True)
+        assert engine.calls == [4, 1, 1]  # the batch, then each final alone
+        for req, res in zip(reqs, results, strict=True):
+            if req.kind == "final":
+                assert res == engine.transcribe(req.audio)
+            else:
+                assert isinstance(res, InferenceFailed) and "device-side assert" in res.message
+        assert sched.stats.retried == 2 and sched.stats.failed == 2
+    finally:
+        await sched.stop()
+
+
+async def test_a_final_that_fails_alone_too_resolves_to_inference_failed():
     class Broken(FakeEngine):
         def decode_batch(self, requests):
             self.calls.append(len(requests))
@@ -73,7 +100,7 @@ async def test_batch_failure_fans_out_to_every_member():
     try:
         tickets = [sched.submit(_req(0.3, seed=i), stream_key=i) for i in range(4)]
         results = await asyncio.gather(*(t.future for t in tickets), return_exceptions=True)
-        assert engine.calls == [4]
+        assert engine.calls == [4, 1, 1, 1, 1]
         assert all(isinstance(r, InferenceFailed) for r in results)
         assert all("device-side assert" in r.message for r in results)
         # The scheduler keeps serving after a failure.
@@ -90,7 +117,7 @@ async def test_wrong_result_count_fails_the_batch():
 
     sched = await _started(Short(0, 0), max_batch_size=3, batch_window_ms=50)
     try:
-        tickets = [sched.submit(_req(0.3, seed=i)) for i in range(3)]
+        tickets = [sched.submit(_req(0.3, kind="partial", seed=i)) for i in range(3)]
         results = await asyncio.gather(*(t.future for t in tickets), return_exceptions=True)
         assert all(isinstance(r, InferenceFailed) and "2 results for a batch of 3" in r.message
                    for r in results)
@@ -307,10 +334,14 @@ async def test_step_failure_fails_every_running_request_and_serving_goes_on():
     engine = Breaks(step_ms=2, per_item_ms=0)
     sched = await _started(engine, max_batch_size=4, batch_window_ms=20)
     try:
-        tickets = [sched.submit(_req(1.0, seed=i), stream_key=i) for i in range(3)]
+        kinds = ["partial", "partial", "final"]
+        reqs = [_req(1.0, kind=k, seed=i) for i, k in enumerate(kinds)]
+        tickets = [sched.submit(r, stream_key=i) for i, r in enumerate(reqs)]
         results = await asyncio.gather(*(t.future for t in tickets), return_exceptions=True)
-        assert all(isinstance(r, InferenceFailed) and "out of memory" in r.message for r in results)
-        assert sched.running == 0 and sched.stats.failed == 3
+        # The running partials fail; the final is decoded again alone (one running: no failure).
+        assert all(isinstance(r, InferenceFailed) and "out of memory" in r.message for r in results[:2])
+        assert results[2] == engine.transcribe(reqs[2].audio)
+        assert sched.running == 0 and sched.stats.failed == 2 and sched.stats.retried == 1
         engine.broken = False
         assert isinstance(await sched.submit(_req(0.4)).future, DecodeResult)
     finally:

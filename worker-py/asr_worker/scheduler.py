@@ -20,8 +20,10 @@ touches the model, so engines need no locks), in one of two ways:
 
 When nothing is running, both wait up to `batch_window_ms` for a fuller first batch
 (unless every open stream already has work queued). The number of results is checked
-against the number of requests, and a failing engine call fails every request in it with
-InferenceFailed. The queue is bounded: `submit` raises Overloaded when `max_queue`
+against the number of requests. When an engine call fails, its partials fail with
+InferenceFailed and each of its finals is decoded once more alone (a final is owed to the
+client; most failures are transient or another member's fault); only a final that fails
+alone too resolves to InferenceFailed. The queue is bounded: `submit` raises Overloaded when `max_queue`
 requests wait. Batching off is `max_batch_size=1`. `cancel_stream()` removes a closed
 stream's pending work. Metrics (queued audio seconds, recent real-time factor, batch
 sizes) feed LoadReport and benchmarks.
@@ -103,6 +105,8 @@ class SchedulerStats:
     refused: int = 0
     #: Engine calls: whole batches, or iterations (admit + one decoder step) of a SteppingEngine.
     batches: int = 0
+    #: Finals decoded again alone after the engine call they were in failed.
+    retried: int = 0
 
 
 class Scheduler:
@@ -351,9 +355,10 @@ class Scheduler:
                 if not t.future.done():
                     t.future.cancel()
             raise
-        except Exception as exc:  # the engine forgot everything in flight: fail it all
-            self._fail([*self._running.values(), *joining], exc)
+        except Exception as exc:  # the engine forgot everything in flight
+            failed = [*self._running.values(), *joining]
             self._running.clear()
+            await self._after_failure(failed, exc)
             return
         finally:
             self.stats.batches += 1
@@ -408,18 +413,56 @@ class Scheduler:
                 )
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # fanned out to every member
-            self._fail(batch, exc)
-            return
+        except Exception as exc:
+            failure: Exception | None = exc
+        else:
+            failure = None
         finally:
             self._running = {}
             self.stats.batches += 1
             self.batch_sizes.append(len(batch))
+        if failure is not None:
+            await self._after_failure(batch, failure)
+            return
         finished = self._clock()
         self._recent.append((finished, finished - started, sum(t.audio_seconds for t in batch)))
         self._expire_recent()
         for t, r in zip(batch, results, strict=True):
             self._resolve(t, r)
+
+    async def _after_failure(self, tickets: list[Ticket], exc: Exception) -> None:
+        """A failed engine call: its partials fail (the session schedules the next one), and
+        each final is decoded once more ALONE before it may fail.
+
+        A final is owed to the client (exactly one per accepted segment), and most batch
+        failures are not the final's own fault: a transient device error, or another member
+        that poisons the batch (an odd input, memory for the longest request). Alone, a
+        healthy final then succeeds and only a request that fails by itself is lost.
+        """
+        finals = [t for t in tickets if t.kind == "final" and not t.future.done()]
+        self._fail([t for t in tickets if t not in finals], exc)
+        if not finals:
+            return
+        self._log.warning("batch failed; decoding its finals again one by one",
+                          extra={"finals": len(finals), "error": f"{type(exc).__name__}: {exc}"})
+        loop = asyncio.get_running_loop()
+        for t in finals:
+            if t.future.done():  # cancelled while an earlier retry ran
+                continue
+            self.stats.retried += 1
+            try:
+                results = await loop.run_in_executor(self._executor, self.engine.decode_batch, [t.request])
+                if not isinstance(results, list) or len(results) != 1:
+                    raise InternalError("engine returned a wrong number of results for one request")
+            except asyncio.CancelledError:
+                raise
+            except Exception as again:
+                self._fail([t], again)
+                continue
+            finally:
+                self.stats.batches += 1
+                self.batch_sizes.append(1)
+            self._resolve(t, results[0])
 
     def _resolve(self, ticket: Ticket, result: DecodeResult) -> None:
         ticket.state = TicketState.DONE
