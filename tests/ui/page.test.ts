@@ -29,6 +29,12 @@ const OUTPUT_DIR = process.env.UI_TEST_OUTPUT ?? path.join(REPO_ROOT, "test-outp
 const MIC_WAV = "zh/damo.wav";
 const FILE_WAV = "synth/three_utterances.wav";
 const TOKEN = "page-test-token";
+/**
+ * The status once a session has ended, well or not. Waiting for "not busy" instead raced the
+ * page: right after a click the status can still be idle (the file is being read), which
+ * matched at once.
+ */
+const ENDED = '#status[data-state="done"], #status[data-state="error"]';
 /** What Chromium needs on a CI network with no outside access (each run also gets a fresh profile). */
 const CHROMIUM_ARGS = [
   "--headless",
@@ -124,7 +130,7 @@ describe("browser page in headless Chromium", { skip: SKIP_REASON }, () => {
     // Real-time capture: wait for recognized speech (a partial or a VAD final), then stop.
     await page.waitForSelector("#partial:not(:empty), #finals li.final", { timeout: 30_000 });
     await page.click("#micStop");
-    await page.waitForSelector('#status:not([data-state="busy"])', { timeout: 30_000 });
+    await page.waitForSelector(ENDED, { timeout: 30_000 });
     const status = await page.textContent("#status");
     await page.screenshot({ path: path.join(OUTPUT_DIR, "mic-session.png"), fullPage: true });
     assert.equal(await page.getAttribute("#status", "data-state"), "done", `status: ${status}`);
@@ -153,7 +159,7 @@ describe("browser page in headless Chromium", { skip: SKIP_REASON }, () => {
     await new Promise((r) => setTimeout(r, 2500));
     assert.equal(await page.locator("#finals li.final").count(), 0, "offline mode shows nothing before the end of input");
     await page.click("#micStop");
-    await page.waitForSelector('#status:not([data-state="busy"])', { timeout: 30_000 });
+    await page.waitForSelector(ENDED, { timeout: 30_000 });
     assert.equal(await page.getAttribute("#status", "data-state"), "done", `status: ${await page.textContent("#status")}`);
     const texts = await finalTexts(page);
     assert.equal(texts.length, 1, JSON.stringify(texts));
@@ -165,7 +171,7 @@ describe("browser page in headless Chromium", { skip: SKIP_REASON }, () => {
     const page = await openPage(gw.http, `?token=${TOKEN}`);
     await page.setInputFiles("#file", sharedAudio(FILE_WAV));
     await page.click("#fileStart");
-    await page.waitForSelector('#status:not([data-state="busy"])', { timeout: 60_000 });
+    await page.waitForSelector(ENDED, { timeout: 60_000 });
     await page.screenshot({ path: path.join(OUTPUT_DIR, "file-session.png"), fullPage: true });
     assert.equal(await page.getAttribute("#status", "data-state"), "done", `status: ${await page.textContent("#status")}`);
 
@@ -242,7 +248,7 @@ describe("browser page against a scripted worker: options reach the worker, serv
     await page.uncheck("#itn");
     await page.setInputFiles("#file", file);
     await page.click("#fileStart");
-    await page.waitForSelector('#status:not([data-state="busy"])', { timeout: 30_000 });
+    await page.waitForSelector(ENDED, { timeout: 30_000 });
     assert.equal(await page.getAttribute("#status", "data-state"), "done", `status: ${await page.textContent("#status")}`);
     const texts = await page.locator("#finals li.final .text").allTextContents();
     assert.equal(texts.length, 1, JSON.stringify(texts));
