@@ -42,9 +42,32 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 # --------------------------------------------------------------------------- worker fixtures
 
 import contextlib  # noqa: E402
+import time  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 
 import numpy as np  # noqa: E402
+
+
+def wait_serving(channel, timeout_s: float, poll_s: float = 0.1) -> None:
+    """Poll grpc.health.v1 Check on `channel` until SERVING; AssertionError after `timeout_s`.
+
+    For workers started as subprocesses: SERVING comes only after the engine has warmed up,
+    and a Check may fail outright while the server is still binding.
+    """
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    health = health_pb2_grpc.HealthStub(channel)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if health.Check(health_pb2.HealthCheckRequest(), timeout=2).status == \
+                    health_pb2.HealthCheckResponse.SERVING:
+                return
+        except grpc.RpcError:
+            pass
+        time.sleep(poll_s)
+    raise AssertionError(f"worker never became SERVING within {timeout_s} s")
 
 
 def read_wav(path: Path) -> tuple[np.ndarray, int]:

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from conftest import wait_serving
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -90,21 +91,8 @@ def worker_address():
 
 
 def _wait_serving(address: str, timeout_s: float) -> None:
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    deadline = time.monotonic() + timeout_s
     with grpc.insecure_channel(address) as ch:
-        stub = health_pb2_grpc.HealthStub(ch)
-        while True:
-            try:
-                r = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=2)
-                if r.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError(f"worker {address} not SERVING within {timeout_s} s")
-            time.sleep(0.2)
+        wait_serving(ch, timeout_s, poll_s=0.2)
 
 
 @pytest.fixture(scope="module")

@@ -17,8 +17,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from conftest import read_wav, requests_for
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from conftest import read_wav, requests_for, wait_serving
 from prometheus_client.parser import text_string_to_metric_families
 
 from asr.v1 import asr_pb2, asr_pb2_grpc
@@ -47,17 +46,7 @@ def _start(fronts: int) -> tuple[subprocess.Popen, str, int]:
 
 def _wait_serving(address: str) -> None:
     with grpc.insecure_channel(address) as ch:
-        health = health_pb2_grpc.HealthStub(ch)
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            try:
-                if health.Check(health_pb2.HealthCheckRequest(), timeout=2).status == \
-                        health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            time.sleep(0.1)
-    raise AssertionError("worker never became SERVING")
+        wait_serving(ch, 90)
 
 
 def _scrape(port: int) -> dict[str, list]:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from conftest import read_wav, requests_for
+from conftest import read_wav, requests_for, wait_serving
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from asr.v1 import asr_pb2, asr_pb2_grpc
@@ -67,17 +67,7 @@ class ProcessWorker:
 
     def wait_serving(self) -> None:
         with self.channel() as ch:
-            health = health_pb2_grpc.HealthStub(ch)
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                try:
-                    if health.Check(health_pb2.HealthCheckRequest(), timeout=2).status == \
-                            health_pb2.HealthCheckResponse.SERVING:
-                        return
-                except grpc.RpcError:
-                    pass
-                time.sleep(0.05)
-        raise AssertionError("worker never became SERVING")
+            wait_serving(ch, 60, poll_s=0.05)
 
     def errors(self) -> list[dict]:
         return [r for r in self.logs if r.get("level") == "error"]
