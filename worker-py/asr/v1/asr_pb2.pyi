@@ -219,7 +219,7 @@ class WatchLoadRequest(_message.Message):
     def __init__(self, interval_ms: _Optional[int] = ...) -> None: ...
 
 class LoadReport(_message.Message):
-    __slots__ = ("worker_id", "active_streams", "max_streams", "queued_audio_seconds", "accepting", "engine", "recent_rtf", "front_id", "front_streams")
+    __slots__ = ("worker_id", "active_streams", "max_streams", "queued_audio_seconds", "accepting", "engine", "recent_rtf", "front_id", "front_streams", "engine_stalled")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     ACTIVE_STREAMS_FIELD_NUMBER: _ClassVar[int]
     MAX_STREAMS_FIELD_NUMBER: _ClassVar[int]
@@ -229,6 +229,7 @@ class LoadReport(_message.Message):
     RECENT_RTF_FIELD_NUMBER: _ClassVar[int]
     FRONT_ID_FIELD_NUMBER: _ClassVar[int]
     FRONT_STREAMS_FIELD_NUMBER: _ClassVar[int]
+    ENGINE_STALLED_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     active_streams: int
     max_streams: int
@@ -238,4 +239,5 @@ class LoadReport(_message.Message):
     recent_rtf: float
     front_id: int
     front_streams: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, worker_id: _Optional[str] = ..., active_streams: _Optional[int] = ..., max_streams: _Optional[int] = ..., queued_audio_seconds: _Optional[float] = ..., accepting: _Optional[bool] = ..., engine: _Optional[str] = ..., recent_rtf: _Optional[float] = ..., front_id: _Optional[int] = ..., front_streams: _Optional[_Iterable[int]] = ...) -> None: ...
+    engine_stalled: bool
+    def __init__(self, worker_id: _Optional[str] = ..., active_streams: _Optional[int] = ..., max_streams: _Optional[int] = ..., queued_audio_seconds: _Optional[float] = ..., accepting: _Optional[bool] = ..., engine: _Optional[str] = ..., recent_rtf: _Optional[float] = ..., front_id: _Optional[int] = ..., front_streams: _Optional[_Iterable[int]] = ..., engine_stalled: _Optional[bool] = ...) -> None: ...

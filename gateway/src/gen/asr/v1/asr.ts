@@ -611,6 +611,17 @@ export interface LoadReport {
    * front has the fewest, so streams spread over the fronts.
    */
   frontStreams: number[];
+  /**
+   * True while the front that sent this report has heard nothing from the
+   * worker's engine process for ENGINE_SUSPECT_S (about 2 s): the engine is
+   * hung or starved, so streams on this worker get no results. The worker is
+   * then NOT_SERVING and not accepting; a client should treat it like a worker
+   * whose reports stopped: place nothing on it and fail its open streams over
+   * (by replay) if another worker can take them. It clears by itself when the
+   * engine is heard again; a worker whose engine stays silent ends itself
+   * (ENGINE_STALL_S). Always false for a single-process worker.
+   */
+  engineStalled: boolean;
 }
 
 function createBaseStreamingRecognizeRequest(): StreamingRecognizeRequest {
@@ -2297,6 +2308,7 @@ function createBaseLoadReport(): LoadReport {
     recentRtf: 0,
     frontId: 0,
     frontStreams: [],
+    engineStalled: false,
   };
 }
 
@@ -2332,6 +2344,9 @@ export const LoadReport: MessageFns<LoadReport> = {
         writer.uint32(v);
       }
       writer.join();
+    }
+    if (message.engineStalled !== false) {
+      writer.uint32(80).bool(message.engineStalled);
     }
     return writer;
   },
@@ -2431,6 +2446,14 @@ export const LoadReport: MessageFns<LoadReport> = {
 
             break;
           }
+          case 10: {
+            if (tag !== 80) {
+              break;
+            }
+
+            message.engineStalled = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2482,6 +2505,11 @@ export const LoadReport: MessageFns<LoadReport> = {
         : globalThis.Array.isArray(object?.front_streams)
         ? object.front_streams.map((e: any) => globalThis.Number(e))
         : [],
+      engineStalled: isSet(object.engineStalled)
+        ? globalThis.Boolean(object.engineStalled)
+        : isSet(object.engine_stalled)
+        ? globalThis.Boolean(object.engine_stalled)
+        : false,
     };
   },
 
@@ -2514,6 +2542,9 @@ export const LoadReport: MessageFns<LoadReport> = {
     if (message.frontStreams?.length) {
       obj.frontStreams = message.frontStreams.map((e) => Math.round(e));
     }
+    if (message.engineStalled !== false) {
+      obj.engineStalled = message.engineStalled;
+    }
     return obj;
   },
 
@@ -2531,6 +2562,7 @@ export const LoadReport: MessageFns<LoadReport> = {
     message.recentRtf = object.recentRtf ?? 0;
     message.frontId = object.frontId ?? 0;
     message.frontStreams = object.frontStreams?.map((e) => e) || [];
+    message.engineStalled = object.engineStalled ?? false;
     return message;
   },
 };
