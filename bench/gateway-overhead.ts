@@ -8,6 +8,7 @@
  *   npm run bench:gateway -- --ns 20 --worker stub            # smoke run
  *   npm run bench:gateway -- --worker stub --ns 500,1000 --gateway-env GATEWAY_PROCESSES=2 --nice=-5
  *   npm run bench:gateway -- --worker stub --ns 300 --gateway-root /tmp/gw-old   # another checkout's gateway
+ *   npm run bench:gateway -- --worker stub --ns 500 --worker-node-arg=--import=./bench/lib/h2-window.ts   # stub with large HTTP/2 windows
  *
  * With GATEWAY_PROCESSES=N the gateway's CPU is the sum over its primary and
  * every child process. `--nice=-N` runs the gateway, worker and load
@@ -45,6 +46,7 @@ const { values } = parseArgs({
     "worker-arg": { type: "string", multiple: true, default: [] },
     "gateway-env": { type: "string", multiple: true, default: [] },
     "gateway-node-arg": { type: "string", multiple: true, default: [] },
+    "worker-node-arg": { type: "string", multiple: true, default: [] },
     channels: { type: "string", default: "1" },
     pin: { type: "string", default: "" },
     out: { type: "string" },
@@ -74,6 +76,7 @@ async function startWorker(): Promise<Server> {
     const [cmd, args] = pinned(pins.worker, process.execPath, [
       "--import",
       "tsx",
+      ...(values["worker-node-arg"] as string[]),
       "bench/stub-worker.ts",
       "--listen",
       "127.0.0.1:0",

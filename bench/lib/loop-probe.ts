@@ -20,6 +20,7 @@
  */
 import { appendFileSync } from "node:fs";
 import { constants, monitorEventLoopDelay, PerformanceObserver, type PerformanceEntry } from "node:perf_hooks";
+import { setFlagsFromString } from "node:v8";
 
 const file = process.env.LOOP_PROBE_FILE;
 const intervalMs = Number(process.env.LOOP_PROBE_INTERVAL_MS ?? 5000);
@@ -31,6 +32,10 @@ const GC_KINDS: Record<number, string> = {
   [constants.NODE_PERFORMANCE_GC_INCREMENTAL]: "incremental",
   [constants.NODE_PERFORMANCE_GC_WEAKCB]: "weak_cb",
 };
+
+// LOOP_PROBE_TRACE_GC=1: V8 prints a line per collection with its reason on stdout
+// (kept with BENCH_GATEWAY_STDOUT=FILE, see procs.ts).
+if (process.env.LOOP_PROBE_TRACE_GC === "1") setFlagsFromString("--trace-gc");
 
 if (file !== undefined && file !== "") {
   const eld = monitorEventLoopDelay({ resolution: 1 });
@@ -53,6 +58,8 @@ if (file !== undefined && file !== "") {
     const ms = (v: number): number => Math.round(v / 1e4) / 100;
     const line = {
       t: new Date().toISOString(),
+      pid: process.pid,
+      cwd: process.cwd(),
       cpuCores: Math.round(((cpu.user + cpu.system) / 1000 / intervalMs) * 1000) / 1000,
       eldMs: { p50: ms(eld.percentile(50)), p99: ms(eld.percentile(99)), max: ms(eld.max), mean: ms(eld.mean) },
       gc: Object.fromEntries(Object.entries(gc).map(([k, v]) => [k, { n: v.n, ms: Math.round(v.ms * 10) / 10, maxMs: Math.round(v.maxMs * 10) / 10 }])),

@@ -1,5 +1,6 @@
 /** Starting and stopping the servers under test (worker, stub worker, gateway). */
 import { spawn, execFileSync, type ChildProcess } from "node:child_process";
+import { closeSync, openSync } from "node:fs";
 import { createServer } from "node:net";
 import { credentials, Metadata } from "@grpc/grpc-js";
 import { REPO_ROOT } from "./audio.js";
@@ -108,7 +109,12 @@ export async function startGateway(
   const port = await freePort();
   const [cmd, args] = pinned(cpus, process.execPath, [...nodeArgs, "--import", "tsx", "gateway/src/main.ts"]);
   const env = { GATEWAY_PORT: String(port), WORKER_ADDRESSES: workers, LOG_LEVEL: "warn", ...extraEnv };
-  const proc = spawn(cmd, args, { cwd: root, env: { ...process.env, ...env }, stdio: ["ignore", "ignore", "pipe"] });
+  // BENCH_GATEWAY_STDOUT=FILE keeps what the gateway prints on stdout, e.g. V8's --trace-gc lines
+  // (--gateway-node-arg=--trace-gc), which say why each collection ran.
+  const stdoutFile = process.env.BENCH_GATEWAY_STDOUT;
+  const stdout = stdoutFile ? openSync(stdoutFile, "a") : "ignore";
+  const proc = spawn(cmd, args, { cwd: root, env: { ...process.env, ...env }, stdio: ["ignore", stdout, "pipe"] });
+  if (typeof stdout === "number") closeSync(stdout);
   let err = "";
   proc.stderr!.on("data", (d: Buffer) => {
     err = (err + d.toString()).slice(-8000);
