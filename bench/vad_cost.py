@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import concurrent.futures
 import math
 import statistics
 import sys
@@ -66,6 +65,8 @@ def parse() -> argparse.Namespace:
                    help="fsmn-vad directory (default: random weights with the released shapes)")
     p.add_argument("--paced", default="", help="also run S real-time streams through VadBatcher")
     p.add_argument("--paced-seconds", type=float, default=8.0, help="length of each paced run")
+    p.add_argument("--tick-ms", type=float, default=32.0,
+                   help="--paced: the batcher's tick (serve --vad-batch-ms); 0 = no wait")
     p.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     return p.parse_args()
 
@@ -121,12 +122,13 @@ def measure(vad: Any, audio: np.ndarray, batch: int, stream_seconds: float) -> d
     }
 
 
-async def paced(vad: Any, audio: np.ndarray, streams: int, seconds: float) -> dict[str, float]:
+async def paced(
+    vad: Any, audio: np.ndarray, streams: int, seconds: float, tick_ms: float = 32.0
+) -> dict[str, float]:
     """`streams` real-time streams through one VadBatcher, as a front runs them."""
     from asr_worker.vad import VadBatcher
 
-    executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="vad")
-    batcher = VadBatcher(vad, executor)
+    batcher = VadBatcher(vad, tick_s=tick_ms / 1000)
     batcher.start()
     period = ab.FRAME_MS / 1000
     t0 = time.perf_counter()
@@ -148,7 +150,6 @@ async def paced(vad: Any, audio: np.ndarray, streams: int, seconds: float) -> di
     chunks = await asyncio.gather(*(one(i) for i in range(streams)))
     cpu = time.process_time() - cpu0
     await batcher.stop()
-    executor.shutdown()
     sizes = list(batcher.batch_sizes)
     return {
         "us_cpu_per_stream_s": cpu * 1e6 / (sum(chunks) * period),
@@ -176,7 +177,7 @@ def main() -> int:
         results[name] = {}
         paced_results[name] = {}
         for n in paced_sizes:
-            cell = asyncio.run(paced(vad, audio, n, args.paced_seconds))
+            cell = asyncio.run(paced(vad, audio, n, args.paced_seconds, args.tick_ms))
             paced_results[name][n] = cell
             print(f"{name:12s} paced {n:4d}  {cell['us_cpu_per_stream_s']:8.0f} µs CPU per stream-second, "
                   f"mean batch {cell['mean_batch']:.1f}", file=sys.stderr, flush=True)

@@ -54,8 +54,6 @@ def _engine_child(model_dir: str, done, stop) -> None:
 
 def _front_child(wav: str, done, stop) -> None:
     """A "front" process: VadBatcher scores real speech with silero, in 60 ms chunks."""
-    import concurrent.futures
-
     import soundfile as sf
 
     from asr_worker.metrics import WorkerMetrics
@@ -67,7 +65,7 @@ def _front_child(wav: str, done, stop) -> None:
 
     async def run() -> None:
         vad = SileroVad()
-        batcher = VadBatcher(vad, concurrent.futures.ThreadPoolExecutor(1), observer=metrics)
+        batcher = VadBatcher(vad, tick_s=0.005, observer=metrics)
         batcher.start()
         streams = [vad.new_stream(), vad.new_stream()]
         for off in range(0, len(samples), 960):

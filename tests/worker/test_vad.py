@@ -225,29 +225,100 @@ def test_unknown_silero_runtime_is_a_startup_error():
 
 
 async def test_vad_batcher_serves_concurrent_streams_like_inline(vad, shared_audio):
+    """Streams of any chunk size, batched per tick, get exactly their one-stream-alone scores."""
     import asyncio
-    import concurrent.futures
 
     from asr_worker.vad import VadBatcher
 
     x = read_wav(shared_audio / "zh/damo.wav")[0].astype(np.float32) / 32768.0
     expected = vad.new_stream().process(x)
-    with concurrent.futures.ThreadPoolExecutor(1) as ex:
-        batcher = VadBatcher(vad, ex, max_steps=4)
-        batcher.start()
+    batcher = VadBatcher(vad, max_steps=4, tick_s=0.005)
+    batcher.start()
 
-        async def one(chunk):
-            s = vad.new_stream()
-            parts = [await batcher.score(s, x[i:i + chunk]) for i in range(0, len(x), chunk)]
-            return np.concatenate(parts)
+    async def one(chunk):
+        s = vad.new_stream()
+        parts = [await batcher.score(s, x[i:i + chunk]) for i in range(0, len(x), chunk)]
+        return np.concatenate(parts)
 
-        try:
-            results = await asyncio.gather(*(one(c) for c in (960, 1920, 16_000, len(x))))
-        finally:
-            await batcher.stop()
+    try:
+        results = await asyncio.gather(*(one(c) for c in (960, 1920, 16_000, len(x))))
+    finally:
+        await batcher.stop()
     for r in results:
         assert np.allclose(r, expected, atol=1e-5)
     assert max(batcher.batch_sizes) > 1
+
+
+async def test_vad_batcher_holds_a_tick_so_paced_streams_share_calls(vad):
+    """Streams pushing at different moments within one tick are scored in ONE call."""
+    import asyncio
+
+    from asr_worker.vad import VadBatcher
+
+    class Client:
+        def __init__(self):
+            self.vad_stream = vad.new_stream()
+            self.probs = []
+
+        def vad_scored(self, probs):
+            self.probs.extend(probs.tolist())
+
+        def vad_failed(self, exc):
+            raise AssertionError(exc)
+
+    batcher = VadBatcher(vad, tick_s=0.2)
+    batcher.start()
+    clients = [Client() for _ in range(5)]
+    rng = np.random.default_rng(0)
+    try:
+        for c in clients:
+            batcher.push(c, c.vad_stream.take_windows(rng.normal(0, 0.1, 1024).astype(np.float32)))
+            await asyncio.sleep(0.01)
+        assert all(c.probs == [] for c in clients)  # held for the tick
+        await asyncio.sleep(0.3)
+    finally:
+        await batcher.stop()
+    assert [len(c.probs) for c in clients] == [2] * 5
+    assert list(batcher.batch_sizes) == [5]
+
+
+async def test_vad_batcher_settle_scores_one_client_at_once_and_backlogs_do_not_wait(vad):
+    import asyncio
+
+    from asr_worker.vad import VadBatcher
+
+    class Client:
+        def __init__(self):
+            self.vad_stream = vad.new_stream()
+            self.n = 0
+
+        def vad_scored(self, probs):
+            self.n += len(probs)
+
+        def vad_failed(self, exc):
+            raise AssertionError(exc)
+
+    batcher = VadBatcher(vad, tick_s=10.0, max_steps=8)
+    batcher.start()
+    a, b = Client(), Client()
+    try:
+        batcher.push(a, np.zeros((3, 512), dtype=np.float32))
+        batcher.push(b, np.zeros((2, 512), dtype=np.float32))
+        batcher.settle(a)
+        assert (a.n, b.n) == (3, 0) and batcher.backlog(b) == 2
+        batcher.forget(b)
+        assert batcher.backlog(b) == 0
+        # A backlog beyond max_steps is scored call after call, not one call per tick.
+        fast = VadBatcher(vad, tick_s=0.0, max_steps=8)
+        fast.start()
+        batcher_client = Client()
+        fast.push(batcher_client, np.zeros((40, 512), dtype=np.float32))
+        for _ in range(50):
+            await asyncio.sleep(0)
+        assert batcher_client.n == 40 and list(fast.batch_sizes) == [1] * 5
+        await fast.stop()
+    finally:
+        await batcher.stop()
 
 
 @pytest.mark.parametrize(("flag", "runtime"),

@@ -76,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="speech probability threshold (0.5 for silero, 0.8 for fsmn)")
     s.add_argument("--vad-neg-threshold", type=float, default=None,
                    help="end-of-speech threshold (default threshold - 0.15)")
+    s.add_argument("--vad-batch-ms", type=int, default=32,
+                   help="how long a front holds a stream's VAD windows so that other streams' are "
+                        "scored in the same call (bigger batches, less CPU per stream; adds at most "
+                        "this much to endpoint latency); 0 = score as soon as the loop is free")
     s.add_argument("--vad-min-speech-ms", type=int, default=250, help="shortest speech that opens a segment")
     s.add_argument("--vad-min-silence-ms", type=int, default=800, help="silence that closes a segment")
     s.add_argument("--vad-short-silence-ms", type=int, default=1700,
@@ -113,6 +117,8 @@ def check_serve_args(args: argparse.Namespace) -> None:
         raise StartupError(f"unknown engine {args.engine!r}; use {' or '.join(ENGINES)}")
     if args.vad not in VADS:
         raise StartupError(f"unknown vad {args.vad!r}; use one of {', '.join(VADS)}")
+    if not 0 <= args.vad_batch_ms <= 1000:
+        raise StartupError(f"--vad-batch-ms must be 0..1000, got {args.vad_batch_ms}")
     host, sep, port = args.listen.rpartition(":")
     if not sep or not host or not port.isdigit() or int(port) > 65535:
         raise StartupError(f"--listen must be HOST:PORT, got {args.listen!r}")
@@ -285,7 +291,9 @@ async def serve(args: argparse.Namespace, listening_out) -> int:
     service = AsrService(
         link=LocalEngineLink(core),
         vad=vad,
-        config=ServiceConfig(max_streams=args.max_streams, session=session_options),
+        config=ServiceConfig(
+            max_streams=args.max_streams, session=session_options, vad_batch_ms=args.vad_batch_ms
+        ),
         logger=log.getChild("server"),
         vad_observer=metrics,
     )
@@ -296,7 +304,10 @@ async def serve(args: argparse.Namespace, listening_out) -> int:
         raise StartupError(f"cannot listen on {args.listen}: {exc}") from exc
     host = args.listen.rpartition(":")[0]
     service.config = ServiceConfig(
-        max_streams=args.max_streams, worker_id=worker_id(args, port), session=session_options
+        max_streams=args.max_streams,
+        worker_id=worker_id(args, port),
+        session=session_options,
+        vad_batch_ms=args.vad_batch_ms,
     )
     listening_out.write(f"LISTENING {host}:{port}\n")
     listening_out.flush()

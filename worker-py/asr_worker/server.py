@@ -17,7 +17,6 @@ draining) and drains:
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import itertools
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -53,6 +52,9 @@ class ServiceConfig:
     session: SessionOptions = field(default_factory=SessionOptions)
     #: This front's number within its worker (LoadReport.front_id).
     front_id: int = 0
+    #: How long a stream's VAD windows may wait for other streams' to be scored in one
+    #: call (VadBatcher.tick_s), in ms; 0 scores as soon as the loop is free.
+    vad_batch_ms: int = 32
 
 
 class _Calls:
@@ -123,11 +125,10 @@ class AsrService(asr_pb2_grpc.AsrServicer):
         self._calls = _Calls()
         self._changed = asyncio.Event()
         link.on_change(self._notify)
-        self._vad_exec = concurrent.futures.ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="asr-vad"
+        #: Scores all streams' VAD windows together, once per tick.
+        self.vad_batcher = VadBatcher(
+            vad, tick_s=config.vad_batch_ms / 1000.0, observer=vad_observer
         )
-        #: Scores all streams' VAD windows together on the VAD thread.
-        self.vad_batcher = VadBatcher(vad, self._vad_exec, observer=vad_observer)
 
     # -- load --------------------------------------------------------------
 
@@ -173,9 +174,8 @@ class AsrService(asr_pb2_grpc.AsrServicer):
         self.vad_batcher.start()
 
     async def shutdown(self) -> None:
-        """Stop the VAD batcher and release its thread."""
+        """Stop the VAD batcher."""
         await self.vad_batcher.stop()
-        self._vad_exec.shutdown(wait=False, cancel_futures=True)
 
     # -- RPCs --------------------------------------------------------------
 
@@ -245,7 +245,7 @@ class AsrService(asr_pb2_grpc.AsrServicer):
                 vad=self._vad,
                 options=self.config.session,
                 logger=log,
-                vad_score=self.vad_batcher.score,
+                vad_batcher=self.vad_batcher,
             )
             log.info(
                 "stream opened",

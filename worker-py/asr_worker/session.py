@@ -2,14 +2,23 @@
 
 A Session owns everything per stream: the validated config, PCM conversion and
 resampling, the VAD stream and endpointer, the segment buffer, the partial
-schedule and the stable-delta state. It talks to the engine side only through
+schedule and the stable-delta state.
+
+Audio in does no model work: `feed_audio` converts a chunk and queues its VAD
+windows with the front's `VadBatcher`, which scores all streams' windows in one
+call per tick and calls back `vad_scored`; segmentation, partials, finals and
+the audio sent to the engine all happen there, once per tick for every stream
+of the front (so a front sends the engine one message per tick, not one per
+chunk). A control request first scores its stream's pending windows
+(`VadBatcher.settle`), so it always sees all the audio before it. It talks to the engine side only through
 its `StreamPort`: the audio of each open segment is appended as it arrives (the
 engine keeps it), and decodes name a (segment, range), never carry samples.
 
 At most one partial per stream (this module is the only place that rule lives):
-a partial is submitted only when no partial of the stream is in flight; one
-that falls due meanwhile is submitted, on the newest audio, when the in-flight
-one resolves. A partial not yet emitted is dropped when its segment closes (the
+a partial is submitted only when no partial of the stream's open segment is in
+flight; one that falls due meanwhile is submitted, on the newest audio, when the
+in-flight one resolves (a closed segment's partial stops counting: its result is
+dropped, and the next segment's opening partial does not wait for it). A partial not yet emitted is dropped when its segment closes (the
 final follows and supersedes it) or when a newer partial is submitted (a slow
 client gets the newest hypothesis, not a backlog). The engine's queue needs no
 replace rule. Partials carry the segment's emitted (agreed) text as
@@ -43,7 +52,7 @@ import asyncio
 import collections
 import logging
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
+from collections.abc import AsyncIterator, Hashable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -54,12 +63,23 @@ from .audio import SUPPORTED_RATES, AudioBuffer, Upsampler2x, pcm16le_to_float
 from .engine.base import MODEL_SAMPLE_RATE, DecodeOptions, DecodeRequest, DecodeResult
 from .engine_core import request_fields
 from .engine_link import StreamPort
-from .errors import AsrError, InferenceFailed, InvalidAudio, InvalidConfig, Overloaded
-from .vad import WINDOW_SAMPLES, Endpointer, EventKind, VadConfig, VadEvent, VadModel, VadStream
+from .errors import (
+    AsrError,
+    InferenceFailed,
+    InternalError,
+    InvalidAudio,
+    InvalidConfig,
+    Overloaded,
+)
+from .vad import WINDOW_SAMPLES, Endpointer, EventKind, VadBatcher, VadConfig, VadEvent, VadModel
 
 #: Most hotword phrases per session, and characters per phrase (see asr.proto).
 MAX_HOTWORDS = 256
 MAX_HOTWORD_CHARS = 64
+
+#: VAD windows a stream may have waiting to be scored before its input is paused
+#: (2 s of audio: a client sending faster than real time waits for the VAD, not memory).
+MAX_VAD_BACKLOG = 64
 
 #: Placeholder audio of the request templates sessions send (the engine supplies the audio).
 _NO_AUDIO = np.zeros(0, dtype=np.float32)
@@ -194,8 +214,8 @@ class Session:
         vad: the shared VAD weights, SileroVad or FsmnVad (a per-stream state is created here).
         options: worker-wide session settings.
         logger: logger or adapter carrying this session's id.
-        vad_score: scores a stream's samples (the server's VadBatcher.score);
-            None scores inline on the calling thread.
+        vad_batcher: the front's VadBatcher; this session is one of its clients
+            (audio in, `vad_scored` back once per tick).
     """
 
     def __init__(
@@ -207,15 +227,17 @@ class Session:
         vad: VadModel,
         options: SessionOptions,
         logger: logging.Logger | logging.LoggerAdapter,
-        vad_score: Callable[[VadStream, np.ndarray], Awaitable[np.ndarray]] | None = None,
+        vad_batcher: VadBatcher,
     ) -> None:
         self.key = key
         self.settings = settings
         self._port = port
         self._opts = options
         self._log = logger
-        self._vad_score = vad_score
-        self._vad_stream = vad.new_stream()
+        self._batcher = vad_batcher
+        #: This stream's VAD state (VadClient).
+        self.vad_stream = vad.new_stream()
+        self._vad_backlog = 0  # windows pushed to the batcher, not yet scored
         self._ep = Endpointer(options.vad)
         self._buf = AudioBuffer()
         self._resampler: Upsampler2x | None = None
@@ -232,13 +254,16 @@ class Session:
             + 4 * WINDOW_SAMPLES
         )
         self._finals_outstanding = 0
-        self._final_done = asyncio.Event()
+        # Set when a final resolves or the VAD catches up: the reader may read on.
+        self._input_ok = asyncio.Event()
         self._slots: collections.deque[_Slot] = collections.deque()
         self._slot_ready = asyncio.Event()
         self._failure: asyncio.Future = asyncio.get_running_loop().create_future()
         self._ended = False
-        # The one partial in flight (submitted, engine not done) and whether another is due.
-        self._partial_inflight = False
+        # The segment whose partial is in flight (submitted, engine not done), and whether
+        # another is due. A closed segment's partial no longer counts: its result is dropped
+        # anyway, and the next segment's opening partial must not wait for it.
+        self._partial_inflight: _Segment | None = None
         self._partial_due = False
         # The newest partial slot not yet emitted; dropped by a newer one or its segment's close.
         self._unemitted_partial: _Slot | None = None
@@ -250,13 +275,15 @@ class Session:
         """Process one request after the first (config) one."""
         kind = req.WhichOneof("streaming_request")
         if kind == "audio":
-            await self.feed_audio(req.audio.pcm16le, req.audio.sample_rate_hz)
+            await self._input_ready()
+            self.feed_audio(req.audio.pcm16le, req.audio.sample_rate_hz)
         elif kind == "control":
             t = req.control.type
             if t == asr_pb2.CONTROL_TYPE_END_OF_INPUT:
-                await self.end_of_input()
+                await self._input_ready()
+                self.end_of_input()
             elif t == asr_pb2.CONTROL_TYPE_COMMIT:
-                await self.commit()
+                self.commit()
             else:
                 raise InvalidConfig(
                     f"control.type {t} is not END_OF_INPUT or COMMIT"
@@ -285,8 +312,22 @@ class Session:
         )
         self._config_allowed = False
 
-    async def feed_audio(self, pcm: bytes, rate: int = 0) -> None:
-        """Validate, convert and segment one chunk of audio."""
+    async def _input_ready(self) -> None:
+        """Pause reading while this stream has too much work queued (gRPC flow control
+        then slows its sender): finals waiting for inference, or audio waiting for the VAD."""
+        while (
+            self._finals_outstanding >= self._opts.max_outstanding_finals
+            or self._vad_backlog > MAX_VAD_BACKLOG
+        ):
+            self._input_ok.clear()
+            await self._input_ok.wait()
+
+    def feed_audio(self, pcm: bytes, rate: int = 0) -> None:
+        """Validate and convert one chunk of audio and queue its windows for the VAD.
+
+        Segmentation happens when the batcher scores them (`vad_scored`), for all
+        of the front's streams at once.
+        """
         if rate and rate != self.settings.sample_rate_hz:
             raise InvalidAudio(
                 f"audio.sample_rate_hz {rate} differs from config.sample_rate_hz "
@@ -302,37 +343,61 @@ class Session:
                 self._resampler = Upsampler2x()
             x = self._resampler.process(x)
         self._buf.append(x)
-        seg = self._segment
-        if seg is not None:
-            # The engine keeps each open segment's audio: send the new samples once.
-            self._port.append(seg.id, seg.sent, x)
-            seg.sent = self._buf.end
-        if self._vad_score is not None:
-            probs = await self._vad_score(self._vad_stream, x)
-        else:
-            probs = self._vad_stream.process(x)
+        self._batcher.audio_in(len(x))
+        windows = self.vad_stream.take_windows(x)
+        self._vad_backlog += len(windows)
+        self._batcher.push(self, windows)
+
+    def vad_scored(self, probs: np.ndarray) -> None:
+        """The VAD scored this stream's next windows (VadClient; called by the batcher)."""
+        self._vad_backlog -= len(probs)
+        if self._ended:
+            return
+        self._send_segment_audio()
         for p in probs:
             for ev in self._ep.push(float(p)):
-                await self._on_vad_event(ev)
+                self._on_vad_event(ev)
             self._maybe_partial(self._ep.window_end)
         self._trim()
+        if self._vad_backlog <= MAX_VAD_BACKLOG:
+            self._input_ok.set()
 
-    async def commit(self) -> None:
+    def vad_failed(self, exc: BaseException) -> None:
+        """Scoring this stream's windows failed (VadClient): the call ends, others go on."""
+        self._log.error("VAD failed", exc_info=exc)
+        self.fail(InternalError(f"internal error: VAD failed: {type(exc).__name__}"))
+
+    def _send_segment_audio(self) -> None:
+        # The engine keeps each open segment's audio: send the samples received since the
+        # last send once. Done per VAD tick, not per chunk, so that a front's audio for
+        # all its streams crosses to the engine as one message per tick.
+        seg = self._segment
+        if seg is not None and seg.sent < self._buf.end:
+            self._port.append(seg.id, seg.sent, self._buf.slice(seg.sent, self._buf.end))
+            seg.sent = self._buf.end
+
+    def _settle(self) -> None:
+        """Score this stream's pending audio now: a control request must see all of it."""
+        self._batcher.settle(self)
+        self._send_segment_audio()
+
+    def commit(self) -> None:
         """Force an endpoint: finalize the open segment, if any."""
+        self._settle()
         self._config_allowed = False
         if self._segment is not None:
             pos = self._buf.end
             self._ep.close(pos, "commit")
-            await self._close_segment(pos, "commit")
+            self._close_segment(pos, "commit")
 
-    async def end_of_input(self) -> None:
+    def end_of_input(self) -> None:
         """END_OF_INPUT: finalize everything of this round, then acknowledge."""
-        await self._finalize_round()
+        self._finalize_round()
         if self._round_segments == 0:
             # Nothing was said this round: one empty final so no client hangs.
             seg = _Segment(id=self._next_segment, start=self._buf.end)
             self._next_segment += 1
-            await self._submit_final(seg, self._buf.end, self._buf.end, "end_of_input", empty=True)
+            self._submit_final(seg, self._buf.end, self._buf.end, "end_of_input", empty=True)
         self._round_segments = 0
         ack = asr_pb2.EndOfInputAck(
             finalized_segments=self._finalized,
@@ -344,23 +409,24 @@ class Session:
     async def finish(self) -> None:
         """The request stream ended: finalize pending audio and end the output."""
         if not self._ended:
-            await self._finalize_round()
+            self._finalize_round()
             self._ended = True
             self._push(None)
 
-    async def _finalize_round(self) -> None:
+    def _finalize_round(self) -> None:
+        self._settle()
         pos = self._buf.end
         if self._segment is not None:
             end = self._ep.flush_end(pos)
             self._ep.close(end, "end_of_input")
-            await self._close_segment(end, "end_of_input")
+            self._close_segment(end, "end_of_input")
         else:
             tentative = self._ep.tentative_start
             if tentative is not None:
                 # Speech too short to have opened a segment (a stop mid-word).
-                await self._on_vad_event(self._ep.open(tentative))
+                self._on_vad_event(self._ep.open(tentative))
                 self._ep.close(pos, "end_of_input")
-                await self._close_segment(pos, "end_of_input")
+                self._close_segment(pos, "end_of_input")
         self._ep.reset_round(pos)
 
     # -- segmentation ------------------------------------------------------
@@ -368,7 +434,7 @@ class Session:
     def _ms(self, pos: int) -> int:
         return self._offset_ms + pos * 1000 // MODEL_SAMPLE_RATE
 
-    async def _on_vad_event(self, ev: VadEvent) -> None:
+    def _on_vad_event(self, ev: VadEvent) -> None:
         if ev.kind is EventKind.START:
             # The first partial is due at once (see the module docstring).
             due = ev.sample - self.settings.partial_interval_ms * MODEL_SAMPLE_RATE // 1000
@@ -381,25 +447,25 @@ class Session:
             self._round_segments += 1
             self._emit_event(asr_pb2.SPEECH_EVENT_TYPE_START, seg.id, ev.sample)
         else:
-            await self._close_segment(ev.sample, ev.reason)
+            self._close_segment(ev.sample, ev.reason)
 
-    async def _close_segment(self, end: int, reason: str) -> None:
+    def _close_segment(self, end: int, reason: str) -> None:
         seg = self._segment
         if seg is None:
             return
         self._segment = None
         seg.closed = True
         self._partial_due = False
+        self._partial_inflight = None
         self._drop_unemitted_partial()
         self._emit_event(asr_pb2.SPEECH_EVENT_TYPE_END, seg.id, end)
-        await self._submit_final(seg, seg.start, end, reason)
+        self._submit_final(seg, seg.start, end, reason)
 
-    async def _submit_final(
+    def _submit_final(
         self, seg: _Segment, start: int, end: int, reason: str, *, empty: bool = False
     ) -> None:
-        while self._finals_outstanding >= self._opts.max_outstanding_finals:
-            self._final_done.clear()
-            await self._final_done.wait()
+        # No wait here: the reader stops reading while max_outstanding_finals are queued
+        # (`_input_ready`), so at most the VAD's pending windows add to them.
         self._finalized += 1
         slot = _Slot(
             segment=seg,
@@ -420,7 +486,7 @@ class Session:
 
     def _on_final_done(self, _f: asyncio.Future) -> None:
         self._finals_outstanding -= 1
-        self._final_done.set()
+        self._input_ok.set()
 
     def _fields(self, kind: str, prefix: str = "") -> dict:
         # A DecodeRequest without its audio (the engine cuts that from its segment store);
@@ -440,7 +506,7 @@ class Session:
         # must agree before a first delta is visible, and they should agree early.
         seg.last_partial_pos = pos - interval // 2 if seg.partials == 0 else pos
         seg.partials += 1
-        if self._partial_inflight:
+        if self._partial_inflight is not None:
             self._partial_due = True  # submitted when the one in flight resolves
             return
         self._submit_partial(seg, pos)
@@ -455,7 +521,7 @@ class Session:
         engine_fut = self._port.submit(
             seg.id, start, pos, self._fields("partial", prefix), last=False
         )
-        self._partial_inflight = True
+        self._partial_inflight = seg
         self._partial_due = False
         self._drop_unemitted_partial()
         slot = _Slot(
@@ -470,7 +536,8 @@ class Session:
         self._push(slot)
 
     def _on_partial_done(self, slot: _Slot, engine_fut: asyncio.Future) -> None:
-        self._partial_inflight = False
+        if self._partial_inflight is slot.segment:
+            self._partial_inflight = None
         assert slot.future is not None
         if not slot.future.done():
             if engine_fut.cancelled():
@@ -484,7 +551,12 @@ class Session:
             else:
                 slot.future.cancel()  # not a hypothesis (e.g. a queue that dropped it)
         seg = self._segment
-        if self._partial_due and seg is not None and not self._ended:
+        if (
+            self._partial_due
+            and self._partial_inflight is None
+            and seg is not None
+            and not self._ended
+        ):
             self._submit_partial(seg, self._ep.window_end)
 
     def _drop_unemitted_partial(self) -> None:
@@ -534,6 +606,7 @@ class Session:
     def close(self) -> None:
         """Free the session: drop its queued inference work."""
         self._ended = True
+        self._batcher.forget(self)
         self._port.close()
 
     async def responses(self) -> AsyncIterator[asr_pb2.StreamingRecognizeResponse]:

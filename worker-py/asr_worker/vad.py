@@ -25,8 +25,8 @@ CPU per stream-second on the busy 2-core CI box): silero on torch 15,000 for one
 stream alone, 2,200 at 16 streams per call, 1,000 at 200 (TorchScript's per-call
 overhead dominates small calls); on onnxruntime 5,600 alone but 2,000 at 200
 (slower convolutions). So `SileroVad` defaults to both, picked per step by batch
-size, and the server scores windows of all streams together (`VadBatcher`) on
-one VAD thread; the event loop only slices audio. fsmn-vad costs 20,000-70,000,
+size, and each front scores the windows of all its streams together, once per
+32 ms tick (`VadBatcher`), on its event loop. fsmn-vad costs 20,000-70,000,
 mostly FunASR's per-stream online fbank frontend.
 """
 
@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import concurrent.futures
 import contextlib
 import enum
 import io
@@ -444,15 +443,6 @@ class SileroStream:
         return score_alone(self._vad, self, samples)
 
 
-@dataclass(eq=False)
-class _Job:
-    stream: VadStream
-    windows: np.ndarray
-    future: asyncio.Future
-    parts: list[np.ndarray]
-    done: int = 0
-
-
 class VadObserver(Protocol):
     """What a VadBatcher reports (asr_worker.metrics.WorkerMetrics is one)."""
 
@@ -463,38 +453,85 @@ class VadObserver(Protocol):
         """A stream delivered `samples` samples at 16 kHz."""
 
 
-class VadBatcher:
-    """Scores the windows of all streams together, off the event loop.
+class VadClient(Protocol):
+    """A stream whose windows a VadBatcher scores (Session is one)."""
 
-    Sessions `await score(stream, samples)`; one task takes everything queued
-    and scores it in one `VadModel.score` call on the VAD thread, so streams
-    that send audio while a batch runs form the next batch (no timer, no
-    polling). A stream with a long backlog (a client sending at full speed)
-    gets at most `max_steps` windows per batch so it cannot stall the others.
+    #: The stream's VAD state (from `VadModel.new_stream`).
+    vad_stream: VadStream
+
+    def vad_scored(self, probs: np.ndarray) -> None:
+        """The probabilities of the client's next windows, in order (called on the loop)."""
+
+    def vad_failed(self, exc: BaseException) -> None:
+        """Scoring this client's windows raised `exc` (the model failed)."""
+
+
+class _Waiter:
+    """A VadClient for `VadBatcher.score`: collects probabilities for one awaited call."""
+
+    def __init__(self, stream: VadStream, need: int) -> None:
+        self.vad_stream = stream
+        self.need = need
+        self.parts: list[np.ndarray] = []
+        self.future: asyncio.Future = asyncio.get_running_loop().create_future()
+
+    def vad_scored(self, probs: np.ndarray) -> None:
+        self.parts.append(probs)
+        self.need -= len(probs)
+        if self.need <= 0 and not self.future.done():
+            self.future.set_result(np.concatenate(self.parts))
+
+    def vad_failed(self, exc: BaseException) -> None:
+        if not self.future.done():
+            self.future.set_exception(exc)
+
+
+class VadBatcher:
+    """Scores the windows of all streams of a front together, once per tick, on the loop.
+
+    Streams `push` the windows their audio completed and go on reading; the
+    batcher holds them for at most `tick_s` after the first one arrived, then
+    scores every stream's pending windows in ONE `VadModel.score` call and hands
+    each client its probabilities (`VadClient.vad_scored`). Holding one tick is
+    what makes the batches large on a front that is not saturated: with 60 ms
+    frames arriving evenly, a 32 ms tick batches about half of the front's
+    streams per call, where "score what queued while the last call ran" found 1-4
+    streams per call on an idle core (docs/benchmarks.md, "Worker front path").
+    The call runs on the event loop itself: a hand-off to a VAD thread per batch
+    cost more than it overlapped (the GIL is released inside the model anyway).
+
+    A stream with a backlog (a client sending faster than real time) gets at most
+    `max_steps` windows per call, and the next call follows at once while any
+    backlog remains, so one fast stream neither stalls the others nor waits a tick
+    per chunk. `settle(client)` scores one client's pending windows immediately
+    (before a control request that must see all earlier audio).
 
     Args:
         vad: the shared weights.
-        executor: thread for the batched calls (one thread: batches are serial).
-        max_steps: windows per stream per batch.
+        tick_s: how long the first pending window may wait for others (0: score
+            whatever is pending as soon as the loop is free).
+        max_steps: windows per stream per call.
         observer: told the time of every batched call and every stream's audio (metrics).
     """
 
     def __init__(
         self,
         vad: VadModel,
-        executor: concurrent.futures.Executor,
         *,
+        tick_s: float = 0.032,
         max_steps: int = 32,
         observer: VadObserver | None = None,
     ) -> None:
         self._vad = vad
         self._observer = observer
-        self._executor = executor
+        self.tick_s = max(tick_s, 0.0)
         self.max_steps = max_steps
-        self._queue: collections.deque[_Job] = collections.deque()
+        # Pending windows per client, in arrival order (dicts keep insertion order).
+        self._pending: dict[VadClient, list[np.ndarray]] = {}
+        self._since = 0.0  # loop time the oldest pending window arrived
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
-        #: Batch sizes (streams per batch) of recent batches, for diagnostics.
+        #: Batch sizes (streams per call) of recent calls, for diagnostics.
         self.batch_sizes: collections.deque[int] = collections.deque(maxlen=1000)
 
     def start(self) -> None:
@@ -503,61 +540,113 @@ class VadBatcher:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="vad-batcher")
 
     async def stop(self) -> None:
-        """Stop; queued callers are cancelled."""
+        """Stop; pending windows are dropped and awaiting `score` callers cancelled."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        while self._queue:
-            job = self._queue.popleft()
-            if not job.future.done():
-                job.future.cancel()
+        clients, self._pending = list(self._pending), {}
+        for client in clients:
+            if isinstance(client, _Waiter) and not client.future.done():
+                client.future.cancel()
+
+    def audio_in(self, samples: int) -> None:
+        """Count a stream's incoming audio (metrics)."""
+        if self._observer is not None:
+            self._observer.audio_in(samples)
+
+    def push(self, client: VadClient, windows: np.ndarray) -> None:
+        """Queue a client's newly completed [n, 512] windows for the next call."""
+        if len(windows) == 0:
+            return
+        if self._task is None:
+            # Not started (a unit test, a tool): score at once, alone.
+            self._score([(client, windows)])
+            return
+        if not self._pending:
+            self._since = asyncio.get_running_loop().time()
+            self._wake.set()
+        queued = self._pending.get(client)
+        if queued is None:
+            self._pending[client] = [windows]
+        else:
+            queued.append(windows)
+
+    def backlog(self, client: VadClient) -> int:
+        """Windows of `client` waiting to be scored."""
+        return sum(len(w) for w in self._pending.get(client, ()))
+
+    def settle(self, client: VadClient) -> None:
+        """Score everything `client` has pending now, alone (its other clients wait their tick)."""
+        queued = self._pending.pop(client, None)
+        if queued:
+            self._score([(client, np.concatenate(queued) if len(queued) > 1 else queued[0])])
+
+    def forget(self, client: VadClient) -> None:
+        """Drop a client's pending windows (its stream ended)."""
+        self._pending.pop(client, None)
 
     async def score(self, stream: VadStream, samples: np.ndarray) -> np.ndarray:
-        """Probabilities of the windows these samples complete (possibly none)."""
-        if self._observer is not None:
-            self._observer.audio_in(len(samples))
+        """Probabilities of the windows these samples complete (possibly none), batched.
+
+        The awaitable form of `push` for callers without a VadClient (benchmarks, tools).
+        """
+        self.audio_in(len(samples))
         windows = stream.take_windows(samples)
         if len(windows) == 0:
             return np.zeros(0, dtype=np.float32)
-        if self._task is None:
-            return self._vad.score([(stream, windows)])[0]
-        job = _Job(stream, windows, asyncio.get_running_loop().create_future(), [])
-        self._queue.append(job)
-        self._wake.set()
-        return await job.future
+        waiter = _Waiter(stream, len(windows))
+        self.push(waiter, windows)
+        return await waiter.future
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            while not self._queue:
+            while not self._pending:
                 self._wake.clear()
                 await self._wake.wait()
-            jobs = [j for j in self._queue if not j.future.done()]
-            self._queue.clear()
-            if not jobs:
-                continue
-            chunks = [(j.stream, j.windows[j.done : j.done + self.max_steps]) for j in jobs]
-            self.batch_sizes.append(len(jobs))
-            started = time.perf_counter()
+            delay = self._since + self.tick_s - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            self._step()
+            # Reads that arrived meanwhile go first; a remaining backlog is scored right after.
+            await asyncio.sleep(0)
+
+    def _step(self) -> None:
+        pending, self._pending = self._pending, {}
+        jobs: list[tuple[VadClient, np.ndarray]] = []
+        for client, queued in pending.items():
+            windows = np.concatenate(queued) if len(queued) > 1 else queued[0]
+            if len(windows) > self.max_steps:
+                self._pending[client] = [windows[self.max_steps :]]
+                windows = windows[: self.max_steps]
+            jobs.append((client, windows))
+        if self._pending:
+            self._since = asyncio.get_running_loop().time() - self.tick_s  # backlog: no wait
+        self._score(jobs)
+
+    def _score(self, jobs: list[tuple[VadClient, np.ndarray]]) -> None:
+        if not jobs:
+            return
+        self.batch_sizes.append(len(jobs))
+        started = time.perf_counter()
+        try:
+            results = self._vad.score([(client.vad_stream, windows) for client, windows in jobs])
+        except Exception as exc:  # a VAD failure ends the streams that asked
+            for client, _ in jobs:
+                self._pending.pop(client, None)
+                client.vad_failed(exc)
+            return
+        if self._observer is not None:
+            windows = sum(len(w) for _, w in jobs)
+            self._observer.vad_batch(time.perf_counter() - started, len(jobs), windows)
+        for (client, _), probs in zip(jobs, results, strict=True):
             try:
-                results = await loop.run_in_executor(self._executor, self._vad.score, chunks)
-            except Exception as exc:  # a VAD failure ends the sessions that asked
-                for j in jobs:
-                    if not j.future.done():
-                        j.future.set_exception(exc)
-                continue
-            if self._observer is not None:
-                windows = sum(len(c[1]) for c in chunks)
-                self._observer.vad_batch(time.perf_counter() - started, len(jobs), windows)
-            for j, r in zip(jobs, results, strict=True):
-                j.parts.append(r)
-                j.done += len(r)
-                if j.done < len(j.windows):
-                    self._queue.append(j)
-                elif not j.future.done():
-                    j.future.set_result(np.concatenate(j.parts))
+                client.vad_scored(probs)
+            except Exception as exc:  # a bug in one stream's handling ends that stream only
+                self._pending.pop(client, None)
+                client.vad_failed(exc)
 
 
 #: Files a FunASR fsmn-vad model directory must hold.
