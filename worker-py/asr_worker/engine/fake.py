@@ -127,13 +127,14 @@ class FakeEngine:
         """The deterministic text of one utterance (no cost)."""
         frame = MODEL_SAMPLE_RATE * self.syllable_ms // 1000
         n = len(audio) // frame
+        # All frames at once: per-frame numpy calls made this test double cost more CPU
+        # than the worker code around it in the front-path benchmark.
+        frames = np.asarray(audio[: n * frame], dtype=np.float32).reshape(n, frame)
+        voiced = np.flatnonzero(np.sqrt(np.mean(frames * frames, axis=1)) > self.voice_rms)
+        q = np.clip(np.round(frames[voiced] * 32767.0), -32768, 32767).astype("<i2")
         tokens: list[TokenTime] = []
-        for i in range(n):
-            chunk = np.asarray(audio[i * frame : (i + 1) * frame], dtype=np.float32)
-            if float(np.sqrt(np.mean(chunk * chunk))) <= self.voice_rms:
-                continue
-            q = np.clip(np.round(chunk * 32767.0), -32768, 32767).astype("<i2")
-            syllable = SYLLABLES[zlib.crc32(q.tobytes()) % len(SYLLABLES)]
+        for row, i in zip(q, voiced.tolist(), strict=True):
+            syllable = SYLLABLES[zlib.crc32(row.tobytes()) % len(SYLLABLES)]
             tokens.append(TokenTime(syllable, i * self.syllable_ms, (i + 1) * self.syllable_ms))
         return DecodeResult(text="".join(t.text for t in tokens), tokens=tuple(tokens))
 
