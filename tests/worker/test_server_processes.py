@@ -312,3 +312,57 @@ def test_ctrl_c_to_the_process_group_drains_instead_of_cutting_streams(shared_au
         assert not w.errors(), w.raw_stderr
     finally:
         w.stop()
+
+
+def test_a_silent_engine_makes_every_front_not_serving_until_it_is_heard_again():
+    """SIGSTOP of the engine process only: the fronts stay up but say the engine is stalled."""
+    from asr_worker.processes import ENGINE_STALL_S
+
+    w = ProcessWorker(fronts=2)
+    engine = int(w.pids["engine"])
+    by_front = _channels_per_front(w, 2)
+    try:
+        assert sorted(by_front) == [0, 1]
+
+        def status(ch: grpc.Channel) -> int:
+            return health_pb2_grpc.HealthStub(ch).Check(
+                health_pb2.HealthCheckRequest(), timeout=2).status
+
+        def until(pred, within_s: float) -> None:
+            deadline = time.monotonic() + within_s
+            while not pred():
+                assert time.monotonic() < deadline, f"not within {within_s} s"
+                time.sleep(0.05)
+
+        os.kill(engine, signal.SIGSTOP)
+        stopped_at = time.monotonic()
+        try:
+            for ch in by_front.values():
+                # The 5 s hang target, less the gateway's share (one report, then its cancel).
+                until(lambda ch=ch: status(ch) == health_pb2.HealthCheckResponse.NOT_SERVING,
+                      4.0 - (time.monotonic() - stopped_at))
+                report = _report(ch)
+                assert report.engine_stalled and not report.accepting
+                # A stream that reaches the worker anyway is refused at once (retryable).
+                with pytest.raises(grpc.RpcError) as info:
+                    list(asr_pb2_grpc.AsrStub(ch).StreamingRecognize(iter([
+                        asr_pb2.StreamingRecognizeRequest(
+                            config=asr_pb2.StreamingConfig(sample_rate_hz=16000))]), timeout=5))
+                assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        finally:
+            os.kill(engine, signal.SIGCONT)
+        for ch in by_front.values():
+            until(lambda ch=ch: status(ch) == health_pb2.HealthCheckResponse.SERVING, 10)
+            report = _report(ch)
+            assert not report.engine_stalled and report.accepting
+        # The cheap reaction only: the worker is still running (it ends itself only after
+        # ENGINE_STALL_S of silence).
+        assert time.monotonic() - stopped_at < ENGINE_STALL_S
+        assert w.proc.poll() is None
+        stalls = [r for r in w.logs if r.get("msg", "").startswith("engine silent")]
+        assert len(stalls) == 2, stalls
+        assert not w.errors(), w.raw_stderr
+    finally:
+        for ch in by_front.values():
+            ch.close()
+        w.stop()

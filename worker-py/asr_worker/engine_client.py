@@ -7,10 +7,17 @@ readiness on every admission change and a few times a second; `load()` returns t
 
 Those pushes double as the engine's heartbeat. A hung engine (SIGSTOPped, deadlocked, its loop
 wedged) ends no call by itself: this front would keep accepting streams and reporting load
-while nothing is ever decoded, and gateways would wait forever. With `stall_s`, a watchdog
-calls `on_stall` once the engine has been silent that long (the front ends the worker, so
-gateways fail its sessions over at once and the orchestrator restarts it — a hang becomes a
-crash). Measured in docs/reliability.md ("engine hang").
+while nothing is ever decoded, and gateways would wait forever. A watchdog reacts in two steps:
+
+- after `suspect_s` of silence the engine is *stalled*: `ready` turns false, `load()` says not
+  accepting and `engine_stalled`, new admissions are refused, and listeners are told, so the
+  front goes NOT_SERVING and gateways fail its streams over by replay. This is cheap and
+  reversible — the engine may only be starved of CPU on an overloaded machine — so the first
+  message heard from the engine undoes it (listeners are told again);
+- after `stall_s` of silence `on_stall` is called (the front ends the worker, so that the
+  orchestrator restarts it: a wedged engine becomes a crash).
+
+Measured in docs/reliability.md ("engine hang").
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import zmq
 import zmq.asyncio
 
 from .engine_link import StreamPort
+from .errors import Overloaded
 from .ipc import Outbox, error_from_wire, unpack
 
 #: Load figures before the engine's first report.
@@ -101,9 +109,11 @@ class EngineClient:
         address: the engine's ROUTER endpoint (ipc://...).
         logger: this front's logger.
         front_index: this front's number (LoadReport.front_id).
-        stall_s: engine silence (no message at all; it pushes load every 0.25 s) after
-            which `on_stall(silent_s)` is called once; None = no watchdog.
-        on_stall: what a stalled engine means to this process (see module docstring).
+        suspect_s: engine silence (no message at all; it pushes load every 0.25 s) after
+            which the engine counts as stalled until it is heard again; None = never.
+        stall_s: engine silence after which `on_stall(silent_s)` is called once (the last
+            resort); None = never.
+        on_stall: what a wedged engine means to this process (see module docstring).
     """
 
     def __init__(
@@ -112,13 +122,16 @@ class EngineClient:
         logger: logging.Logger,
         *,
         front_index: int = 0,
+        suspect_s: float | None = None,
         stall_s: float | None = None,
         on_stall: Callable[[float], None] | None = None,
     ) -> None:
         self._address = address
-        self._stall_s = stall_s
+        self._suspect_s = suspect_s
+        self._stall_s = stall_s if on_stall is not None else None
         self._on_stall = on_stall
         self._heard_at = time.monotonic()
+        self._stalled = False
         self._watchdog: asyncio.Task | None = None
         self._front_index = front_index
         self._log = logger
@@ -141,13 +154,14 @@ class EngineClient:
         self._sock.connect(self._address)
         self.put(("hello", self._front_index))
         self._reader = asyncio.get_running_loop().create_task(self._read(), name="engine-reader")
-        if self._stall_s is not None and self._on_stall is not None:
+        limits = [x for x in (self._suspect_s, self._stall_s) if x is not None]
+        if limits:
             self._watchdog = asyncio.get_running_loop().create_task(
-                self._watch(self._stall_s, self._on_stall), name="engine-watchdog"
+                self._watch(min(limits)), name="engine-watchdog"
             )
 
-    async def _watch(self, stall_s: float, on_stall: Callable[[float], None]) -> None:
-        period = min(0.25, stall_s / 4)
+    async def _watch(self, first_limit: float) -> None:
+        period = min(0.25, first_limit / 4)
         last = time.monotonic()
         while True:
             await asyncio.sleep(period)
@@ -157,14 +171,30 @@ class EngineClient:
                 # may be waiting unread. Count silence only from here on.
                 self._heard_at = max(self._heard_at, now - period)
             last = now
-            if not self._ready or now - self._heard_at < stall_s:
+            if not self._ready or now - self._heard_at < first_limit:
                 continue
             # Let the reader drain anything already received before concluding.
             await asyncio.sleep(0)
             silent = time.monotonic() - self._heard_at
-            if silent >= stall_s:
-                on_stall(silent)
+            if self._suspect_s is not None and silent >= self._suspect_s and not self._stalled:
+                self._set_stalled(True, silent)
+            if self._stall_s is not None and self._on_stall is not None and silent >= self._stall_s:
+                self._on_stall(silent)
                 return
+
+    def _set_stalled(self, stalled: bool, silent_s: float) -> None:
+        self._stalled = stalled
+        if stalled:
+            self._log.warning(
+                "engine silent; not serving until it is heard again",
+                extra={"silent_s": round(silent_s, 2)},
+            )
+        else:
+            self._log.info(
+                "engine heard again; serving", extra={"silent_s": round(silent_s, 2)}
+            )
+        for listener in self._listeners:
+            listener()
 
     async def stop(self) -> None:
         """Stop reading and close the socket."""
@@ -196,11 +226,20 @@ class EngineClient:
 
     @property
     def ready(self) -> bool:
-        """Whether the engine reported that it is warm."""
-        return self._ready
+        """Whether the engine reported that it is warm and is not stalled (see module docstring)."""
+        return self._ready and not self._stalled
+
+    @property
+    def stalled(self) -> bool:
+        """Whether the engine has been silent for `suspect_s` (until it is heard again)."""
+        return self._stalled
 
     async def admit(self) -> None:
-        """Ask the engine to admit one stream; raises its refusal."""
+        """Ask the engine to admit one stream; raises its refusal, or Overloaded while stalled."""
+        if self._stalled:
+            # The round trip would wait on a silent engine; a retryable refusal lets the
+            # caller go to another worker at once.
+            raise Overloaded("the worker's engine is not answering; try another worker")
         rid = next(self._ids)
         fut = asyncio.get_running_loop().create_future()
         self._admits[rid] = fut
@@ -222,7 +261,9 @@ class EngineClient:
         self._outbox.flush()
 
     def load(self) -> dict[str, Any]:
-        """The newest worker-wide load figures."""
+        """The newest worker-wide load figures; not accepting and `engine_stalled` while stalled."""
+        if self._stalled:
+            return {**self._load, "accepting": False, "engine_stalled": True}
         return self._load
 
     def on_change(self, listener: Callable[[], None]) -> None:
@@ -238,7 +279,10 @@ class EngineClient:
     async def _read(self) -> None:
         while True:
             frame = await self._sock.recv(copy=False)
-            self._heard_at = time.monotonic()
+            now = time.monotonic()
+            if self._stalled:
+                self._set_stalled(False, now - self._heard_at)
+            self._heard_at = now
             for record in unpack(frame.buffer):
                 kind = record[0]
                 if kind == "result":

@@ -35,14 +35,19 @@ from .errors import Draining, StartupError
 EXIT_STARTUP = 2
 #: Exit status of a front that found the engine hung (see ENGINE_STALL_S).
 EXIT_ENGINE_STALL = 3
-#: Engine silence (it pushes load every 0.25 s) after which a front ends the worker: a hung
-#: engine then looks like a crashed one to gateways (failover at once) and orchestrators
-#: (restart), instead of a worker that accepts streams and never answers. 3 s met the 5 s
-#: hang target but ended a healthy worker in a 200-stream soak on an overloaded 2-core
-#: machine (its engine went 3.2 s unscheduled while the whole machine stalled for ~20 s);
-#: ending the worker is drastic, so the threshold sits well above such stalls
+#: Engine silence (it pushes load every 0.25 s) after which a front declares the engine
+#: stalled: NOT_SERVING, not accepting, LoadReport.engine_stalled, so that gateways fail its
+#: streams over by replay within the 5 s hang target. Reversible (the next message from the
+#: engine undoes it), so a false alarm — an engine merely unscheduled for a few seconds on an
+#: overloaded machine, as seen for 3.2 s in a soak — costs a replay, not the worker. Eight
+#: missed pushes: far above the engine's normal jitter.
+ENGINE_SUSPECT_S = 2.0
+#: Engine silence after which a front ends the worker (exit 3), the last resort: a wedged
+#: engine becomes a crash that orchestrators restart. Gateways have long failed its streams
+#: over (ENGINE_SUSPECT_S); at 3 s this step ended a healthy-but-starved worker with nowhere
+#: for its sessions to go, so it waits well beyond any CPU starvation seen
 #: (docs/reliability.md, "engine hang").
-ENGINE_STALL_S = 10.0
+ENGINE_STALL_S = 30.0
 
 
 def _exit_with_parent(loop: asyncio.AbstractEventLoop) -> None:
@@ -174,10 +179,20 @@ async def _front(
         _exit(EXIT_ENGINE_STALL)
 
     client = EngineClient(
-        address, log, front_index=index, stall_s=ENGINE_STALL_S, on_stall=engine_stalled
+        address,
+        log,
+        front_index=index,
+        suspect_s=ENGINE_SUSPECT_S,
+        stall_s=ENGINE_STALL_S,
+        on_stall=engine_stalled,
     )
     await client.start()
-    config = ServiceConfig(max_streams=args.max_streams, session=session_options, front_id=index)
+    config = ServiceConfig(
+        max_streams=args.max_streams,
+        session=session_options,
+        front_id=index,
+        vad_batch_ms=args.vad_batch_ms,
+    )
     metrics = None
     if args.metrics_port is not None:
         from .metrics import WorkerMetrics
