@@ -12,7 +12,8 @@
  *   stop   SIGSTOP (a hang: the process is there, nothing answers); SIGCONT at the end
  *   stop-engine  SIGSTOP of B's engine process only: B's front still accepts streams
  *          and reports load, but nothing is ever decoded (a worker that accepts and
- *          never answers); SIGCONT at the end
+ *          never answers) until its front declares the engine stalled
+ *          (LoadReport.engine_stalled); SIGCONT at the end
  *   engine-error  B's fake engine raises in every 25th batch from the start
  *          (`serve --fake-fail-every 25`, a test-only flag): engine exceptions mid-batch
  *   cut    B runs in a network namespace; its veth goes down (a partition both ways,
@@ -21,8 +22,9 @@
  * Bounded: the load stops after --max-seconds, every process and namespace it
  * created is removed on exit. Loopback (and the namespace's veth) only.
  * Reported: sessions affected (failed over, from the gateway's warn log), finals
- * lost / duplicated, client errors, detection (fault -> failover, per session) and
- * the client-visible delay of the first final after the fault.
+ * lost / duplicated, client errors, detection (fault -> the gateway's hang verdict;
+ * fault -> failover, per session) and the client-visible delay of the first final
+ * after the fault.
  */
 import { writeFileSync } from "node:fs";
 import { parseArgs } from "node:util";
@@ -135,6 +137,9 @@ try {
   const { totals } = checkAll(result.traces, ref);
   const failovers = gw.logs.filter((l) => l.msg === "failing over to another worker");
   const affected = new Set(failovers.map((l) => String(l.wav_name ?? l.session)));
+  // The gateway's verdict on the worker (its stall watch, or the worker's own engine_stalled).
+  const verdict = gw.logs.find((l) => String(l.msg).endsWith("treating it as hung"));
+  const noticedMs = verdict && faultEpoch ? Number(verdict.time) - faultEpoch : null;
   // Detection: fault -> the gateway starting the failover of each session.
   const detectMs = faultEpoch ? failovers.map((l) => Number(l.time) - faultEpoch) : [];
   // Client view: per affected session, the first final after the fault, minus the time the
@@ -168,6 +173,8 @@ try {
     totals,
     sessionsAffected: affected.size,
     failovers: failovers.length,
+    hangVerdict: verdict ? String(verdict.msg) : null,
+    noticedMs,
     detectMs: dist(detectMs),
     firstResultAfterFaultMs: dist(firstAfter),
     finalAfterSpeechEndBeforeMs: dist(before),
@@ -180,6 +187,7 @@ try {
   console.log(`  sessions affected (failed over) ${affected.size}, failovers ${failovers.length}`);
   console.log(`  finals expected ${totals.expectedFinals}, delivered ${totals.delivered} (${totals.identicalTexts} with the reference's exact text, ${totals.unplaced} without timestamps), lost ${totals.lost}, duplicates ${totals.duplicates}`);
   console.log(`  sessions with client-visible errors ${totals.sessionsWithErrors}${totals.errors.length ? ": " + totals.errors.slice(0, 3).join(" | ") : ""}`);
+  if (verdict) console.log(`  fault -> "${String(verdict.msg)}" ${noticedMs} ms`);
   console.log(`  fault -> failover started       ${d(out.detectMs)}`);
   console.log(`  fault -> first result (affected) ${d(out.firstResultAfterFaultMs)}`);
   console.log(`  final after speech end: before fault ${d(out.finalAfterSpeechEndBeforeMs)}`);

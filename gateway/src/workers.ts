@@ -10,6 +10,14 @@
  * names): setAddresses() adds channels for new addresses and retires vanished
  * ones — out of placement at once, their open calls cancelled so that their
  * sessions fail over by replay.
+ *
+ * A hung worker ends no call by itself. Two signs of one are acted on alike
+ * (out of placement; its calls cancelled so they replay elsewhere, but only if
+ * another worker answers — with nowhere to go, cancelling would only turn a
+ * slow worker into failed sessions): its load reports stop (the whole worker
+ * is stopped or cut off; `stallTimeoutMs`), or they say `engine_stalled` (its
+ * front is alive but its engine process has been silent for a few seconds).
+ * Either way it is placed on again once it reports normally.
  */
 import { credentials, status as GrpcStatus, type ClientDuplexStream, type ClientReadableStream, type StatusObject } from "@grpc/grpc-js";
 import type { Logger } from "pino";
@@ -59,7 +67,8 @@ export interface WorkerPoolOptions {
    * treated as hung — SIGSTOPped, wedged, or cut off without a TCP reset, none of
    * which ends a call by itself (keepalive would, after 30 s): it is taken out of
    * placement and its open calls are cancelled, so that their sessions fail over
-   * by replay. It is placed on again when its reports resume. 0 = off.
+   * by replay. It is placed on again when its reports resume. 0 = off. (A report
+   * that says `engine_stalled` is acted on the same way at once.)
    */
   stallTimeoutMs?: number;
 }
@@ -98,7 +107,7 @@ interface Entry {
   spread: WorkerConnections;
   /** When the newest load report arrived (Date.now()). */
   lastReportAt: number;
-  /** Load reports stopped for stallTimeoutMs: out of placement until the next one. */
+  /** Load reports stopped for stallTimeoutMs, or said engine_stalled: out of placement until a normal one. */
   stalled: boolean;
 }
 
@@ -202,17 +211,20 @@ export class WorkerPool implements WorkerSource {
       // (not connected yet, or no WatchLoad) there is nothing to time out.
       if (e.stalled || e.loadCall === null || e.load === null) continue;
       if (now - e.lastReportAt < this.opts.stallTimeoutMs) continue;
-      e.stalled = true;
-      // Failing over needs somewhere to go: with no other worker answering, cancelling would
-      // only turn a slow worker into failed sessions (keepalive still ends a dead link).
-      const elsewhere = this.entries.some((o) => o !== e && o.serving && !o.stalled && !o.retired);
-      this.log.warn(
-        { worker: e.address, silent_ms: now - e.lastReportAt, sessions: e.localSessions, failing_over: elsewhere },
-        "worker stopped reporting load; treating it as hung",
-      );
-      // CANCELLED by us is retryable: each session replays on another worker.
-      if (elsewhere) for (const call of [...e.calls]) call.cancel();
+      this.markStalled(e, "worker stopped reporting load; treating it as hung", { silent_ms: now - e.lastReportAt });
     }
+  }
+
+  /** Takes a hung worker out of placement and, if another worker answers, fails its sessions over. */
+  private markStalled(e: Entry, msg: string, fields: Record<string, unknown>): void {
+    if (e.stalled) return;
+    e.stalled = true;
+    // Failing over needs somewhere to go: with no other worker answering, cancelling would
+    // only turn a slow worker into failed sessions (keepalive still ends a dead link).
+    const elsewhere = this.entries.some((o) => o !== e && o.serving && !o.stalled && !o.retired);
+    this.log.warn({ worker: e.address, ...fields, sessions: e.localSessions, failing_over: elsewhere }, msg);
+    // CANCELLED by us is retryable: each session replays on another worker.
+    if (elsewhere) for (const call of [...e.calls]) call.cancel();
   }
 
   /**
@@ -372,12 +384,15 @@ export class WorkerPool implements WorkerSource {
     call.on("data", (r: LoadReport) => {
       e.loadBackoff = this.opts.minBackoffMs;
       e.lastReportAt = Date.now();
-      if (e.stalled) {
+      e.load = r;
+      e.placedSinceReport = 0;
+      if (r.engineStalled) {
+        // Its front answers, its engine does not: as hung as a silent worker.
+        this.markStalled(e, "worker reports its engine stalled; treating it as hung", {});
+      } else if (e.stalled) {
         e.stalled = false;
         this.log.info({ worker: e.address }, "worker reporting load again; placing on it");
       }
-      e.load = r;
-      e.placedSinceReport = 0;
     });
     call.on("error", () => {
       // Handled by the status event.

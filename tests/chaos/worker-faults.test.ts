@@ -36,16 +36,33 @@ describe("worker faults under load", { skip: SKIP_REASON, timeout: 240_000 }, ()
     await Promise.all([a, b, c, d].filter(Boolean).map((p) => p.stop(3000)));
   });
 
-  /** Sessions through a gateway on [A, victim]; `fault` hits the victim 5 s in. */
-  async function faultRun(victim: Proc, fault: "SIGSTOP" | "SIGKILL" | "SIGSTOP engine", streams: number): Promise<{ gw: GatewayProc; traces: Trace[] }> {
-    const gw = await startGateway("gateway", [a.address, victim.address]);
+  /**
+   * Sessions through a gateway on [A, victim]; `fault` hits the victim 5 s in (`faultAt`,
+   * epoch ms); a stopped engine gets SIGCONT `resumeAfterMs` later when given.
+   */
+  async function faultRun(
+    victim: Proc,
+    fault: "SIGSTOP" | "SIGKILL" | "SIGSTOP engine",
+    streams: number,
+    resumeAfterMs?: number,
+  ): Promise<{ gw: GatewayProc; traces: Trace[]; faultAt: number }> {
+    // Info logs when the victim comes back: its return to placement is logged at info.
+    const gw = await startGateway("gateway", [a.address, victim.address], resumeAfterMs === undefined ? {} : { LOG_LEVEL: "info" });
     const engine = engineProcess(victim.pid);
+    let faultAt = 0;
+    let resume: NodeJS.Timeout | undefined;
     try {
-      const timer = setTimeout(() => (fault === "SIGSTOP engine" ? process.kill(engine!, "SIGSTOP") : signalTree(victim.pid, fault)), 5000);
+      const timer = setTimeout(() => {
+        faultAt = Date.now();
+        if (fault === "SIGSTOP engine") process.kill(engine!, "SIGSTOP");
+        else signalTree(victim.pid, fault);
+        if (resumeAfterMs !== undefined) resume = setTimeout(() => process.kill(engine!, "SIGCONT"), resumeAfterMs);
+      }, 5000);
       const r = await runLoad({ ...DEFAULTS, target: gw.url, streams, files: FILES, rampMs: 1000, maxSeconds: 60, quiet: true, tag: `ci-${fault.replace(" ", "-")}` });
       clearTimeout(timer);
-      return { gw, traces: r.traces };
+      return { gw, traces: r.traces, faultAt };
     } finally {
+      clearTimeout(resume);
       await gw.stop();
     }
   }
@@ -64,16 +81,27 @@ describe("worker faults under load", { skip: SKIP_REASON, timeout: 240_000 }, ()
     assert.ok(failovers.length > 0 && failovers.length <= Number(stalls[0]!.sessions), `${failovers.length} failovers`);
   });
 
-  test("a worker whose engine hangs (its front still accepts and reports load) ends itself, and its sessions fail over with every final exactly once", async () => {
-    const { gw, traces } = await faultRun(d, "SIGSTOP engine", 8);
+  test("a worker whose engine hangs (its front still accepts and reports load) says so within 5 s, its sessions fail over with every final exactly once, and it is placed on again once the engine resumes", async () => {
+    // The engine resumes 6 s after the hang, while sessions are still running.
+    const { gw, traces, faultAt } = await faultRun(d, "SIGSTOP engine", 8, 6000);
     const { totals } = checkAll(traces, ref);
     assert.deepEqual(totals.errors, []);
     assert.equal(totals.lost, 0, "finals lost");
     assert.equal(totals.duplicates, 0, "finals duplicated");
-    assert.ok(gw.logs.some((l) => l.msg === "failing over to another worker"));
-    // The front's engine watchdog ended the worker (a hang became a crash).
-    await new Promise((r) => setTimeout(r, 2000));
-    assert.notEqual(d.proc.exitCode, null, "the worker is still running");
+    // The front reported its engine stalled (the cheap reaction), the gateway failed the
+    // sessions over at once, within the 5 s hang target, without waiting for its stall watch.
+    const stalls = gw.logs.filter((l) => l.msg === "worker reports its engine stalled; treating it as hung");
+    assert.equal(stalls.length, 1, JSON.stringify(gw.logs.slice(-5)));
+    assert.equal(stalls[0]!.failing_over, true);
+    assert.ok(!gw.logs.some((l) => String(l.msg).startsWith("worker stopped reporting load")), "the front stopped reporting load");
+    const failovers = gw.logs.filter((l) => l.msg === "failing over to another worker");
+    assert.ok(failovers.length > 0 && failovers.length <= Number(stalls[0]!.sessions), `${failovers.length} failovers`);
+    const detectMs = Math.max(...failovers.map((l) => Number(l.time) - faultAt));
+    assert.ok(detectMs <= 5000, `failover began ${detectMs} ms after the hang`);
+    // Reversible: once the engine answered again the gateway placed on the worker again,
+    // and the worker did not end itself (the last resort waits ENGINE_STALL_S).
+    assert.ok(gw.logs.some((l) => l.msg === "worker reporting load again; placing on it" && l.worker === d.address), "never placed on again");
+    assert.equal(d.proc.exitCode, null, "the worker ended itself");
   });
 
   test("a worker killed with SIGKILL loses no final and duplicates none", async () => {
