@@ -334,6 +334,10 @@ def test_a_silent_engine_makes_every_front_not_serving_until_it_is_heard_again()
                 assert time.monotonic() < deadline, f"not within {within_s} s"
                 time.sleep(0.05)
 
+        # Every front has heard that the engine is warm (not only the one the worker's start
+        # was checked on): a front that never has is NOT_SERVING anyway and watches nothing.
+        for ch in by_front.values():
+            until(lambda ch=ch: status(ch) == health_pb2.HealthCheckResponse.SERVING, 30)
         os.kill(engine, signal.SIGSTOP)
         stopped_at = time.monotonic()
         try:
