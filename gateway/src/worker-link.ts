@@ -164,6 +164,8 @@ export class WorkerLink extends EventEmitter<WorkerLinkEvents> {
   /** Starts a round: writes its config when it differs from the last one (or carries resume state). */
   beginRound(config: StreamingConfig): void {
     this.rounds.push({ config, startMs: this.replay.audioMs, eoiAtMs: null });
+    // Failover replays rounds by chunk start times: no chunk may straddle a round's start or end.
+    this.replay.mark();
     this.writeConfig(config);
   }
 
@@ -180,6 +182,7 @@ export class WorkerLink extends EventEmitter<WorkerLinkEvents> {
   endRound(): void {
     const r = this.rounds[this.rounds.length - 1];
     if (r !== undefined && r.eoiAtMs === null) r.eoiAtMs = this.replay.audioMs;
+    this.replay.mark();
     this.write(END_OF_INPUT);
   }
 

@@ -135,6 +135,48 @@ describe("replay buffer", () => {
     assert.equal(s.finalizedSegments, 2);
   });
 
+  test("does not hold on to a received streaming frame: its bytes are copied", () => {
+    const r = new ReplayBuffer(60);
+    const frame = Buffer.alloc(1920, 7);
+    r.push(frame, 16000);
+    frame.fill(0);
+    const [c] = r.snapshot().chunks;
+    assert.notEqual(c!.pcm.buffer, frame.buffer);
+    assert.deepEqual(c!.pcm, Buffer.alloc(1920, 7));
+  });
+
+  test("consecutive frames form one chunk, split at marks, with the audio in order", () => {
+    const r = new ReplayBuffer(60);
+    for (let i = 0; i < 5; i++) r.push(Buffer.alloc(1920, i), 16000); // 0-300 ms
+    r.mark();
+    for (let i = 5; i < 8; i++) r.push(Buffer.alloc(1920, i), 16000); // 300-480 ms
+    const s = r.snapshot();
+    assert.deepEqual(s.chunks.map((c) => [c.startMs, c.endMs]), [[0, 300], [300, 480]]);
+    const all = Buffer.concat(s.chunks.map((c) => c.pcm));
+    for (let i = 0; i < 8; i++) assert.equal(all[i * 1920], i);
+    r.finalDelivered(0, 90);
+    const t = r.snapshot();
+    assert.equal(t.audioOffsetMs, 90);
+    assert.equal(t.chunks[0]!.pcm[0], 1); // the first frame's tail: 90 ms = 1.5 frames in
+    assert.equal(r.retainedBytes, 8 * 1920 - 2880);
+  });
+
+  test("slabs freed by finals are reused, so a long stream keeps a few slabs, not every frame", () => {
+    const r = new ReplayBuffer(60);
+    const seen = new Set<ArrayBufferLike>();
+    for (let i = 0; i < 2000; i++) {
+      r.push(Buffer.alloc(1920, i % 251), 16000);
+      if (i % 50 === 49) r.finalDelivered(i, r.audioMs - 600); // a final every 3 s, 0.6 s behind
+      for (const c of r.snapshot().chunks) seen.add(c.pcm.buffer);
+    }
+    // 2,000 frames = 120 s of audio; about 3.6 s is ever retained at once.
+    assert.ok(seen.size <= 10, `${seen.size} distinct buffers`);
+    const s = r.snapshot();
+    const all = Buffer.concat(s.chunks.map((c) => c.pcm));
+    assert.equal(all.length, r.retainedBytes);
+    assert.equal(all[all.length - 1], 1999 % 251);
+  });
+
   test("is bounded; truncation is reported until a final covers it", () => {
     const r = new ReplayBuffer(1);
     for (let i = 0; i < 15; i++) r.push(Buffer.alloc(3200), 16000);
