@@ -59,6 +59,7 @@ class Worker:
                "--max-batch-size", str(args.max_batch_size)]
         if args.front_processes is not None:
             cmd += ["--front-processes", str(args.front_processes)]
+        cmd += args.worker_arg
         self.proc = subprocess.Popen(cmd, cwd=WORKER, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True)
         self.pids: dict[str, int] = {"supervisor": self.proc.pid}
@@ -190,6 +191,8 @@ def main() -> int:
     p.add_argument("--fake-base-ms", type=float, default=5.0)
     p.add_argument("--fake-per-item-ms", type=float, default=0.1)
     p.add_argument("--max-batch-size", type=int, default=32)
+    p.add_argument("--worker-arg", action="append", default=[],
+                   help="extra `serve` argument, repeatable (e.g. --worker-arg=--vad-batch-ms=32)")
     p.add_argument("--profile-s", type=float, default=0.0, help="py-spy every worker process this long")
     p.add_argument("--out", type=Path, default=None, help="directory for JSON and profiles")
     args = p.parse_args()

@@ -282,6 +282,33 @@ async def test_vad_batcher_holds_a_tick_so_paced_streams_share_calls(vad):
     assert list(batcher.batch_sizes) == [5]
 
 
+async def test_vad_batcher_scores_a_full_batch_without_waiting_for_the_tick(vad):
+    from asr_worker.vad import VadBatcher
+
+    class Client:
+        def __init__(self):
+            self.vad_stream = vad.new_stream()
+            self.n = 0
+
+        def vad_scored(self, probs):
+            self.n += len(probs)
+
+        def vad_failed(self, exc):
+            raise AssertionError(exc)
+
+    batcher = VadBatcher(vad, tick_s=10.0, full_batch=3)
+    batcher.start()
+    clients = [Client() for _ in range(4)]
+    try:
+        for c in clients:
+            batcher.push(c, np.zeros((1, 512), dtype=np.float32))
+        # The third push filled the batch: scored at once; the fourth waits for its tick.
+        assert [c.n for c in clients] == [1, 1, 1, 0]
+        assert list(batcher.batch_sizes) == [3]
+    finally:
+        await batcher.stop()
+
+
 async def test_vad_batcher_settle_scores_one_client_at_once_and_backlogs_do_not_wait(vad):
     import asyncio
 

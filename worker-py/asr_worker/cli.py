@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="speech probability threshold (0.5 for silero, 0.8 for fsmn)")
     s.add_argument("--vad-neg-threshold", type=float, default=None,
                    help="end-of-speech threshold (default threshold - 0.15)")
-    s.add_argument("--vad-batch-ms", type=int, default=32,
+    s.add_argument("--vad-batch-ms", type=int, default=64,
                    help="how long a front holds a stream's VAD windows so that other streams' are "
                         "scored in the same call (bigger batches, less CPU per stream; adds at most "
                         "this much to endpoint latency); 0 = score as soon as the loop is free")

@@ -54,7 +54,7 @@ class ServiceConfig:
     front_id: int = 0
     #: How long a stream's VAD windows may wait for other streams' to be scored in one
     #: call (VadBatcher.tick_s), in ms; 0 scores as soon as the loop is free.
-    vad_batch_ms: int = 32
+    vad_batch_ms: int = 64
 
 
 class _Calls:

@@ -26,7 +26,7 @@ stream alone, 2,200 at 16 streams per call, 1,000 at 200 (TorchScript's per-call
 overhead dominates small calls); on onnxruntime 5,600 alone but 2,000 at 200
 (slower convolutions). So `SileroVad` defaults to both, picked per step by batch
 size, and each front scores the windows of all its streams together, once per
-32 ms tick (`VadBatcher`), on its event loop. fsmn-vad costs 20,000-70,000,
+tick of at most 64 ms (`VadBatcher`), on its event loop. fsmn-vad costs 20,000-70,000,
 mostly FunASR's per-stream online fbank frontend.
 """
 
@@ -494,11 +494,16 @@ class VadBatcher:
     scores every stream's pending windows in ONE `VadModel.score` call and hands
     each client its probabilities (`VadClient.vad_scored`). Holding one tick is
     what makes the batches large on a front that is not saturated: with 60 ms
-    frames arriving evenly, a 32 ms tick batches about half of the front's
-    streams per call, where "score what queued while the last call ran" found 1-4
-    streams per call on an idle core (docs/benchmarks.md, "Worker front path").
+    frames arriving evenly, a 64 ms tick batches every stream of the front in one
+    call, where "score what queued while the last call ran" found 1-4 streams per
+    call on an idle core; per stream-second that is 2.0 instead of 8.3 ms of CPU at
+    50 paced streams, 3.5 with a 32 ms tick (bench/vad_cost.py --paced, docs/benchmarks.md).
     The call runs on the event loop itself: a hand-off to a VAD thread per batch
     cost more than it overlapped (the GIL is released inside the model anyway).
+
+    A tick ends early once `full_batch` streams are pending: from there on a larger
+    call costs about as much per stream (torch silero's per-row cost is flat from
+    ~64 rows), so waiting longer would only add latency.
 
     A stream with a backlog (a client sending faster than real time) gets at most
     `max_steps` windows per call, and the next call follows at once while any
@@ -510,6 +515,7 @@ class VadBatcher:
         vad: the shared weights.
         tick_s: how long the first pending window may wait for others (0: score
             whatever is pending as soon as the loop is free).
+        full_batch: streams pending at which a tick ends at once.
         max_steps: windows per stream per call.
         observer: told the time of every batched call and every stream's audio (metrics).
     """
@@ -518,13 +524,15 @@ class VadBatcher:
         self,
         vad: VadModel,
         *,
-        tick_s: float = 0.032,
+        tick_s: float = 0.064,
+        full_batch: int = 64,
         max_steps: int = 32,
         observer: VadObserver | None = None,
     ) -> None:
         self._vad = vad
         self._observer = observer
         self.tick_s = max(tick_s, 0.0)
+        self.full_batch = max(full_batch, 1)
         self.max_steps = max_steps
         # Pending windows per client, in arrival order (dicts keep insertion order).
         self._pending: dict[VadClient, list[np.ndarray]] = {}
@@ -570,6 +578,8 @@ class VadBatcher:
         queued = self._pending.get(client)
         if queued is None:
             self._pending[client] = [windows]
+            if len(self._pending) >= self.full_batch:
+                self._step()  # a full batch: nothing to gain by waiting for the tick
         else:
             queued.append(windows)
 
