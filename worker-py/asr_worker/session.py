@@ -18,9 +18,10 @@ At most one partial per stream (this module is the only place that rule lives):
 a partial is submitted only when no partial of the stream's open segment is in
 flight; one that falls due meanwhile is submitted, on the newest audio, when the
 in-flight one resolves (a closed segment's partial stops counting: its result is
-dropped, and the next segment's opening partial does not wait for it). A partial not yet emitted is dropped when its segment closes (the
-final follows and supersedes it) or when a newer partial is submitted (a slow
-client gets the newest hypothesis, not a backlog). The engine's queue needs no
+dropped, and the next segment's opening partial does not wait for it). A
+partial not yet emitted is dropped when its segment closes (the final follows
+and supersedes it) or when a newer partial is submitted (a slow client gets the
+newest hypothesis, not a backlog). The engine's queue needs no
 replace rule. Partials carry the segment's emitted (agreed) text as
 `DecodeRequest.prefix`, so the decoder generates only the unstable tail.
 
