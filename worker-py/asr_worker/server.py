@@ -285,8 +285,10 @@ class AsrService(asr_pb2_grpc.AsrServicer):
     ) -> None:
         try:
             async for req in it:
-                await session.handle(req)
-            await session.finish()
+                if session.input_paused:
+                    await session.input_resumed()
+                session.handle(req)
+            session.finish()
         except AsrError as err:
             session.fail(err)
         except asyncio.CancelledError:

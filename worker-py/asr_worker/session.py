@@ -272,16 +272,18 @@ class Session:
 
     # -- input -------------------------------------------------------------
 
-    async def handle(self, req: asr_pb2.StreamingRecognizeRequest) -> None:
-        """Process one request after the first (config) one."""
+    def handle(self, req: asr_pb2.StreamingRecognizeRequest) -> None:
+        """Process one request after the first (config) one.
+
+        The caller reads the next request only when `input_paused` is false (or
+        after `input_resumed()`): that is this stream's backpressure.
+        """
         kind = req.WhichOneof("streaming_request")
         if kind == "audio":
-            await self._input_ready()
             self.feed_audio(req.audio.pcm16le, req.audio.sample_rate_hz)
         elif kind == "control":
             t = req.control.type
             if t == asr_pb2.CONTROL_TYPE_END_OF_INPUT:
-                await self._input_ready()
                 self.end_of_input()
             elif t == asr_pb2.CONTROL_TYPE_COMMIT:
                 self.commit()
@@ -313,13 +315,18 @@ class Session:
         )
         self._config_allowed = False
 
-    async def _input_ready(self) -> None:
-        """Pause reading while this stream has too much work queued (gRPC flow control
-        then slows its sender): finals waiting for inference, or audio waiting for the VAD."""
-        while (
+    @property
+    def input_paused(self) -> bool:
+        """Whether this stream has too much work queued to read on: finals waiting for
+        inference, or audio waiting for the VAD (gRPC flow control then slows its sender)."""
+        return (
             self._finals_outstanding >= self._opts.max_outstanding_finals
             or self._vad_backlog > MAX_VAD_BACKLOG
-        ):
+        )
+
+    async def input_resumed(self) -> None:
+        """Wait until `input_paused` is false."""
+        while self.input_paused:
             self._input_ok.clear()
             await self._input_ok.wait()
 
@@ -407,7 +414,7 @@ class Session:
         self._emit(asr_pb2.StreamingRecognizeResponse(end_of_input=ack))
         self._config_allowed = True
 
-    async def finish(self) -> None:
+    def finish(self) -> None:
         """The request stream ended: finalize pending audio and end the output."""
         if not self._ended:
             self._finalize_round()
