@@ -127,7 +127,7 @@ describe("worker faults under load", { skip: SKIP_REASON, timeout: 240_000 }, ()
     assert.equal(totals.duplicates, 1);
   });
   test("a lone worker that stalls for a few seconds keeps its sessions: with nowhere to fail over, nothing is cancelled", async () => {
-    // Runs last: it pauses worker A, which the tests above use as the healthy one.
+    // This and the next run last: they pause worker A, which the tests above use as the healthy one.
     const gw = await startGateway("gateway", [a.address]);
     try {
       const timer = setTimeout(() => {
@@ -145,6 +145,28 @@ describe("worker faults under load", { skip: SKIP_REASON, timeout: 240_000 }, ()
       assert.ok(stalls.every((l) => l.failing_over === false), JSON.stringify(stalls));
     } finally {
       signalTree(a.pid, "SIGCONT");
+      await gw.stop();
+    }
+  });
+  test("a lone worker whose engine stalls for a few seconds keeps its sessions: reported stalled, nothing is cancelled, and it serves on", async () => {
+    const gw = await startGateway("gateway", [a.address]);
+    const engine = engineProcess(a.pid)!;
+    try {
+      const timer = setTimeout(() => {
+        process.kill(engine, "SIGSTOP");
+        setTimeout(() => process.kill(engine, "SIGCONT"), 4500);
+      }, 5000);
+      const r = await runLoad({ ...DEFAULTS, target: gw.url, streams: 4, files: FILES, rampMs: 1000, maxSeconds: 60, quiet: true, tag: "ci-lone-engine-stall" });
+      clearTimeout(timer);
+      const { totals } = checkAll(r.traces, ref);
+      assert.deepEqual(totals.errors, []);
+      assert.equal(totals.lost, 0);
+      assert.equal(totals.duplicates, 0);
+      const stalls = gw.logs.filter((l) => l.msg === "worker reports its engine stalled; treating it as hung");
+      assert.equal(stalls.length, 1, JSON.stringify(gw.logs.slice(-5)));
+      assert.equal(stalls[0]!.failing_over, false);
+    } finally {
+      process.kill(engine, "SIGCONT");
       await gw.stop();
     }
   });
