@@ -10,7 +10,9 @@ single front (`LocalEngineLink`). Either way it is the only place that
   instead of carrying samples;
 - rebuilds `DecodeRequest`s from the store and submits them to the one Scheduler. The request's
   non-audio fields travel as a plain dict (`request_fields`), so fields added to DecodeRequest
-  later pass through without any change here or in the IPC.
+  later pass through without any change here or in the IPC. Each request also names its segment
+  (`SegmentRef`), so an engine may keep per-segment work (Fun-ASR-Nano: fbank frames); an engine
+  that does (`SegmentCachingEngine`) is told when a stream closes or a final is refused.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from .engine.base import DecodeRequest
+from .engine.base import DecodeRequest, SegmentCachingEngine, SegmentRef
 from .errors import AsrError, Draining, Overloaded
 from .scheduler import Scheduler, Ticket
 
@@ -162,6 +164,11 @@ class SegmentStore:
         seg = self._segments.get((stream, segment))
         return seg.slice(start, end) if seg is not None else np.zeros(0, dtype=np.float32)
 
+    def start(self, stream: Hashable, segment: int, default: int) -> int:
+        """Absolute position of the segment's first stored sample (`default` when unknown)."""
+        seg = self._segments.get((stream, segment))
+        return seg.start if seg is not None else default
+
     def drop(self, stream: Hashable, segment: int) -> None:
         """Forget one segment (its final took its audio)."""
         if self._segments.pop((stream, segment), None) is not None:
@@ -200,6 +207,11 @@ class EngineCore:
         self.admission = admission
         self.engine_name = engine_name
         self.store = SegmentStore()
+        engine = scheduler.engine
+        #: The engine, when it keeps per-segment state that must be freed with its segment.
+        self._caching: SegmentCachingEngine | None = (
+            engine if isinstance(engine, SegmentCachingEngine) else None
+        )
         if scheduler.concurrency is None:
             scheduler.concurrency = lambda: admission.active
 
@@ -222,14 +234,23 @@ class EngineCore:
         Raises Overloaded when the scheduler's queue is full.
         """
         audio = self.store.slice(stream, segment, start, end)
+        offset = start - self.store.start(stream, segment, start)
         if last:
             self.store.drop(stream, segment)
-        return self.scheduler.submit(DecodeRequest(audio=audio, **fields), stream_key=stream)
+        fields = {**fields, "segment": SegmentRef(stream, segment, offset)}
+        try:
+            return self.scheduler.submit(DecodeRequest(audio=audio, **fields), stream_key=stream)
+        except AsrError:
+            if last and self._caching is not None:
+                self._caching.forget_segment(stream, segment)
+            raise
 
     def close_stream(self, stream: Hashable) -> None:
         """The stream ended: drop its queued work and its audio."""
         self.scheduler.cancel_stream(stream)
         self.store.drop_stream(stream)
+        if self._caching is not None:
+            self._caching.forget_stream(stream)
 
     def load(self) -> dict[str, Any]:
         """Worker-wide load figures (LoadReport fields, less the worker id)."""

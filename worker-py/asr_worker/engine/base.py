@@ -8,7 +8,7 @@ thread, so engines need no locking and may keep device state.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, Sequence, runtime_checkable
+from typing import Hashable, Literal, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
@@ -29,6 +29,23 @@ class DecodeOptions:
 
 
 @dataclass(frozen=True)
+class SegmentRef:
+    """Which open segment a request's audio comes from (set by EngineCore, not by sessions).
+
+    An engine may keep per-segment work (Fun-ASR-Nano keeps fbank frames) between the
+    requests of one segment: a segment's audio only grows, and (stream, segment) is never
+    reused for other audio within a worker.
+    """
+
+    #: The stream's key in the engine (unique among the worker's open streams).
+    stream: Hashable
+    #: The segment's id within its stream.
+    segment: int
+    #: Samples from the segment's first sample to the request's first (0: from its start).
+    offset: int = 0
+
+
+@dataclass(frozen=True)
 class DecodeRequest:
     """One utterance (a segment or the open part of one) to transcribe."""
 
@@ -43,6 +60,9 @@ class DecodeRequest:
     #: result's text then starts with it. Empty for finals, which decode the whole
     #: segment afresh (the 2pass correction).
     prefix: str = ""
+    #: The open segment the audio comes from, or None (engines then compute from the audio
+    #: alone). A final is its segment's last request.
+    segment: SegmentRef | None = None
 
 
 @dataclass(frozen=True)
@@ -75,11 +95,14 @@ class DecodeWork:
     audio_seconds: dict[str, float] = field(default_factory=dict)
     prefilled_tokens: dict[str, int] = field(default_factory=dict)
     generated_tokens: dict[str, int] = field(default_factory=dict)
+    #: CPU seconds (batch thread) turning requests into model inputs: prompt ids and fbank.
+    prepare_seconds: dict[str, float] = field(default_factory=dict)
 
     def add(self, kind: str, *, audio_seconds: float = 0.0, prefilled: int = 0, generated: int = 0,
-            requests: int = 0) -> None:
+            requests: int = 0, prepare_seconds: float = 0.0) -> None:
         """Count work of one request kind."""
         self.requests[kind] = self.requests.get(kind, 0) + requests
+        self.prepare_seconds[kind] = self.prepare_seconds.get(kind, 0.0) + prepare_seconds
         self.audio_seconds[kind] = self.audio_seconds.get(kind, 0.0) + audio_seconds
         self.prefilled_tokens[kind] = self.prefilled_tokens.get(kind, 0) + prefilled
         self.generated_tokens[kind] = self.generated_tokens.get(kind, 0) + generated
@@ -105,6 +128,24 @@ class Engine(Protocol):
         Raises on failure; the scheduler fans the exception out to every
         member of the batch. Called only from the scheduler's executor thread.
         """
+        ...
+
+
+@runtime_checkable
+class SegmentCachingEngine(Protocol):
+    """An engine that keeps work per open segment (see SegmentRef) and must hear when it ends.
+
+    It frees a segment's state itself after preparing the segment's final; these notices
+    cover segments and streams that end otherwise (a refused final, a closed stream). Safe
+    to call from any thread: the engine applies them on its batch thread.
+    """
+
+    def forget_segment(self, stream: Hashable, segment: int) -> None:
+        """The segment will not be decoded again."""
+        ...
+
+    def forget_stream(self, stream: Hashable) -> None:
+        """The stream ended: none of its segments will be decoded again."""
         ...
 
 

@@ -4,8 +4,10 @@ Loading (`asr_worker.models.loader.load_engine`) goes through FunASR's
 `AutoModel.build_model` (registry, tokenizer, frontend, FunASRNano, `load_pretrained_model`)
 with every path pointing into the local model directory, so nothing consults a model hub.
 Decoding reuses FunASRNano's own pieces:
-`get_prompt` / `generate_chatml` / `data_template` / `data_load_speech` build each request's
-prompt ids and fbank features, `encode` + `audio_adaptor` run once over the padded batch,
+`get_prompt` / `generate_chatml` / `data_template` / `data_load_speech` define each request's
+prompt ids and fbank features (engine/nano_inputs.py computes the same ids and features with
+FunASR's own functions, once per prompt and once per open segment's audio, instead of the
+whole request each time), `encode` + `audio_adaptor` run once over the padded batch,
 and the adaptor frames are spliced into the prompt embeddings the way `inference_prepare`
 does. Unlike FunASR's own `inference`, every request in a batch keeps its own prompt
 (hotwords, language, itn).
@@ -25,7 +27,8 @@ import json
 import logging
 import math
 import re
-from collections.abc import Sequence
+import time
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +43,7 @@ from asr_worker.engine.base import (
     DecodeWork,
     TokenTime,
 )
+from asr_worker.engine.nano_inputs import PromptTokens, SegmentFeatures, fake_token_len
 from asr_worker.engine.step_decoder import StepDecoder
 
 log = logging.getLogger(__name__)
@@ -52,6 +56,9 @@ DEFAULT_PARTIAL_MAX_NEW_TOKENS = 96
 #: looping, so a request's budget is also capped at this rate (plus a constant).
 DEFAULT_MAX_TOKENS_PER_SECOND = 15.0
 _TOKEN_BUDGET_SLACK = 8
+#: Default bound on the audio whose fbank frames the engine keeps for open segments, in seconds
+#: over all segments (32 KiB per second: 3600 s = 112 MiB; 400 streams x 9 s open on average).
+DEFAULT_FEATURE_CACHE_SECONDS = 3600.0
 #: Shortest audio decoded; shorter non-empty audio is zero-padded (kaldi fbank needs a frame).
 _MIN_SAMPLES = MODEL_SAMPLE_RATE // 10
 
@@ -144,8 +151,8 @@ def _is_multilingual(model_dir: Path | None) -> bool:
 
 
 @dataclass
-class _Prepared:
-    """One request turned into model inputs by FunASRNano's own data pipeline."""
+class Prepared:
+    """One request turned into model inputs, equal to what FunASRNano's data_load_speech makes."""
 
     source_ids: list[int]
     fbank: Any  # torch.Tensor [T, 560]
@@ -164,7 +171,7 @@ class _Running:
     """A request being decoded: its inputs, and encoder frames when a final needs times."""
 
     handle: int
-    prepared: _Prepared
+    prepared: Prepared
     encoder_out: Any = None  # [1, T, D] for finals with CTC timestamps
     encoder_len: Any = None
 
@@ -194,6 +201,7 @@ class FunAsrNanoEngine:
         forced_tokens_per_second: float | None = None,
         model_dir: Path | None = None,
         multilingual: bool | None = None,
+        feature_cache_seconds: float = DEFAULT_FEATURE_CACHE_SECONDS,
     ) -> None:
         import torch
 
@@ -207,6 +215,18 @@ class FunAsrNanoEngine:
             for k, v in kwargs.items()
             if k not in ("tokenizer", "frontend", "meta_data", "prev_text")
         }
+        #: Whether request inputs come from the per-segment feature cache and the prompt-id
+        #: cache (True), or from FunASR's data_load_speech over the whole request every time
+        #: (False: the reference path; benchmarks and tests compare the two).
+        self.input_cache = True
+        #: Raw fbank frames of open segments (see engine/nano_inputs.py), at most
+        #: `feature_cache_seconds` of audio over all segments.
+        self.features = SegmentFeatures(
+            self.frontend,
+            max_frames=int(feature_cache_seconds * 1000 / self.frontend.frame_shift),
+        )
+        #: Prompt token ids per prompt and per forced prefix.
+        self.prompt_tokens = PromptTokens(model, self.tokenizer, self._data_kwargs)
         self.device = device
         self.dtype = dtype
         self.torch_dtype = torch.bfloat16 if dtype == "bf16" else torch.float32
@@ -304,6 +324,14 @@ class FunAsrNanoEngine:
 
             torch.cuda.synchronize(torch.device(self.device))
 
+    def forget_segment(self, stream: Hashable, segment: int) -> None:
+        """The segment will not be decoded again: free its cached frames (any thread)."""
+        self.features.forget_segment(stream, segment)
+
+    def forget_stream(self, stream: Hashable) -> None:
+        """The stream ended: free the cached frames of all its segments (any thread)."""
+        self.features.forget_stream(stream)
+
     def decode_batch(self, requests: Sequence[DecodeRequest]) -> list[DecodeResult]:
         """Decode requests to completion (add_requests, then step until all are done)."""
         self._last = {}
@@ -333,7 +361,7 @@ class FunAsrNanoEngine:
         import torch
 
         handles: list[int] = []
-        prepared: list[tuple[int, _Prepared]] = []
+        prepared: list[tuple[int, Prepared]] = []
         try:
             with torch.inference_mode():
                 for req in requests:
@@ -343,7 +371,9 @@ class FunAsrNanoEngine:
                     if audio.size == 0:
                         self._ready.append((handle, DecodeResult(text="")))
                         continue
-                    prepared.append((handle, self._prepare(req, audio)))
+                    started = time.thread_time()
+                    prepared.append((handle, self.prepare(req, audio)))
+                    self.work.add(req.kind, prepare_seconds=time.thread_time() - started)
                 if prepared:
                     self._start([p for _, p in prepared], [h for h, _ in prepared])
         except Exception:
@@ -374,36 +404,88 @@ class FunAsrNanoEngine:
         self._running.clear()
         self._ready.clear()
 
-    def _prepare(self, req: DecodeRequest, audio: np.ndarray) -> _Prepared:
-        import torch
+    def prepare(self, req: DecodeRequest, audio: np.ndarray | None = None) -> Prepared:
+        """The model inputs of one request (prompt ids, fbank features, budget).
 
+        With `input_cache` the features and ids come from the caches (bit-identical to
+        FunASR's data_load_speech, tests/worker/test_nano_inputs.py); a request that names
+        its segment from the segment's first sample reuses the frames of earlier requests of
+        that segment, and a final frees them. Runs on the batch thread only.
+        """
+        if audio is None:
+            audio = np.asarray(req.audio, dtype=np.float32).reshape(-1)
         seconds = audio.size / MODEL_SAMPLE_RATE
+        key = None
+        if req.segment is not None:
+            # Only audio from the segment's first sample on lines up with its cached frames;
+            # windowed partials of long segments are computed afresh.
+            key = (req.segment.stream, req.segment.segment) if req.segment.offset == 0 else None
         if audio.size < _MIN_SAMPLES:
+            # Zero padding is not the segment's audio: never cached.
             audio = np.pad(audio, (0, _MIN_SAMPLES - audio.size))
+            key = None
         prompt = self.prompt(req.options)
         # Finals decode the whole segment afresh (the 2pass correction); only partials
         # force the agreed prefix.
         prefix = _clean_prefix(req.prefix) if req.kind == "partial" else ""
+        prefix_tokens = len(self.tokenizer.encode(prefix)) if prefix else 0
+        budget = self.token_budget(seconds, req.kind, prefix_tokens)
+        if not self.input_cache:
+            prepared = self._prepare_reference(audio, prompt, prefix, budget, seconds, req.kind)
+        else:
+            prepared = self._prepare_cached(audio, key, prompt, prefix, budget, seconds, req.kind)
+        if req.kind == "final" and req.segment is not None:
+            # A final is its segment's last decode (a partial queued before it may still run
+            # after it and cache the segment again; that entry goes when the stream closes
+            # or as the least recently used).
+            self.features.drop(req.segment.stream, req.segment.segment)
+        return prepared
+
+    def _prepare_cached(
+        self, audio: np.ndarray, key: tuple[Hashable, int] | None, prompt: str, prefix: str, budget: int,
+        seconds: float, kind: str,
+    ) -> Prepared:
+        """The inputs from the feature and prompt-id caches (equal to _prepare_reference's)."""
+        fbank = self.features.features(audio, key)
+        before, after = self.prompt_tokens.ids(prompt, prefix)
+        n_fake = fake_token_len(self.model, int(fbank.shape[0]))
+        return Prepared(
+            source_ids=before + [0] * n_fake + after,
+            fbank=fbank,
+            fbank_beg=len(before),
+            fake_token_len=n_fake,
+            budget=budget,
+            seconds=seconds,
+            kind=kind,
+            prompt=prompt,
+            prefix=prefix,
+        )
+
+    def _prepare_reference(
+        self, audio: np.ndarray, prompt: str, prefix: str, budget: int, seconds: float, kind: str
+    ) -> Prepared:
+        """FunASRNano's own data pipeline over the whole request (what the caches must equal)."""
+        import torch
+
         chat = self.model.generate_chatml(prompt, torch.from_numpy(audio))
         contents = self.model.data_template(chat)
         data_kwargs = dict(self._data_kwargs, prev_text=prefix) if prefix else self._data_kwargs
         out = self.model.data_load_speech(
             contents, self.tokenizer, self.frontend, meta_data={}, **data_kwargs
         )
-        prefix_tokens = len(self.tokenizer.encode(prefix)) if prefix else 0
-        return _Prepared(
+        return Prepared(
             source_ids=out["source_ids"][0].tolist(),
             fbank=out["speech"][0],
             fbank_beg=int(out["fbank_beg"][0, 0]),
             fake_token_len=int(out["fake_token_len"][0, 0]),
-            budget=self.token_budget(seconds, req.kind, prefix_tokens),
+            budget=budget,
             seconds=seconds,
-            kind=req.kind,
+            kind=kind,
             prompt=prompt,
             prefix=prefix,
         )
 
-    def _start(self, items: list[_Prepared], handles: list[int]) -> None:
+    def _start(self, items: list[Prepared], handles: list[int]) -> None:
         import torch
         from torch.nn.utils.rnn import pad_sequence
 
