@@ -130,12 +130,30 @@ def test_prompt_tokens_follow_data_load_speech_settings(engine: FunAsrNanoEngine
         assert len(before) == beg
 
 
-def test_windowed_and_unnamed_requests_are_computed_afresh_and_not_cached(engine: FunAsrNanoEngine):
+def test_windows_on_the_frame_grid_reuse_and_extend_the_segments_frames(engine: FunAsrNanoEngine):
+    audio = _speech(6.0, seed=10)
+    key = SegmentRef("s-grid", 0)
+    engine.prepare(DecodeRequest(audio[:30_001], DecodeOptions(), "partial", segment=key))
+    for start, end in ((160 * 50, 50_017), (160 * 120, 70_000), (160 * 187, audio.size)):
+        ref = SegmentRef("s-grid", 0, start)
+        req = DecodeRequest(audio[start:end], DecodeOptions(), "partial", segment=ref)
+        _assert_same(engine.prepare(req), _reference(engine, req))
+        assert engine.features.held_frames == 1 + (end - 400) // 160, "the window extended the frames"
+    final = DecodeRequest(audio, DecodeOptions(), "final", segment=key)
+    _assert_same(engine.prepare(final), _reference(engine, final))
+    assert engine.features.held_frames == 0
+
+
+def test_off_grid_windows_gaps_and_unnamed_requests_are_computed_afresh(engine: FunAsrNanoEngine):
     audio = _speech(4.0, seed=5)
     windowed = DecodeRequest(
         audio[8_123:], DecodeOptions(), "partial", segment=SegmentRef("s-window", 0, offset=8_123)
     )
     _assert_same(engine.prepare(windowed), _reference(engine, windowed))
+    gap = DecodeRequest(
+        audio[16_000:], DecodeOptions(), "partial", segment=SegmentRef("s-window", 0, 16_000)
+    )
+    _assert_same(engine.prepare(gap), _reference(engine, gap))  # no frames before the window
     plain = DecodeRequest(audio, DecodeOptions(), "final")
     _assert_same(engine.prepare(plain), _reference(engine, plain))
     tiny = DecodeRequest(audio[:700], DecodeOptions(), "partial", segment=SegmentRef("s-window", 1))
@@ -190,9 +208,14 @@ async def test_engine_core_requests_reuse_frames_and_finals_equal_uncached_decod
                                   last=True).future
         assert engine.features.held_frames == 0, "the final frees its segment's frames"
         core.append(stream, 1, pos, audio[:16_000])
-        await core.submit(stream, 1, pos, pos + 16_000, {"options": DecodeOptions(), "kind": "partial"},
+        await core.submit(stream, 1, pos, pos + 9_000, {"options": DecodeOptions(), "kind": "partial"},
                           last=False).future
+        # A window off the frame grid: EngineCore moves its start back onto it, so it reuses
+        # and extends the segment's frames.
+        await core.submit(stream, 1, pos + 4_321, pos + 16_000,
+                          {"options": DecodeOptions(), "kind": "partial"}, last=False).future
         assert len(engine.features) == 1
+        assert engine.features.held_frames == 1 + (16_000 - 400) // 160
         core.close_stream(stream)
         assert len(engine.features) == 0, "closing the stream frees its segments"
     finally:

@@ -233,8 +233,14 @@ class EngineCore:
 
         Raises Overloaded when the scheduler's queue is full.
         """
+        first = self.store.start(stream, segment, start)
+        offset = start - first
+        if offset > 0 and self._caching is not None:
+            # A windowed decode starts up to one hop earlier, on the engine's grid, so it
+            # reuses the segment's cached state (a window less than one hop longer than asked).
+            offset -= offset % self._caching.segment_align
+            start = first + offset
         audio = self.store.slice(stream, segment, start, end)
-        offset = start - self.store.start(stream, segment, start)
         if last:
             self.store.drop(stream, segment)
         fields = {**fields, "segment": SegmentRef(stream, segment, offset)}

@@ -140,6 +140,12 @@ class SegmentCachingEngine(Protocol):
     to call from any thread: the engine applies them on its batch thread.
     """
 
+    @property
+    def segment_align(self) -> int:
+        """Samples: a request whose audio starts a multiple of this after its segment's start
+        can reuse the segment's state (EngineCore moves windowed starts back onto this grid)."""
+        ...
+
     def forget_segment(self, stream: Hashable, segment: int) -> None:
         """The segment will not be decoded again."""
         ...

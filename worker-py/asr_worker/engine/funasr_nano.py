@@ -324,6 +324,12 @@ class FunAsrNanoEngine:
 
             torch.cuda.synchronize(torch.device(self.device))
 
+    @property
+    def segment_align(self) -> int:
+        """Windowed requests starting a multiple of this many samples (one fbank hop, 160)
+        after their segment's start reuse the segment's cached frames."""
+        return self.features.shift
+
     def forget_segment(self, stream: Hashable, segment: int) -> None:
         """The segment will not be decoded again: free its cached frames (any thread)."""
         self.features.forget_segment(stream, segment)
@@ -409,17 +415,15 @@ class FunAsrNanoEngine:
 
         With `input_cache` the features and ids come from the caches (bit-identical to
         FunASR's data_load_speech, tests/worker/test_nano_inputs.py); a request that names
-        its segment from the segment's first sample reuses the frames of earlier requests of
-        that segment, and a final frees them. Runs on the batch thread only.
+        its segment reuses the frames of earlier requests of that segment when its audio
+        starts at the segment's start or on the frame grid after it (`segment_align`), and a
+        final frees them. Runs on the batch thread only.
         """
         if audio is None:
             audio = np.asarray(req.audio, dtype=np.float32).reshape(-1)
         seconds = audio.size / MODEL_SAMPLE_RATE
-        key = None
-        if req.segment is not None:
-            # Only audio from the segment's first sample on lines up with its cached frames;
-            # windowed partials of long segments are computed afresh.
-            key = (req.segment.stream, req.segment.segment) if req.segment.offset == 0 else None
+        key = None if req.segment is None else (req.segment.stream, req.segment.segment)
+        offset = 0 if req.segment is None else req.segment.offset
         if audio.size < _MIN_SAMPLES:
             # Zero padding is not the segment's audio: never cached.
             audio = np.pad(audio, (0, _MIN_SAMPLES - audio.size))
@@ -433,7 +437,7 @@ class FunAsrNanoEngine:
         if not self.input_cache:
             prepared = self._prepare_reference(audio, prompt, prefix, budget, seconds, req.kind)
         else:
-            prepared = self._prepare_cached(audio, key, prompt, prefix, budget, seconds, req.kind)
+            prepared = self._prepare_cached(audio, key, offset, prompt, prefix, budget, seconds, req.kind)
         if req.kind == "final" and req.segment is not None:
             # A final is its segment's last decode (a partial queued before it may still run
             # after it and cache the segment again; that entry goes when the stream closes
@@ -442,11 +446,11 @@ class FunAsrNanoEngine:
         return prepared
 
     def _prepare_cached(
-        self, audio: np.ndarray, key: tuple[Hashable, int] | None, prompt: str, prefix: str, budget: int,
-        seconds: float, kind: str,
+        self, audio: np.ndarray, key: tuple[Hashable, int] | None, offset: int, prompt: str, prefix: str,
+        budget: int, seconds: float, kind: str,
     ) -> Prepared:
         """The inputs from the feature and prompt-id caches (equal to _prepare_reference's)."""
-        fbank = self.features.features(audio, key)
+        fbank = self.features.features(audio, key, offset)
         before, after = self.prompt_tokens.ids(prompt, prefix)
         n_fake = fake_token_len(self.model, int(fbank.shape[0]))
         return Prepared(

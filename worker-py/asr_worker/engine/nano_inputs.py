@@ -91,34 +91,43 @@ class SegmentFeatures:
         self._apply_forgets()
         self._drop((stream, segment))
 
-    def features(self, audio: np.ndarray, key: tuple[Hashable, int] | None = None) -> Any:
+    def features(self, audio: np.ndarray, key: tuple[Hashable, int] | None = None, offset: int = 0) -> Any:
         """[T, n_mels x lfr_m] float32 features of `audio`, as FunASR's data_load_speech makes them.
 
-        `key` (stream, segment) says the audio is its segment's from the first sample on, as
-        far as it goes: frames cached for that segment are reused and new ones added. Without
-        a key (or for audio shorter than one frame) the features are computed afresh.
+        `key` (stream, segment) says `audio` is its segment's audio from sample `offset` on:
+        frames cached for that segment are reused and new ones added. A window that starts
+        on the frame grid (offset a multiple of `shift`) at or before the cached frames' end
+        reuses them too: its frame j is the segment's frame offset / shift + j. Without a
+        key, off the grid, or for audio shorter than one frame, the features are computed
+        afresh (and nothing is cached).
         """
         import torch
         from funasr.frontends.wav_frontend import apply_cmvn, apply_lfr
         from funasr.utils.load_utils import extract_fbank
 
         self._apply_forgets()
-        if key is None or not self.cacheable or audio.size < self.length:
+        entry = None
+        first = offset // self.shift  # the segment's frame that is the audio's frame 0
+        if key is not None and self.cacheable and audio.size >= self.length and offset % self.shift == 0:
+            entry = self._entries.get(key)
+            if entry is None and offset == 0:
+                entry = self._entries[key] = _Frames(self.frontend.n_mels)
+            if entry is not None and entry.count < first:
+                entry = None  # a gap before the window (frames evicted): its samples are not here
+        if entry is None:
             # Exactly data_load_speech's call.
             speech, _ = extract_fbank(torch.from_numpy(audio), frontend=self.frontend, is_final=True)
             return speech[0]
-        entry = self._entries.get(key)
-        if entry is None:
-            entry = self._entries[key] = _Frames(self.frontend.n_mels)
         self._entries.move_to_end(key)
-        n = 1 + (audio.size - self.length) // self.shift  # frames of `audio` (snip_edges)
+        n = first + 1 + (audio.size - self.length) // self.shift  # the segment's frames up to the audio's end
         have = entry.count
         if n > have:
-            # The samples of frames have..n-1 only; frame i starts at sample shift * i.
-            new = self._fbank(audio[have * self.shift : (n - 1) * self.shift + self.length])
+            # The samples of frames have..n-1 only; segment frame i starts at sample shift * i,
+            # i.e. at shift * i - offset in `audio`.
+            new = self._fbank(audio[have * self.shift - offset : (n - 1) * self.shift + self.length - offset])
             entry.extend(new)
             self._held += new.shape[0]
-        frames = entry.frames(n)
+        frames = entry.frames(first, n)
         fe = self.frontend
         # WavFrontend.forward's steps; both branches copy, so CMVN (in place) never
         # touches the cached frames.
@@ -196,8 +205,8 @@ class _Frames:
         self._buf[self.count : need] = new
         self.count = need
 
-    def frames(self, n: int) -> Any:
-        return self._buf[:n]
+    def frames(self, first: int, end: int) -> Any:
+        return self._buf[first:end]
 
 
 class PromptTokens:
