@@ -8,6 +8,7 @@ data_load_speech), on the tiny model's real frontend settings (kaldi fbank, LFR 
 
 from __future__ import annotations
 
+import copy
 import threading
 from pathlib import Path
 
@@ -226,3 +227,15 @@ async def test_engine_core_requests_reuse_frames_and_finals_equal_uncached_decod
     finally:
         engine.input_cache = True
     assert final == want, "a final through the caches decodes exactly as without them"
+
+
+def test_cache_is_on_for_the_models_fbank_and_off_where_frames_are_not_local(engine: FunAsrNanoEngine):
+    assert engine.features.cacheable, "kaldi-native-fbank frames of the real frontend settings are local"
+    edgy = copy.copy(engine.frontend)
+    edgy.snip_edges = False  # frames near the end are padded by reflection: not local
+    cache = SegmentFeatures(edgy, max_frames=100_000)
+    assert not cache._frames_are_local()
+    assert not cache.cacheable
+    audio = _speech(1.3, seed=11)
+    cache.features(audio, ("s", 0))
+    assert len(cache) == 0

@@ -27,11 +27,14 @@ thread before its next request, so the cache itself needs no lock.
 from __future__ import annotations
 
 import collections
+import logging
 import re
 from collections.abc import Hashable
 from typing import Any
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 #: The speech placeholder FunASRNano's data pipeline splits a chat turn at.
 _SPEECH = re.compile(r"(<\|startofspeech\|>.*?<\|endofspeech\|>)")
@@ -58,6 +61,7 @@ class SegmentFeatures:
             and not getattr(frontend, "dither", 1.0)
             and bool(getattr(frontend, "snip_edges", False))
             and self.max_frames > 0
+            and self._frames_are_local()
         )
         self._entries: collections.OrderedDict[tuple[Hashable, int], _Frames] = collections.OrderedDict()
         self._held = 0
@@ -160,6 +164,29 @@ class SegmentFeatures:
             sample_frequency=fe.fs,
             snip_edges=fe.snip_edges,
         )
+
+    def _frames_are_local(self) -> bool:
+        """Whether fbank over pieces gives the very frames fbank over the whole gives.
+
+        FunASR's fbank runs kaldi-native-fbank (what requirements install) or torchaudio when
+        that is installed; the cache is exact only if frames do not depend on how much audio
+        one call sees, so this is checked once on a probe signal, bit for bit.
+        """
+        import torch
+
+        rng = np.random.default_rng(0)
+        probe = (0.1 * rng.standard_normal(self.length + 57 * self.shift + 77)).astype(np.float32)
+        whole = self._fbank(probe)
+        n = whole.shape[0]
+        parts, have = [], 0
+        for end in (1, 2, 19, n):  # one frame, one more, a few, the rest
+            parts.append(self._fbank(probe[have * self.shift : (end - 1) * self.shift + self.length]))
+            have = end
+        if torch.equal(torch.cat(parts), whole):
+            return True
+        log.warning("fbank frames depend on the length of the audio given to fbank here; "
+                    "the per-segment feature cache is off (every request computes its features afresh)")
+        return False
 
     def _apply_forgets(self) -> None:
         while self._forget:
