@@ -41,8 +41,16 @@ Reported: transcript tokens per audio-second (finals' reference + end token), ge
 decoder tokens per audio-second (partials + finals), their ratio to the transcript rate
 (target <= 2), and encoder audio-seconds per audio-second.
 
+`--prepare` measures instead the CPU the engine spends turning requests into model inputs
+(prompt ids + kaldi fbank/LFR/CMVN, `FunAsrNanoEngine.prepare`), single-threaded, for one
+stream's realistic schedule: a segment of real speech growing in `--partial-interval-ms` steps
+to each of `--prepare-seconds` (partials over at most `--window-ms`), then its final. `before`
+runs FunASR's data_load_speech over every whole request (engine.input_cache = False), `after`
+the per-segment frame cache and prompt-id cache; repeats alternate the two (medians).
+
     worker-py/.venv/bin/python bench/decoder_work.py
     worker-py/.venv/bin/python bench/decoder_work.py --partial-interval-ms 1200 --json out.json
+    worker-py/.venv/bin/python bench/decoder_work.py --prepare --prepare-seconds 6,12,20
 """
 
 from __future__ import annotations
@@ -75,6 +83,9 @@ def parse() -> argparse.Namespace:
     p.add_argument("--arrival-ms", type=float, default=15.0)
     p.add_argument("--max-batch-size", type=int, default=8)
     p.add_argument("--batch-window-ms", type=float, default=10.0, help="serve's default: 10")
+    p.add_argument("--prepare", action="store_true", help="measure input preparation CPU instead")
+    p.add_argument("--prepare-seconds", default="6,12,20", help="segment lengths for --prepare")
+    p.add_argument("--prepare-repeats", type=int, default=5, help="alternating runs per mode; medians")
     p.add_argument("--json", type=Path, default=None)
     return p.parse_args()
 
@@ -229,6 +240,91 @@ async def latency_run(engine, segs, mode: str, a: argparse.Namespace) -> dict:
     }
 
 
+def prepare_run(engine, audio: np.ndarray, seconds: float, interval_s: float, window_s: float,
+                cached: bool, stream: object) -> dict:
+    """CPU seconds of engine.prepare per request of one segment's partial schedule + final."""
+    import time
+
+    from asr_worker.engine.base import DecodeOptions, DecodeRequest, SegmentRef
+
+    engine.input_cache = cached
+    total = int(seconds * 16_000)
+    opts = DecodeOptions()
+    spans = []
+    k = 1
+    while k * interval_s < seconds:  # partials, as the session makes them
+        end = int(k * interval_s * 16_000)
+        start = max(0, end - int(window_s * 16_000))
+        spans.append(("partial", start - start % engine.segment_align, end))  # as EngineCore aligns
+        k += 1
+    spans.append(("final", 0, total))
+    cpu = {"partial": 0.0, "final": 0.0}
+    count = {"partial": 0, "final": 0}
+    for kind, start, end in spans:
+        req = DecodeRequest(audio[start:end], opts, kind, segment=SegmentRef(stream, 0, offset=start))
+        t0 = time.thread_time()
+        engine.prepare(req)
+        cpu[kind] += time.thread_time() - t0
+        count[kind] += 1
+    engine.input_cache = True
+    return {"cpu": cpu, "count": count}
+
+
+def prepare_bench(engine, a: argparse.Namespace) -> list[dict]:
+    """Before/after preparation CPU for each segment length (medians of alternating repeats)."""
+    import soundfile as sf
+
+    manifest = json.loads((SHARED_AUDIO / "MANIFEST.json").read_text(encoding="utf-8"))
+    pieces = []
+    for name in manifest["files"]:
+        data, rate = sf.read(str(SHARED_AUDIO / name), dtype="float32")
+        if rate == 16_000 and data.ndim == 1:
+            pieces.append(data)
+    speech = np.concatenate(pieces)  # real speech, as long as the manifest's 16 kHz files
+    lengths = [float(x) for x in a.prepare_seconds.split(",") if x]
+    assert speech.size >= max(lengths) * 16_000, "not enough shared audio for --prepare-seconds"
+    interval, window = a.partial_interval_ms / 1000, a.window_ms / 1000
+    # Warm both paths (first calls load code and allocate).
+    for cached in (False, True):
+        prepare_run(engine, speech, 2.0, interval, window, cached, ("warm", cached))
+    rows = []
+    streams = iter(range(10**9))
+    for seconds in lengths:
+        runs: dict[str, list[dict]] = {"before": [], "after": []}
+        for _ in range(a.prepare_repeats):
+            for mode in runs:
+                runs[mode].append(prepare_run(engine, speech, seconds, interval, window, mode == "after",
+                                              ("bench", next(streams))))
+        row: dict = {"seconds": seconds}
+        for mode, out in runs.items():
+            count = out[0]["count"]
+            n = count["partial"] + count["final"]
+            total = float(np.median([r["cpu"]["partial"] + r["cpu"]["final"] for r in out]))
+            partial = float(np.median([r["cpu"]["partial"] for r in out]))
+            final = float(np.median([r["cpu"]["final"] for r in out]))
+            row[mode] = {
+                "requests": n,
+                "ms_per_request": round(1000 * total / n, 2),
+                "partial_ms": round(1000 * partial / max(1, count["partial"]), 2),
+                "final_ms": round(1000 * final / max(1, count["final"]), 2),
+                "ms_per_audio_s": round(1000 * total / seconds, 2),
+                "prepares_per_s": round(n / total, 0),
+            }
+        rows.append(row)
+    print(f"prepare CPU, 1 thread, partial every {a.partial_interval_ms} ms (window {a.window_ms} ms) "
+          f"then the final; medians of {a.prepare_repeats} alternating runs")
+    print("| segment | requests | ms per request before → after | partial ms | final ms | "
+          "ms per audio-second | prepares/s one thread |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        b, f = r["before"], r["after"]
+        print(f"| {r['seconds']:g} s | {b['requests']} | {b['ms_per_request']} → {f['ms_per_request']} | "
+              f"{b['partial_ms']} → {f['partial_ms']} | {b['final_ms']} → {f['final_ms']} | "
+              f"{b['ms_per_audio_s']} → {f['ms_per_audio_s']} | {b['prepares_per_s']:g} → "
+              f"{f['prepares_per_s']:g} |")
+    return rows
+
+
 def main() -> int:
     a = parse()
     import torch
@@ -244,6 +340,14 @@ def main() -> int:
     if not (model_dir / "model.pt").exists():
         build_tiny_model(model_dir, seed=0)
     engine = load_engine(model_dir, "cpu", forced_tokens_per_second=5.0)
+    if a.prepare:
+        rows = prepare_bench(engine, a)
+        if a.json:
+            a.json.write_text(json.dumps({"partial_interval_ms": a.partial_interval_ms, "prepare": rows},
+                                         indent=2))
+        if tmp is not None:
+            tmp.cleanup()
+        return 0
     segs = segments()[: a.segments or None]
     rows = [
         run_mode(engine, segs, m, a.partial_interval_ms / 1000, a.window_ms / 1000)
