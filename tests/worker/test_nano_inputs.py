@@ -162,6 +162,15 @@ def test_off_grid_windows_gaps_and_unnamed_requests_are_computed_afresh(engine: 
     assert len(engine.features) == 0
 
 
+def test_an_empty_final_frees_its_segments_frames(engine: FunAsrNanoEngine):
+    audio = _speech(1.0, seed=12)
+    key = SegmentRef("s-empty-final", 0)
+    engine.prepare(DecodeRequest(audio, DecodeOptions(), "partial", segment=key))
+    assert len(engine.features) == 1
+    (result,) = engine.decode_batch([DecodeRequest(audio[:0], DecodeOptions(), "final", segment=key)])
+    assert result.text == "" and len(engine.features) == 0
+
+
 def test_cache_is_bounded_least_recently_used_first(engine: FunAsrNanoEngine):
     cache = SegmentFeatures(engine.frontend, max_frames=250)  # 2.5 s of audio
     audio = _speech(2.0, seed=6)

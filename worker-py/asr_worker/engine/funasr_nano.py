@@ -375,6 +375,8 @@ class FunAsrNanoEngine:
                     handles.append(handle)
                     audio = np.asarray(req.audio, dtype=np.float32).reshape(-1)
                     if audio.size == 0:
+                        if req.kind == "final" and req.segment is not None:
+                            self.features.drop(req.segment.stream, req.segment.segment)
                         self._ready.append((handle, DecodeResult(text="")))
                         continue
                     started = time.thread_time()
