@@ -44,7 +44,8 @@ decoder tokens per audio-second (partials + finals), their ratio to the transcri
 `--prepare` measures instead the CPU the engine spends turning requests into model inputs
 (prompt ids + kaldi fbank/LFR/CMVN, `FunAsrNanoEngine.prepare`), single-threaded, for one
 stream's realistic schedule: a segment of real speech growing in `--partial-interval-ms` steps
-to each of `--prepare-seconds` (partials over at most `--window-ms`), then its final. `before`
+to each of `--prepare-seconds` (partials over at most `--window-ms`, forcing a growing agreed
+prefix), then its final. `before`
 runs FunASR's data_load_speech over every whole request (engine.input_cache = False), `after`
 the per-segment frame cache and prompt-id cache; repeats alternate the two (medians).
 
@@ -255,13 +256,16 @@ def prepare_run(engine, audio: np.ndarray, seconds: float, interval_s: float, wi
     while k * interval_s < seconds:  # partials, as the session makes them
         end = int(k * interval_s * 16_000)
         start = max(0, end - int(window_s * 16_000))
-        spans.append(("partial", start - start % engine.segment_align, end))  # as EngineCore aligns
+        # The agreed prefix a partial forces: about 3 tokens per second of speech, less the
+        # unstable last 1.2 s (as --latency models it); none for windows, as the session does.
+        prefix = "" if start else spelled("x" * max(0, int((end / 16_000 - 1.2) * 3.0)))
+        spans.append(("partial", start - start % engine.segment_align, end, prefix))  # as EngineCore aligns
         k += 1
-    spans.append(("final", 0, total))
+    spans.append(("final", 0, total, ""))
     cpu = {"partial": 0.0, "final": 0.0}
     count = {"partial": 0, "final": 0}
-    for kind, start, end in spans:
-        req = DecodeRequest(audio[start:end], opts, kind, segment=SegmentRef(stream, 0, offset=start))
+    for kind, start, end, prefix in spans:
+        req = DecodeRequest(audio[start:end], opts, kind, prefix=prefix, segment=SegmentRef(stream, 0, start))
         t0 = time.thread_time()
         engine.prepare(req)
         cpu[kind] += time.thread_time() - t0

@@ -434,7 +434,10 @@ class FunAsrNanoEngine:
         # Finals decode the whole segment afresh (the 2pass correction); only partials
         # force the agreed prefix.
         prefix = _clean_prefix(req.prefix) if req.kind == "partial" else ""
-        prefix_tokens = len(self.tokenizer.encode(prefix)) if prefix else 0
+        if self.input_cache:
+            prefix_tokens = self.prompt_tokens.count(prefix)
+        else:
+            prefix_tokens = len(self.tokenizer.encode(prefix)) if prefix else 0
         budget = self.token_budget(seconds, req.kind, prefix_tokens)
         if not self.input_cache:
             prepared = self._prepare_reference(audio, prompt, prefix, budget, seconds, req.kind)

@@ -262,6 +262,16 @@ class PromptTokens:
         self.max_entries = max_entries
         self._before: collections.OrderedDict[str, tuple[list[int], str]] = collections.OrderedDict()
         self._after: collections.OrderedDict[tuple[str, str], list[int]] = collections.OrderedDict()
+        self._counts: collections.OrderedDict[str, int] = collections.OrderedDict()
+
+    def count(self, text: str) -> int:
+        """Tokens of `text` on its own (a forced prefix's length, for the token budget)."""
+        n = self._counts.get(text)
+        if n is None:
+            n = self._counts[text] = len(self.tokenizer.encode(text)) if text else 0
+            _trim(self._counts, self.max_entries)
+        self._counts.move_to_end(text)
+        return n
 
     def ids(self, prompt: str, prefix: str) -> tuple[list[int], list[int]]:
         """(ids before the speech frames, ids after them) for a user prompt and forced prefix."""
