@@ -249,26 +249,33 @@ async def test_vad_batcher_serves_concurrent_streams_like_inline(vad, shared_aud
     assert max(batcher.batch_sizes) > 1
 
 
+class _Client:
+    """A VadClient that records the probabilities it is given (a session stand-in)."""
+
+    def __init__(self, vad):
+        self.vad_stream = vad.new_stream()
+        self.probs: list[float] = []
+
+    @property
+    def n(self) -> int:
+        return len(self.probs)
+
+    def vad_scored(self, probs):
+        self.probs.extend(probs.tolist())
+
+    def vad_failed(self, exc):
+        raise AssertionError(exc)
+
+
 async def test_vad_batcher_holds_a_tick_so_paced_streams_share_calls(vad):
     """Streams pushing at different moments within one tick are scored in ONE call."""
     import asyncio
 
     from asr_worker.vad import VadBatcher
 
-    class Client:
-        def __init__(self):
-            self.vad_stream = vad.new_stream()
-            self.probs = []
-
-        def vad_scored(self, probs):
-            self.probs.extend(probs.tolist())
-
-        def vad_failed(self, exc):
-            raise AssertionError(exc)
-
     batcher = VadBatcher(vad, tick_s=0.2)
     batcher.start()
-    clients = [Client() for _ in range(5)]
+    clients = [_Client(vad) for _ in range(5)]
     rng = np.random.default_rng(0)
     try:
         for c in clients:
@@ -285,20 +292,9 @@ async def test_vad_batcher_holds_a_tick_so_paced_streams_share_calls(vad):
 async def test_vad_batcher_scores_a_full_batch_without_waiting_for_the_tick(vad):
     from asr_worker.vad import VadBatcher
 
-    class Client:
-        def __init__(self):
-            self.vad_stream = vad.new_stream()
-            self.n = 0
-
-        def vad_scored(self, probs):
-            self.n += len(probs)
-
-        def vad_failed(self, exc):
-            raise AssertionError(exc)
-
     batcher = VadBatcher(vad, tick_s=10.0, full_batch=3)
     batcher.start()
-    clients = [Client() for _ in range(4)]
+    clients = [_Client(vad) for _ in range(4)]
     try:
         for c in clients:
             batcher.push(c, np.zeros((1, 512), dtype=np.float32))
@@ -314,20 +310,9 @@ async def test_vad_batcher_settle_scores_one_client_at_once_and_backlogs_do_not_
 
     from asr_worker.vad import VadBatcher
 
-    class Client:
-        def __init__(self):
-            self.vad_stream = vad.new_stream()
-            self.n = 0
-
-        def vad_scored(self, probs):
-            self.n += len(probs)
-
-        def vad_failed(self, exc):
-            raise AssertionError(exc)
-
     batcher = VadBatcher(vad, tick_s=10.0, max_steps=8)
     batcher.start()
-    a, b = Client(), Client()
+    a, b = _Client(vad), _Client(vad)
     try:
         batcher.push(a, np.zeros((3, 512), dtype=np.float32))
         batcher.push(b, np.zeros((2, 512), dtype=np.float32))
@@ -338,7 +323,7 @@ async def test_vad_batcher_settle_scores_one_client_at_once_and_backlogs_do_not_
         # A backlog beyond max_steps is scored call after call, not one call per tick.
         fast = VadBatcher(vad, tick_s=0.0, max_steps=8)
         fast.start()
-        batcher_client = Client()
+        batcher_client = _Client(vad)
         fast.push(batcher_client, np.zeros((40, 512), dtype=np.float32))
         for _ in range(50):
             await asyncio.sleep(0)
