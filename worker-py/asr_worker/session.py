@@ -238,7 +238,6 @@ class Session:
         self._batcher = vad_batcher
         #: This stream's VAD state (VadClient).
         self.vad_stream = vad.new_stream()
-        self._vad_backlog = 0  # windows pushed to the batcher, not yet scored
         self._ep = Endpointer(options.vad)
         self._buf = AudioBuffer()
         self._resampler: Upsampler2x | None = None
@@ -321,7 +320,7 @@ class Session:
         inference, or audio waiting for the VAD (gRPC flow control then slows its sender)."""
         return (
             self._finals_outstanding >= self._opts.max_outstanding_finals
-            or self._vad_backlog > MAX_VAD_BACKLOG
+            or self._batcher.backlog(self) > MAX_VAD_BACKLOG
         )
 
     async def input_resumed(self) -> None:
@@ -353,12 +352,10 @@ class Session:
         self._buf.append(x)
         self._batcher.audio_in(len(x))
         windows = self.vad_stream.take_windows(x)
-        self._vad_backlog += len(windows)
         self._batcher.push(self, windows)
 
     def vad_scored(self, probs: np.ndarray) -> None:
         """The VAD scored this stream's next windows (VadClient; called by the batcher)."""
-        self._vad_backlog -= len(probs)
         if self._ended:
             return
         self._send_segment_audio()
@@ -367,7 +364,7 @@ class Session:
                 self._on_vad_event(ev)
             self._maybe_partial(self._ep.window_end)
         self._trim()
-        if self._vad_backlog <= MAX_VAD_BACKLOG:
+        if self._batcher.backlog(self) <= MAX_VAD_BACKLOG:
             self._input_ok.set()
 
     def vad_failed(self, exc: BaseException) -> None:
