@@ -6,6 +6,8 @@
 - bench/worker_batching.py with the fake engine at 1 and 2 streams, batching on and off.
 - bench/vad_cost.py: every VAD backend at batch sizes 1 and 3 and 3 paced streams through the
   VadBatcher, a fraction of a second each.
+- bench/decoder_work.py: token counts on one segment, and `--prepare` (input preparation with
+  and without the engine's caches) over a 3 s partial schedule.
 """
 
 from __future__ import annotations
@@ -138,3 +140,21 @@ def test_decoder_work_smoke(tmp_path: Path) -> None:
     assert after["generated_final_per_s"] == before["generated_final_per_s"]
     assert [x["mode"] for x in data["latency"]] == ["whole-batch", "iteration"]
     assert "| lcp2 |" in r.stdout
+
+
+def test_decoder_prepare_bench_measures_both_paths_over_the_partial_schedule(tmp_path: Path) -> None:
+    out = tmp_path / "prepare.json"
+    r = subprocess.run(
+        [_python(), "bench/decoder_work.py", "--prepare", "--prepare-seconds", "3", "--prepare-repeats", "1",
+         "--model-dir", str(tmp_path / "tiny-model"), "--json", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    (row,) = json.loads(out.read_text())["prepare"]
+    # 3 s in 600 ms steps: partials at 0.6, 1.2, 1.8 and 2.4 s, then the final.
+    assert row["before"]["requests"] == row["after"]["requests"] == 5
+    assert row["before"]["ms_per_request"] > 0 and row["after"]["ms_per_request"] > 0
+    assert "| 3 s | 5 |" in r.stdout
