@@ -39,6 +39,32 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("models") / "fun-asr-nano-tiny", seed=0)
 
 
+@pytest.fixture(scope="session")
+def sharp_model_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the tiny model whose decoder output depends on its whole context.
+
+    The tiny model's decoder is re-drawn "sharp" (RMSNorm gains near 1 as in a trained model,
+    larger projections): with the builder's near-zero norm gains the decoder only repeats its
+    last token, and a broken position, mask or cache would go unnoticed.
+    """
+    import shutil
+
+    import torch
+
+    out = tmp_path_factory.mktemp("sharp") / "fun-asr-nano-sharp"
+    shutil.copytree(tiny_model_dir, out)
+    saved = torch.load(out / "model.pt", map_location="cpu")
+    state = saved.get("state_dict", saved)
+    gen = torch.Generator().manual_seed(0)
+    for key, value in state.items():
+        if key.startswith("llm.") and key.endswith("norm.weight"):
+            state[key] = 1.0 + 0.1 * torch.randn(value.shape, generator=gen)
+        elif key.startswith("llm.model.layers.") and key.endswith("proj.weight"):
+            state[key] = value * 4.0
+    torch.save(saved, out / "model.pt")
+    return out
+
+
 # --------------------------------------------------------------------------- worker fixtures
 
 import contextlib  # noqa: E402

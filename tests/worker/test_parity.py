@@ -50,25 +50,6 @@ def _clip(shared_audio: Path, name: str, start: float, seconds: float) -> np.nda
 
 
 @pytest.fixture(scope="module")
-def sharp_model_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A copy of the tiny model whose decoder output depends on its whole context."""
-    import shutil
-
-    out = tmp_path_factory.mktemp("parity") / "fun-asr-nano-sharp"
-    shutil.copytree(tiny_model_dir, out)
-    saved = torch.load(out / "model.pt", map_location="cpu")
-    state = saved.get("state_dict", saved)
-    gen = torch.Generator().manual_seed(0)
-    for key, value in state.items():
-        if key.startswith("llm.") and key.endswith("norm.weight"):
-            state[key] = 1.0 + 0.1 * torch.randn(value.shape, generator=gen)
-        elif key.startswith("llm.model.layers.") and key.endswith("proj.weight"):
-            state[key] = value * 4.0
-    torch.save(saved, out / "model.pt")
-    return out
-
-
-@pytest.fixture(scope="module")
 def cases(shared_audio: Path) -> list[tuple[DecodeRequest, str | None]]:
     """Every clip with every option set: (final request, FunASR language name)."""
     out = []

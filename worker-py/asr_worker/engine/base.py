@@ -87,8 +87,10 @@ class DecodeWork:
     """Cumulative work an engine has done, by request kind ("final", "partial").
 
     Hardware-independent cost measures for benchmarks and metrics: decoder tokens
-    generated (stop tokens included) and prefilled (prompt, audio frames and forced
-    prefix), and seconds of audio run through the audio encoder.
+    generated (stop tokens included) and prefilled (prompt, audio frames, forced prefix
+    and draft), and seconds of audio run through the audio encoder. Draft tokens (a
+    segment's previous answer, verified in the prefill) count as prefilled; those the
+    decoder accepted are tokens of the answer that cost no decoder step.
     """
 
     requests: dict[str, int] = field(default_factory=dict)
@@ -97,10 +99,16 @@ class DecodeWork:
     generated_tokens: dict[str, int] = field(default_factory=dict)
     #: CPU seconds (batch thread) turning requests into model inputs: prompt ids and fbank.
     prepare_seconds: dict[str, float] = field(default_factory=dict)
+    #: Draft tokens prefilled for verification, and those accepted.
+    draft_proposed: dict[str, int] = field(default_factory=dict)
+    draft_accepted: dict[str, int] = field(default_factory=dict)
 
     def add(self, kind: str, *, audio_seconds: float = 0.0, prefilled: int = 0, generated: int = 0,
-            requests: int = 0, prepare_seconds: float = 0.0) -> None:
+            requests: int = 0, prepare_seconds: float = 0.0, draft_proposed: int = 0,
+            draft_accepted: int = 0) -> None:
         """Count work of one request kind."""
+        self.draft_proposed[kind] = self.draft_proposed.get(kind, 0) + draft_proposed
+        self.draft_accepted[kind] = self.draft_accepted.get(kind, 0) + draft_accepted
         self.requests[kind] = self.requests.get(kind, 0) + requests
         self.prepare_seconds[kind] = self.prepare_seconds.get(kind, 0.0) + prepare_seconds
         self.audio_seconds[kind] = self.audio_seconds.get(kind, 0.0) + audio_seconds

@@ -17,7 +17,10 @@ why no library does it here): requests join the running batch between decoder st
 leave it when they end. A request decoded alone yields the token ids FunASR's own
 `AutoModel.generate` yields (tests/worker/test_parity.py proves it on random weights).
 Partials force their agreed prefix through FunASR's own `prev_text` mechanism, so only
-the unstable tail is generated; finals always decode the whole segment.
+the unstable tail is generated; finals always decode the whole segment. Every request of
+an open segment is prefilled with the segment's previous answer as a draft
+(engine/drafts.py), which the decoder verifies in the prefill: the output stays the greedy
+output, but only the tokens the previous answer did not have cost a decoder step each.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import math
 import re
 import time
 from collections.abc import Hashable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +46,7 @@ from asr_worker.engine.base import (
     DecodeWork,
     TokenTime,
 )
+from asr_worker.engine.drafts import Answer, SegmentAnswers
 from asr_worker.engine.nano_inputs import PromptTokens, SegmentFeatures, fake_token_len
 from asr_worker.engine.step_decoder import StepDecoder
 
@@ -164,6 +168,13 @@ class Prepared:
     prompt: str
     #: The forced prefix (partials) FunASR's `prev_text` puts after the assistant tag.
     prefix: str
+    #: The forced prefix's token ids (the answer's first ids).
+    forced_ids: list[int] = field(default_factory=list)
+    #: Draft token ids to verify in the prefill (the segment's previous answer beyond the prefix).
+    draft: list[int] = field(default_factory=list)
+    #: (stream, segment) and the audio's offset in it, or None without a segment.
+    segment: tuple[Hashable, int] | None = None
+    offset: int = 0
 
 
 @dataclass
@@ -227,6 +238,12 @@ class FunAsrNanoEngine:
         )
         #: Prompt token ids per prompt and per forced prefix.
         self.prompt_tokens = PromptTokens(model, self.tokenizer, self._data_kwargs)
+        #: Whether requests of an open segment are prefilled with its previous answer as a
+        #: draft (True), or decode without one (False: benchmarks and tests compare the two;
+        #: the output is the same).
+        self.use_drafts = True
+        #: The last answer per open segment (the next request's draft).
+        self.answers = SegmentAnswers()
         self.device = device
         self.dtype = dtype
         self.torch_dtype = torch.bfloat16 if dtype == "bf16" else torch.float32
@@ -331,12 +348,14 @@ class FunAsrNanoEngine:
         return self.features.shift
 
     def forget_segment(self, stream: Hashable, segment: int) -> None:
-        """The segment will not be decoded again: free its cached frames (any thread)."""
+        """The segment will not be decoded again: free its cached frames and answer (any thread)."""
         self.features.forget_segment(stream, segment)
+        self.answers.forget_segment(stream, segment)
 
     def forget_stream(self, stream: Hashable) -> None:
-        """The stream ended: free the cached frames of all its segments (any thread)."""
+        """The stream ended: free the cached frames and answers of all its segments (any thread)."""
         self.features.forget_stream(stream)
+        self.answers.forget_stream(stream)
 
     def decode_batch(self, requests: Sequence[DecodeRequest]) -> list[DecodeResult]:
         """Decode requests to completion (add_requests, then step until all are done)."""
@@ -377,6 +396,7 @@ class FunAsrNanoEngine:
                     if audio.size == 0:
                         if req.kind == "final" and req.segment is not None:
                             self.features.drop(req.segment.stream, req.segment.segment)
+                            self.answers.drop((req.segment.stream, req.segment.segment))
                         self._ready.append((handle, DecodeResult(text="")))
                         continue
                     started = time.thread_time()
@@ -443,12 +463,29 @@ class FunAsrNanoEngine:
             prepared = self._prepare_reference(audio, prompt, prefix, budget, seconds, req.kind)
         else:
             prepared = self._prepare_cached(audio, key, offset, prompt, prefix, budget, seconds, req.kind)
+        if key is not None:
+            prepared.segment, prepared.offset = key, offset
+            if self.use_drafts:
+                prepared.forced_ids = self._forced_ids(prompt, prefix)
+                draft = self.answers.draft(key, offset, prepared.forced_ids, prefix, self.tokenizer.encode)
+                prepared.draft = self.decoder.cut_draft(draft, budget)
         if req.kind == "final" and req.segment is not None:
             # A final is its segment's last decode (a partial queued before it may still run
             # after it and cache the segment again; that entry goes when the stream closes
             # or as the least recently used).
             self.features.drop(req.segment.stream, req.segment.segment)
+            self.answers.drop((req.segment.stream, req.segment.segment))
         return prepared
+
+    def _forced_ids(self, prompt: str, prefix: str) -> list[int]:
+        """The ids the forced prefix adds to the prompt (they start the answer)."""
+        if not prefix:
+            return []
+        _, bare = self.prompt_tokens.ids(prompt, "")
+        _, after = self.prompt_tokens.ids(prompt, prefix)
+        if after[: len(bare)] == bare:
+            return after[len(bare) :]
+        return [int(i) for i in self.tokenizer.encode(prefix)]
 
     def _prepare_cached(
         self, audio: np.ndarray, key: tuple[Hashable, int] | None, offset: int, prompt: str, prefix: str,
@@ -519,7 +556,10 @@ class FunAsrNanoEngine:
                 row[p.fbank_beg : p.fbank_beg + n] = adaptor_out[b, :n].to(row.dtype)
             rows.append(row)
         decoder_handles = self.decoder.add(
-            rows, [p.budget for p in items], forced=bool(self.forced_tokens_per_second)
+            rows,
+            [p.budget for p in items],
+            forced=bool(self.forced_tokens_per_second),
+            drafts=[p.draft for p in items],
         )
         for b, (p, handle, dh) in enumerate(zip(items, handles, decoder_handles, strict=True)):
             run = _Running(handle, p)
@@ -528,16 +568,20 @@ class FunAsrNanoEngine:
                 run.encoder_out = encoder_out[b : b + 1, :n_frames]
                 run.encoder_len = encoder_lens[b : b + 1]
             self._running[dh] = run
-            self.work.add(p.kind, requests=1, audio_seconds=p.seconds, prefilled=len(p.source_ids))
+            self.work.add(
+                p.kind, requests=1, audio_seconds=p.seconds, prefilled=len(p.source_ids) + len(p.draft)
+            )
 
     def _finish(self, run: _Running, fin: Any) -> DecodeResult:
         p = run.prepared
-        self.work.add(p.kind, generated=fin.steps)
+        self.work.add(p.kind, generated=fin.steps, draft_proposed=fin.proposed, draft_accepted=fin.accepted)
         self._last[run.handle] = (p.source_ids, p.prompt, list(fin.ids))
         # FunASRNano.inference_llm's post-processing: prev_text + response, /sil and
         # whitespace runs to one space (and trimmed here).
         text = p.prefix + self.tokenizer.decode(fin.ids, skip_special_tokens=True)
         text = re.sub(r"\s+", " ", text.replace("/sil", " ")).strip()
+        if p.segment is not None and p.kind == "partial" and self.use_drafts:
+            self.answers.remember(p.segment, Answer(p.offset, tuple(p.forced_ids) + tuple(fin.ids), text))
         tokens: tuple[TokenTime, ...] = ()
         if run.encoder_out is not None and text:
             tokens = self._token_times(run.encoder_out, run.encoder_len, text)

@@ -23,8 +23,21 @@ for every row). Decoding is greedy and computes exactly what `generate` computes
 sequence (argmax of the float32 last-position logits, position ids counted over real
 tokens only), so a request decoded alone gives the token ids `generate` gives.
 
-Counters (`prefilled_tokens`, `generated_tokens`, `forward_calls`) measure decoder work
-independently of the hardware; the engine exposes them to benchmarks and metrics.
+Draft verification ("prompt lookup" speculative decoding, greedy): a sequence may join
+with a DRAFT, token ids it will probably generate (the engine passes the stream's previous
+hypothesis of the same audio). The draft is prefilled with the prompt in the same forward,
+which gives the logits after every draft token at once; the longest draft prefix that
+equals the argmax at each position is accepted, the argmax after the last accepted token
+is the first generated token, and the rejected draft columns leave the cache (the row is
+shifted right over them, so they become left padding). The output is the same greedy
+output as without the draft; only the sequential steps shrink to the tokens the draft did
+not have, plus one. (Verifying k tokens in one forward computes their logits in one pass
+instead of k incremental ones; in float32 the argmax can differ only at exact near-ties.)
+
+Counters (`prefilled_tokens`, `generated_tokens`, `forward_calls`, `draft_proposed`,
+`draft_accepted`) measure decoder work independently of the hardware; the engine exposes
+them to benchmarks and metrics. Draft tokens count as prefilled (they run in the prefill
+forward), accepted or not; only tokens picked at a step, or after the draft, count as generated.
 """
 
 from __future__ import annotations
@@ -42,8 +55,13 @@ class Finished:
     handle: int
     #: Generated token ids, without the stop token.
     ids: list[int]
-    #: Tokens generated, the stop token included (each cost one forward row).
+    #: Tokens generated, the stop token included (each cost one forward row); accepted
+    #: draft tokens are not counted (they were verified in the prefill).
     steps: int
+    #: Draft tokens given with the sequence (after the cut to its budget).
+    proposed: int = 0
+    #: Draft tokens accepted (the first `accepted` ids are the draft's).
+    accepted: int = 0
 
 
 @dataclass
@@ -60,6 +78,8 @@ class _Row:
     generated: list[int] = field(default_factory=list)
     steps: int = 0
     done: bool = False
+    proposed: int = 0
+    accepted: int = 0
 
 
 class StepDecoder:
@@ -75,6 +95,7 @@ class StepDecoder:
     def __init__(self, llm: Any, *, stop_ids: Sequence[int], dtype: Any, device: Any) -> None:
         self.llm = llm
         self.stop_ids = sorted(set(stop_ids))
+        self._stops = frozenset(self.stop_ids)
         self.dtype = dtype
         self.device = device
         self._rows: list[_Row] = []
@@ -87,17 +108,30 @@ class StepDecoder:
         self.generated_tokens = 0
         #: Decoder forward calls (prefills and steps).
         self.forward_calls = 0
+        #: Draft tokens prefilled for verification, and those accepted.
+        self.draft_proposed = 0
+        self.draft_accepted = 0
 
     @property
     def active(self) -> int:
         """Sequences still decoding."""
         return len(self._rows)
 
-    def add(self, prompts: Sequence[Any], budgets: Sequence[int], *, forced: bool = False) -> list[int]:
+    def add(
+        self,
+        prompts: Sequence[Any],
+        budgets: Sequence[int],
+        *,
+        forced: bool = False,
+        drafts: Sequence[Sequence[int]] | None = None,
+    ) -> list[int]:
         """Prefill prompts ([T_i, D] embeddings) and join them to the batch; returns handles.
 
         Each gets its first token from the prefill; one whose first token already ends it
-        (a stop token, or a budget of 1) is reported by the next `step()`.
+        (a stop token, or a budget of 1) is reported by the next `step()`. `drafts` (token
+        ids per prompt, may be empty) are verified in the same forward: accepted draft tokens
+        become the sequence's first generated ids without a step each. A draft is cut to
+        the budget and before any stop token (a stop is never accepted, it is generated).
         """
         import torch
         from transformers import DynamicCache
@@ -105,11 +139,27 @@ class StepDecoder:
         if not prompts:
             return []
         n = len(prompts)
-        width = max(int(p.shape[0]) for p in prompts)
-        hidden = int(prompts[0].shape[-1])
+        rows = [
+            _Row(next(self._handles), max(1, int(b)), forced, int(p.shape[0]) - 1)
+            for p, b in zip(prompts, budgets, strict=True)
+        ]
+        cut = [self.cut_draft(d, r.budget) for d, r in zip(drafts or [()] * n, rows, strict=True)]
+        longest = max(len(d) for d in cut)
+        if longest:
+            embed = self.llm.get_input_embeddings()
+            ids = torch.tensor([t for d in cut for t in d], dtype=torch.long, device=self.device)
+            draft_embeds = embed(ids).split([len(d) for d in cut])
+            seqs = [
+                torch.cat([p.to(self.dtype), e.to(self.dtype)])
+                for p, e in zip(prompts, draft_embeds, strict=True)
+            ]
+        else:
+            seqs = list(prompts)
+        width = max(int(p.shape[0]) for p in seqs)
+        hidden = int(seqs[0].shape[-1])
         embeds = torch.zeros(n, width, hidden, dtype=self.dtype, device=self.device)
         mask = torch.zeros(n, width, dtype=torch.long, device=self.device)
-        for b, p in enumerate(prompts):
+        for b, p in enumerate(seqs):
             embeds[b, width - p.shape[0] :] = p.to(self.dtype)
             mask[b, width - p.shape[0] :] = 1
         # What generate derives from a left-padded mask: real tokens count from 0.
@@ -122,16 +172,20 @@ class StepDecoder:
             position_ids=positions,
             past_key_values=cache,
             use_cache=True,
-            logits_to_keep=1,
+            logits_to_keep=longest + 1,
         )
         self.forward_calls += 1
         self.prefilled_tokens += int(mask.sum())
-        rows = [
-            _Row(next(self._handles), max(1, int(b)), forced, int(p.shape[0]) - 1)
-            for p, b in zip(prompts, budgets, strict=True)
-        ]
-        self._take_tokens(rows, out.logits[:, -1, :])
-        self._join(rows, out.past_key_values, mask)
+        picks = self._greedy(rows, out.logits).tolist()  # [n, longest + 1]
+        rejected = []
+        for r, d, row_picks in zip(rows, cut, picks, strict=True):
+            # Row r's draft fills the last len(d) columns; its logits are the last len(d) + 1.
+            self._verify(r, d, row_picks[longest - len(d) :])
+            rejected.append(len(d) - r.accepted)
+        cache = out.past_key_values
+        if any(rejected):
+            cache, mask = _shift_out(cache, mask, rejected)
+        self._join(rows, cache, mask)
         return [r.handle for r in rows]
 
     def step(self) -> list[Finished]:
@@ -158,7 +212,8 @@ class StepDecoder:
         )
         self.forward_calls += 1
         self._cache = out.past_key_values
-        self._take_tokens(self._rows, out.logits[:, -1, :])
+        for r, t in zip(self._rows, self._greedy(self._rows, out.logits)[:, -1].tolist(), strict=True):
+            self._take(r, t)
         return finished + self._drop_finished()
 
     def run_to_completion(self) -> dict[int, Finished]:
@@ -174,10 +229,21 @@ class StepDecoder:
         self._cache = None
         self._mask = None
 
+    def cut_draft(self, draft: Sequence[int], budget: int) -> list[int]:
+        """The draft tokens that can be accepted: within the budget, before any stop token
+        (what `add` keeps of a draft)."""
+        out: list[int] = []
+        for t in list(draft)[:budget]:
+            if int(t) in self._stops:
+                break
+            out.append(int(t))
+        return out
+
     # ------------------------------------------------------------------ internals
 
-    def _take_tokens(self, rows: list[_Row], logits: Any) -> None:
-        """Greedy next token per row, exactly as generate picks it (float32 argmax)."""
+    def _greedy(self, rows: list[_Row], logits: Any) -> Any:
+        """Greedy token per row and position ([n, P, V] logits -> [n, P] ids), exactly as
+        generate picks it (float32 argmax)."""
         import torch
 
         scores = logits.to(dtype=torch.float32)
@@ -186,19 +252,39 @@ class StepDecoder:
             # min_new_tokens semantics: stop tokens cannot win before the budget is spent.
             idx = torch.tensor(forced, device=scores.device)
             stops = torch.tensor(self.stop_ids, device=scores.device)
-            scores[idx.unsqueeze(1), stops.unsqueeze(0)] = float("-inf")
-        tokens = scores.argmax(dim=-1).tolist()
-        stop = set(self.stop_ids)
-        for r, t in zip(rows, tokens, strict=True):
-            self.generated_tokens += 1
-            r.steps += 1
-            r.position += 1  # the position this token is fed at in the next step
-            if t in stop:
-                r.done = True
+            scores[idx[:, None, None], :, stops[None, None, :]] = float("-inf")
+        return scores.argmax(dim=-1)
+
+    def _verify(self, r: _Row, draft: list[int], picks: list[int]) -> None:
+        """Accept the longest draft prefix the greedy picks agree with, then take the pick
+        after it as the first generated token (picks[j] follows draft[:j])."""
+        r.proposed = len(draft)
+        self.draft_proposed += len(draft)
+        for j, t in enumerate(picks):
+            if j < len(draft) and t == draft[j]:
+                # Verified in the prefill: no step of its own.
+                r.accepted += 1
+                self.draft_accepted += 1
+                r.position += 1
+                r.generated.append(int(t))
+                if len(r.generated) >= r.budget:
+                    r.done = True
+                    return
                 continue
-            r.generated.append(int(t))
-            if len(r.generated) >= r.budget:
-                r.done = True
+            self._take(r, t)
+            return
+
+    def _take(self, r: _Row, t: int) -> None:
+        """Generate token t for row r (one decoder row's work)."""
+        self.generated_tokens += 1
+        r.steps += 1
+        r.position += 1  # the position this token is fed at in the next step
+        if t in self._stops:
+            r.done = True
+            return
+        r.generated.append(int(t))
+        if len(r.generated) >= r.budget:
+            r.done = True
 
     def _join(self, rows: list[_Row], cache: Any, mask: Any) -> None:
         import torch
@@ -246,7 +332,28 @@ class StepDecoder:
             for i, (k, v) in enumerate(_layers(self._cache)):
                 kept.update(k.index_select(0, idx)[:, :, first:], v.index_select(0, idx)[:, :, first:], i)
             self._cache = kept
-        return [Finished(r.handle, r.generated, r.steps) for r in done]
+        return [Finished(r.handle, r.generated, r.steps, r.proposed, r.accepted) for r in done]
+
+
+def _shift_out(cache: Any, mask: Any, rejected: list[int]) -> tuple[Any, Any]:
+    """Drop each row's last `rejected[b]` cache columns (rejected draft tokens): the row is
+    shifted right over them, so they wrap round to its left end and become padding."""
+    import torch
+    from transformers import DynamicCache
+
+    width = mask.shape[1]
+    shift = torch.tensor(rejected, dtype=torch.long, device=mask.device)
+    cols = torch.arange(width, device=mask.device)
+    # new column j of row b is old column (j - shift[b]) mod width.
+    src = (cols[None, :] - shift[:, None]) % width
+    mask = mask.gather(1, src).masked_fill(cols[None, :] < shift[:, None], 0)
+    first = int(mask.any(dim=0).long().argmax())  # columns now padding for every row go
+    mask = mask[:, first:]
+    shifted = DynamicCache()
+    for i, (k, v) in enumerate(_layers(cache)):
+        idx = src[:, None, :, None].expand(k.shape[0], k.shape[1], width, k.shape[3])
+        shifted.update(k.gather(2, idx)[:, :, first:], v.gather(2, idx)[:, :, first:], i)
+    return shifted, mask
 
 
 def _layers(cache: Any) -> list[tuple[Any, Any]]:
