@@ -28,6 +28,19 @@ heard (random weights cannot produce one), and two emission rules are measured:
 
 `before` is every partial re-generating its whole hypothesis (prefix ""), as before.
 
+`--draft on` (the default, what the engine ships) lets the engine prefill every request of
+a segment with the segment's previous answer as a draft and verify it (engine/drafts.py);
+`off` decodes without drafts; `both` runs each mode both ways. So that the engine's own
+verification decides what is accepted, the decoder here follows a script: at each answer
+position it picks the modelled hypothesis's next token (then the end token) instead of the
+random weights' argmax (bench only, `ScriptedDecoder`; the forwards are the real ones). The
+previous answer is then the previous modelled hypothesis, exactly as the engine stores it,
+and counts are what the real engine counts: generated tokens include each request's end
+token (no end token is added by hand in this mode), accepted draft tokens count as
+prefilled. The modelled hypotheses only grow (a real model also revises its last words,
+which a draft then loses from the first revised token on), so acceptance here is an upper
+bound; `--revise N` makes every partial hypothesis end in N wrong characters to model that.
+
 `--latency` adds the other half of the decoder work: how long a short partial waits when
 it shares the engine with long finals. The same mixed arrivals (one long final to three
 short partials, `--latency-requests` in all, one every `--arrival-ms`) go through the
@@ -77,6 +90,11 @@ def parse() -> argparse.Namespace:
     p.add_argument("--partial-interval-ms", type=int, default=600, help="session default: 600")
     p.add_argument("--window-ms", type=int, default=12_000, help="session partial window: 12000")
     p.add_argument("--modes", default="before,lcp2,last")
+    p.add_argument("--draft", choices=("on", "off", "both", "forced"), default="on",
+                   help="engine drafts from the segment's previous answer (on: as shipped); forced: "
+                        "no script, random tokens at forced lengths (the bench before drafts)")
+    p.add_argument("--revise", type=int, default=0,
+                   help="wrong characters at the end of every partial hypothesis (model revisions)")
     p.add_argument("--segments", type=int, default=0, help="only the first N segments (smoke runs)")
     p.add_argument("--latency", action="store_true", help="also the partial-latency comparison")
     p.add_argument("--latency-requests", type=int, default=48)
@@ -125,20 +143,66 @@ def spelled(text: str) -> str:
     return "".join(chr(ord("a") + i % 26) for i in range(len(text)))
 
 
-def run_mode(engine, segs, mode: str, interval_s: float, window_s: float) -> dict:
-    from asr_worker.engine.base import DecodeOptions, DecodeRequest, DecodeWork
+def scripted_decoder(engine):
+    """The engine's decoder, picking the scripted answer instead of the argmax (bench only)."""
+    import torch
+
+    from asr_worker.engine.step_decoder import StepDecoder
+
+    class ScriptedDecoder(StepDecoder):
+        #: Token ids of the answer after the forced prefix; the end token follows them.
+        script: list[int]
+
+        def _greedy(self, rows, logits):
+            super()._greedy(rows, logits)  # the real argmax, so the work is the engine's
+            # One request at a time: picks[p] follows the answer's first len(generated) + p ids.
+            assert len(rows) == 1, "the script is one request's"
+            done = len(rows[0].generated)
+            picks = [self.script[i] if i < len(self.script) else self.stop_ids[0]
+                     for i in range(done, done + logits.shape[1])]
+            return torch.tensor([picks], dtype=torch.long)
+
+    old = engine.decoder
+    dec = ScriptedDecoder(old.llm, stop_ids=old.stop_ids, dtype=old.dtype, device=old.device)
+    dec.script = []
+    return dec
+
+
+def run_mode(engine, segs, mode: str, interval_s: float, window_s: float, draft: bool | None = None,
+             revise: int = 0) -> dict:
+    """One emission rule over every segment. draft None: forced lengths, random tokens, one end
+    token added per request (the first bench); True/False: the scripted decoder with or without
+    the engine's drafts."""
+    from asr_worker.engine.base import DecodeOptions, DecodeRequest, DecodeWork, SegmentRef
 
     engine.work = DecodeWork()
+    scripted = draft is not None
+    real_decoder = engine.decoder
+    # Random tokens at forced lengths would make drafts accept whatever the random weights
+    # happen to repeat, so the first bench runs without drafts.
+    engine.use_drafts = bool(draft)
+    if scripted:
+        engine.decoder = scripted_decoder(engine)
+        engine.forced_tokens_per_second = None
     speech_s = 0.0
     transcript_tokens = 0
-    for _name, audio, reference in segs:
+
+    def decode(req: DecodeRequest, answer: str) -> None:
+        if scripted:
+            engine.decoder.script = engine.tokenizer.encode(answer[len(req.prefix):]) if answer else []
+        engine.decode_batch([req])
+        if scripted:
+            assert engine.last_generated[0] == engine.decoder.script
+
+    for s, (_name, audio, reference) in enumerate(segs):
         total_s = audio.size / 16_000
         speech_s += total_s
         text = spelled(reference)
         n_ref = len(text)
         assert len(engine.tokenizer.encode(text)) == n_ref, "one token per letter"
         transcript_tokens += n_ref + 1  # + the end token
-        engine.forced_tokens_per_second = n_ref / total_s
+        if not scripted:
+            engine.forced_tokens_per_second = n_ref / total_s
         hyps: list[str] = []
         emitted = ""
         k = 1
@@ -146,24 +210,36 @@ def run_mode(engine, segs, mode: str, interval_s: float, window_s: float) -> dic
             end = k * interval_s
             start = max(0.0, end - window_s)
             prefix = "" if mode == "before" else emitted
-            req = DecodeRequest(audio[int(start * 16_000) : int(end * 16_000)], DecodeOptions(), "partial",
-                                prefix=prefix)
-            engine.decode_batch([req])
-            hyps.append(hypothesis(text, end, total_s))
+            first = int(start * 16_000)
+            req = DecodeRequest(audio[first : int(end * 16_000)], DecodeOptions(), "partial",
+                                prefix=prefix, segment=SegmentRef(("bench", s), 0, first))
+            hyp = hypothesis(text, end, total_s)
+            if revise and len(hyp) > len(prefix):
+                # The last `revise` characters are wrong (a letter the reference spells differently).
+                keep = max(len(prefix), len(hyp) - revise)
+                hyp = hyp[:keep] + "".join(chr(ord("a") + (ord(c) - ord("a") + 13) % 26) for c in hyp[keep:])
+            decode(req, hyp)
+            hyps.append(hyp)
             if mode == "last":
                 emitted = hyps[-1]
             elif len(hyps) >= 2:
                 agreed = common_prefix(hyps[-2], hyps[-1])
                 emitted = agreed if len(agreed) > len(emitted) else emitted
             k += 1
-        engine.decode_batch([DecodeRequest(audio, DecodeOptions(), "final")])
+        decode(DecodeRequest(audio, DecodeOptions(), "final", segment=SegmentRef(("bench", s), 0, 0)), text)
+    engine.decoder = real_decoder
+    engine.use_drafts = True
     w = engine.work
-    ends = {kind: n for kind, n in w.requests.items()}  # one end token per request
+    # One end token per request where lengths are forced (the scripted decoder generates it).
+    ends = {kind: 0 if scripted else n for kind, n in w.requests.items()}
     gen = sum(w.generated_tokens.values()) + sum(ends.values())
     pre = sum(w.prefilled_tokens.values())
     rate = transcript_tokens / speech_s
+    proposed, accepted = sum(w.draft_proposed.values()), sum(w.draft_accepted.values())
     return {
         "mode": mode,
+        "draft": {None: "forced", True: "on", False: "off"}[draft],
+        "revise": revise,
         "speech_s": round(speech_s, 2),
         "transcript_tokens_per_s": round(rate, 2),
         "generated_per_s": round(gen / speech_s, 2),
@@ -175,6 +251,9 @@ def run_mode(engine, segs, mode: str, interval_s: float, window_s: float) -> dic
         ),
         "generated_ratio": round(gen / speech_s / rate, 2),
         "prefilled_per_s": round(pre / speech_s, 1),
+        "draft_proposed_per_s": round(proposed / speech_s, 2),
+        "draft_accepted_per_s": round(accepted / speech_s, 2),
+        "draft_acceptance": round(accepted / proposed, 3) if proposed else None,
         "encoder_s_per_s": round(sum(w.audio_seconds.values()) / speech_s, 2),
         "requests": dict(w.requests),
     }
@@ -353,19 +432,22 @@ def main() -> int:
             tmp.cleanup()
         return 0
     segs = segments()[: a.segments or None]
+    drafts = {"on": [True], "off": [False], "both": [False, True], "forced": [None]}[a.draft]
     rows = [
-        run_mode(engine, segs, m, a.partial_interval_ms / 1000, a.window_ms / 1000)
+        run_mode(engine, segs, m, a.partial_interval_ms / 1000, a.window_ms / 1000, d, a.revise)
         for m in a.modes.split(",")
+        for d in drafts
     ]
     print(f"{len(segs)} segments, {rows[0]['speech_s']} s of speech, partial every "
-          f"{a.partial_interval_ms} ms, transcript {rows[0]['transcript_tokens_per_s']} tokens/s")
-    print("| prefix | generated tok/s (partials + finals) | ratio to transcript | "
-          "prefilled tok/s | encoder s/s |")
-    print("|---|---|---|---|---|")
+          f"{a.partial_interval_ms} ms, transcript {rows[0]['transcript_tokens_per_s']} tokens/s, "
+          f"{a.revise} revised characters per partial")
+    print("| prefix | drafts | generated tok/s (partials + finals) | ratio to transcript | "
+          "prefilled tok/s | draft accepted / proposed tok/s | encoder s/s |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['mode']} | {r['generated_per_s']} ({r['generated_partial_per_s']} + "
+        print(f"| {r['mode']} | {r['draft']} | {r['generated_per_s']} ({r['generated_partial_per_s']} + "
               f"{r['generated_final_per_s']}) | {r['generated_ratio']} | {r['prefilled_per_s']} | "
-              f"{r['encoder_s_per_s']} |")
+              f"{r['draft_accepted_per_s']} / {r['draft_proposed_per_s']} | {r['encoder_s_per_s']} |")
     latency = []
     if a.latency:
         import asyncio

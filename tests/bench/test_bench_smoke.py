@@ -120,10 +120,11 @@ def test_vad_cost_smoke(tmp_path: Path) -> None:
 
 
 def test_decoder_work_smoke(tmp_path: Path) -> None:
-    """bench/decoder_work.py counts real engine work: forced prefixes cut generated tokens."""
+    """bench/decoder_work.py counts real engine work: forced prefixes and drafts cut generated tokens."""
     out = tmp_path / "decoder.json"
     r = subprocess.run(
-        [_python(), "bench/decoder_work.py", "--segments", "1", "--modes", "before,lcp2", "--latency",
+        [_python(), "bench/decoder_work.py", "--segments", "1", "--modes", "before,lcp2", "--draft", "both",
+         "--latency",
          "--latency-requests", "8", "--arrival-ms", "5", "--repeats", "1",
          "--model-dir", str(tmp_path / "tiny-model"), "--json", str(out)],
         cwd=REPO,
@@ -133,11 +134,18 @@ def test_decoder_work_smoke(tmp_path: Path) -> None:
     )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     data = json.loads(out.read_text())
-    before, after = data["rows"]
-    assert before["mode"] == "before" and after["mode"] == "lcp2"
-    # Token counts are exact (forced lengths), so this holds on any machine.
+    before, before_drafted, after, after_drafted = data["rows"]
+    assert [(x["mode"], x["draft"]) for x in data["rows"]] == [
+        ("before", "off"), ("before", "on"), ("lcp2", "off"), ("lcp2", "on")]
+    # Token counts are exact (scripted answers), so this holds on any machine.
     assert after["generated_partial_per_s"] < before["generated_partial_per_s"]
     assert after["generated_final_per_s"] == before["generated_final_per_s"]
+    for off, on in ((before, before_drafted), (after, after_drafted)):
+        # The modelled hypotheses only grow, so the engine accepts every draft token...
+        assert on["draft_acceptance"] == 1.0 and off["draft_proposed_per_s"] == 0
+        # ...and a final generates only what its segment's last partial had not.
+        assert on["generated_final_per_s"] < off["generated_final_per_s"]
+        assert on["generated_ratio"] < off["generated_ratio"]
     assert [x["mode"] for x in data["latency"]] == ["whole-batch", "iteration"]
     assert "| lcp2 |" in r.stdout
 
