@@ -27,7 +27,7 @@ DONE_TIMEOUT_S = 120
 
 def _engine_child(model_dir: str, done, stop) -> None:
     """An "engine" process: the Scheduler drives the tiny Fun-ASR-Nano through metered_engine."""
-    from asr_worker.engine.base import DecodeOptions, DecodeRequest
+    from asr_worker.engine.base import DecodeOptions, DecodeRequest, SegmentRef
     from asr_worker.metrics import WorkerMetrics, metered_engine
     from asr_worker.models.loader import load_engine
     from asr_worker.scheduler import Scheduler
@@ -44,6 +44,10 @@ def _engine_child(model_dir: str, done, stop) -> None:
         tickets = [sched.submit(DecodeRequest(audio, DecodeOptions(), kind=k), stream_key=i)
                    for i, k in enumerate(["final", "partial", "final"])]
         await asyncio.gather(*(t.future for t in tickets))
+        # A partial and then the final of one segment: the final is drafted from the partial.
+        for kind in ("partial", "final"):
+            req = DecodeRequest(audio, DecodeOptions(), kind=kind, segment=SegmentRef(9, 0))
+            await sched.submit(req, stream_key=9).future
         metrics.sample(streams=3, queued=sched.queue_length, running=0, engine=engine, device="cpu")
         await sched.stop()
 
@@ -153,6 +157,8 @@ def test_one_scrape_carries_every_processes_values_and_drops_a_dead_ones_gauges(
         # The engine's own decoder counters, caught up by sample().
         assert _value(m, "asr_worker_decoder_generated_tokens_total", kind="final") > 0
         assert _value(m, "asr_worker_decoder_prefilled_tokens_total", kind="partial") > 0
+        assert _value(m, "asr_worker_decoder_draft_proposed_tokens_total", kind="final") > 0
+        assert _value(m, "asr_worker_decoder_draft_accepted_tokens_total", kind="final") > 0
         # CPU engine: no CUDA memory series.
         assert not [s for s in m.get("asr_worker_gpu_memory_bytes", []) if s.value]
 

@@ -144,8 +144,18 @@ class WorkerMetrics:
         )
         self.prefilled_tokens = Counter(
             "asr_worker_decoder_prefilled_tokens",
-            "Decoder tokens prefilled (prompt, audio frames, forced prefix), by request kind", ["kind"],
-            registry=None,
+            "Decoder tokens prefilled (prompt, audio frames, forced prefix, draft), by request kind",
+            ["kind"], registry=None,
+        )
+        self.draft_proposed = Counter(
+            "asr_worker_decoder_draft_proposed_tokens",
+            "Draft tokens (the segment's previous answer) prefilled for verification, by request kind",
+            ["kind"], registry=None,
+        )
+        self.draft_accepted = Counter(
+            "asr_worker_decoder_draft_accepted_tokens",
+            "Draft tokens the decoder accepted (answer tokens that cost no decoder step), by request kind",
+            ["kind"], registry=None,
         )
         self.gpu_memory = Gauge(
             "asr_worker_gpu_memory_bytes",
@@ -190,6 +200,8 @@ class WorkerMetrics:
         if work is not None:
             self._catch_up(self.generated_tokens, "generated", getattr(work, "generated_tokens", {}))
             self._catch_up(self.prefilled_tokens, "prefilled", getattr(work, "prefilled_tokens", {}))
+            self._catch_up(self.draft_proposed, "draft_proposed", getattr(work, "draft_proposed", {}))
+            self._catch_up(self.draft_accepted, "draft_accepted", getattr(work, "draft_accepted", {}))
         if device is not None and device.startswith("cuda"):
             import torch
 
