@@ -28,6 +28,7 @@ async def test_two_pass_stream_on_the_tiny_model(silero, tiny_engine, shared_aud
         responses = await collect(stub.StreamingRecognize(iter(
             requests_for(pcm.tobytes(), config=cfg, chunk_bytes=16_000))))
         report = w.service.load_report()
+    work = tiny_engine.work
     kinds = [r.WhichOneof("streaming_response") for r in responses]
     assert "error" not in kinds
     finals = [r.final for r in responses if r.HasField("final")]
@@ -35,3 +36,8 @@ async def test_two_pass_stream_on_the_tiny_model(silero, tiny_engine, shared_aud
     assert finals[0].reason == asr_pb2.ENDPOINT_REASON_END_OF_INPUT
     assert kinds[-1] == "end_of_input"
     assert report.engine == "funasr-nano" and report.recent_rtf > 0
+    # The session's requests name their segment, so the engine drafted the final from the
+    # segment's last partial answer (engine/drafts.py) and dropped it with the final.
+    assert work.requests.get("partial", 0) > 0
+    assert work.draft_proposed.get("final", 0) > 0
+    assert len(tiny_engine.answers) == 0
