@@ -3,11 +3,12 @@
 No real weights can run here, so accuracy is proven by construction: for several clips of
 real speech, with hotwords, each language, itn on and off, the engine's final text must be
 exactly what `funasr.AutoModel(model=DIR).generate(...)` (FunASRNano's own inference path,
-greedy) returns for the same audio and options — decoded alone, batched, and joined to a
-batch that is already decoding (iteration-level batching). The socket layer is blocked
+greedy) returns for the same audio and options — decoded alone, batched, joined to a
+batch that is already decoding (iteration-level batching), and verified against a draft
+(the segment's previous partial answer) instead of decoded token by token. The socket layer is blocked
 for the whole module.
 
-The tiny model's decoder is re-drawn "sharp" for this module (RMSNorm gains near 1 as in a
+The tiny model's decoder is re-drawn "sharp" (conftest's `sharp_model_dir`) (RMSNorm gains near 1 as in a
 trained model, larger projections): with the builder's near-zero norm gains the decoder
 only repeats its last token, and a broken position, mask or cache would go unnoticed.
 With these weights every token depends on the whole context, so any difference in
@@ -22,7 +23,7 @@ import numpy as np
 import pytest
 import torch
 
-from asr_worker.engine.base import DecodeOptions, DecodeRequest
+from asr_worker.engine.base import DecodeOptions, DecodeRequest, SegmentRef
 
 torch.set_num_threads(2)
 pytestmark = pytest.mark.timeout(300)
@@ -157,6 +158,29 @@ def test_finals_joining_a_running_batch_equal_funasr(engine, cases, reference):
     while engine.active:
         done.update((h, r.text) for h, r in engine.step())
     assert [done[h] for h in first + later] == reference
+
+
+def test_finals_drafted_from_their_segments_partial_equal_funasr(engine, cases, reference, reference_ids):
+    """Each final is verified against its segment's last partial answer (engine/drafts.py)
+    instead of decoded token by token; its tokens must still be FunASR's."""
+    from dataclasses import replace
+
+    segments = [SegmentRef(("parity", i), 0) for i in range(len(cases))]
+    # Partials over the whole clip (the draft is the whole answer) and over its first two
+    # thirds (the answer differs from some token on), in one batch.
+    engine.decode_batch([
+        DecodeRequest(req.audio if i % 2 else req.audio[: req.audio.size * 2 // 3], req.options, "partial",
+                      segment=seg)
+        for i, ((req, _), seg) in enumerate(zip(cases, segments, strict=True))
+    ])
+    work = engine.work
+    proposed, accepted = work.draft_proposed.get("final", 0), work.draft_accepted.get("final", 0)
+    finals = [replace(req, segment=seg) for (req, _), seg in zip(cases, segments, strict=True)]
+    got = engine.decode_batch(finals)
+    assert [r.text for r in got] == reference
+    assert engine.last_generated == reference_ids
+    assert work.draft_proposed["final"] - proposed >= sum(len(ids) for ids in reference_ids[1::2])
+    assert work.draft_accepted["final"] > accepted
 
 
 def test_partial_with_prefix_keeps_it_and_generates_only_the_tail(engine, cases, reference):
