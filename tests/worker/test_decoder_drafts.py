@@ -237,12 +237,19 @@ def test_forgotten_segments_and_other_windows_get_no_draft(engine, shared_audio)
         before = _counts(engine, "final")
         engine.decode_batch([_req(audio, "final", stream)])
         assert _counts(engine, "final") == before
-    # A window that starts elsewhere in the segment is not drafted from another window's answer.
+    # A window that starts elsewhere in the segment is not drafted from another window's answer,
+    # but the final (from the segment's start) is, from the last answer that started there too.
     engine.decode_batch([_req(audio[:32_000], "partial", "f")])
+    start_answer = list(engine.last_generated[0])
     before = _counts(engine, "partial")
     engine.decode_batch([_req(audio[3_200:40_000], "partial", "f", offset=3_200)])
+    engine.decode_batch([_req(audio[6_400:44_800], "partial", "f", offset=6_400)])
     assert _counts(engine, "partial") == before
-    engine.forget_stream("f")
+    final = _req(audio, "final", "f")
+    want = _without_drafts(engine, [_req(audio, "final", "f-alone")])[0]
+    before = _counts(engine, "final")
+    assert engine.decode_batch([final])[0].text == want
+    assert _counts(engine, "final")[0] - before[0] == len(start_answer)
     assert len(engine.answers) == 0
 
 
@@ -265,6 +272,13 @@ def test_the_draft_is_the_last_answer_beyond_the_forced_prefix():
     assert answers.draft(("s", 0), 0, [9], "x", encode) == []  # the answer disagrees
     assert answers.draft(("s", 0), 160, [], "", encode) == []  # another window
     assert answers.draft(("s", 1), 0, [], "", encode) == []  # another segment
+    # A window's answer drafts only that window; the segment's start keeps its own.
+    answers.remember(("s", 0), Answer(320, (7, 8), "gh"))
+    assert answers.draft(("s", 0), 320, [], "", encode) == [7, 8]
+    assert answers.draft(("s", 0), 0, [1], "a", encode) == [2, 3, 4]
+    answers.remember(("s", 0), Answer(640, (9,), "i"))
+    assert answers.draft(("s", 0), 320, [], "", encode) == []
+    assert answers.draft(("s", 0), 0, [], "", encode) == [1, 2, 3, 4]
     answers.remember(("t", 0), Answer(0, (5,), "e"))
     answers.remember(("u", 0), Answer(0, (6,), "f"))  # bounded: the least recently used goes
     assert answers.draft(("s", 0), 0, [], "", encode) == []

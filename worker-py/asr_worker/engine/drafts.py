@@ -9,7 +9,10 @@ A draft is only a guess: a wrong one costs prefill columns, never a different ou
 
 A draft is offered only to a request over the same audio start (`offset`) as the answer it
 comes from (windowed partials of long segments move their start, so an answer of another
-window is no guess for them), and only the part after the request's forced prefix:
+window is no guess for them). Besides the newest answer, the newest answer from the
+segment's start is kept, so a final after windowed partials is drafted from the last
+partial that covered the segment from its start. Only the part after the request's forced
+prefix is offered:
 
 - token level: the answer's ids start with the ids the request forces (a partial forcing
   the agreed text that an earlier answer produced): the draft is the ids after them;
@@ -53,7 +56,11 @@ class SegmentAnswers:
 
     def __init__(self, *, max_segments: int = DEFAULT_MAX_SEGMENTS) -> None:
         self.max_segments = max(0, int(max_segments))
-        self._entries: collections.OrderedDict[tuple[Hashable, int], Answer] = collections.OrderedDict()
+        # Per segment: the newest answer, and the newest one from the segment's start when
+        # the newest is a window's.
+        self._entries: collections.OrderedDict[tuple[Hashable, int], tuple[Answer, Answer | None]] = (
+            collections.OrderedDict()
+        )
         # (stream, segment or None) notices from any thread; deque appends/pops are atomic.
         self._forget: collections.deque[tuple[Hashable, int | None]] = collections.deque()
 
@@ -78,7 +85,11 @@ class SegmentAnswers:
         self._apply_forgets()
         if self.max_segments == 0:
             return
-        self._entries[key] = answer
+        previous = self._entries.get(key)
+        start = None
+        if answer.offset != 0 and previous is not None:
+            start = previous[0] if previous[0].offset == 0 else previous[1]
+        self._entries[key] = (answer, start)
         self._entries.move_to_end(key)
         while len(self._entries) > self.max_segments:
             self._entries.popitem(last=False)
@@ -99,8 +110,11 @@ class SegmentAnswers:
         """Token ids the request over `offset` probably generates after its forced prefix
         (`forced_ids`, spelled `forced_text`), from the segment's last answer; [] if none."""
         self._apply_forgets()
-        last = self._entries.get(key)
-        if last is None or last.offset != offset:
+        entry = self._entries.get(key)
+        last = None
+        if entry is not None:
+            last = next((a for a in entry if a is not None and a.offset == offset), None)
+        if last is None:
             return []
         self._entries.move_to_end(key)
         n = len(forced_ids)
