@@ -13,8 +13,12 @@ fake`: the process tree of supervisor + engine + fronts, default front count unl
     worker-py/.venv/bin/python bench/front_capacity.py --streams 100,200
     worker-py/.venv/bin/python bench/front_capacity.py --streams 100 --together   # all at once
     worker-py/.venv/bin/python bench/front_capacity.py --streams 100 --profile-s 20 # + py-spy
+    worker-py/.venv/bin/python bench/front_capacity.py --streams 100 --together --frame-ms 120
 
-`--together` starts every stream within one 60 ms frame and plays the same file in all of
+`--frame-ms` sets the audio per gRPC message (same recordings, same real-time pacing), so
+60 vs 120 ms says how much of the cost is paid per message rather than per second of audio.
+
+`--together` starts every stream within one frame period and plays the same file in all of
 them, so all streams are live for their whole length (no staggered ends flatter the figure).
 `--profile-s S` records a py-spy profile of every worker process for S seconds of the run
 (collapsed stacks, `py-spy record -f raw`, in --out). The fake engine costs `--fake-base-ms + n x
@@ -118,14 +122,16 @@ def run_one(args: argparse.Namespace, streams: int, out_dir: Path) -> dict:
     w = Worker(args, streams)
     try:
         w.wait_serving()
-        load_json = out_dir / f"load-{streams}{'-together' if args.together else ''}.json"
+        load_json = out_dir / (
+            f"load-{streams}{'-together' if args.together else ''}-{args.frame_ms}ms.json"
+        )
         # Together: the 22.7 s three-utterance recording, twice, in every stream (6 segments).
         files = args.files or ("synth/three_utterances.wav" if args.together else "")
         loops = args.loops or (2 if args.together else 1)
         cmd = ["npm", "run", "-s", "bench:load", "--", "--target", f"grpc://{w.address}",
                "--streams", str(streams), "--loops", str(loops), "--json", str(load_json),
-               "--ramp-ms", str(60 if args.together else args.ramp_ms),
-               "--max-seconds", str(args.max_seconds)]
+               "--ramp-ms", str(args.frame_ms if args.together else args.ramp_ms),
+               "--max-seconds", str(args.max_seconds), "--frame-ms", str(args.frame_ms)]
         if files:
             cmd += ["--files", files]
         profilers = []
@@ -161,6 +167,7 @@ def run_one(args: argparse.Namespace, streams: int, out_dir: Path) -> dict:
     return {
         "streams": streams,
         "together": args.together,
+        "frame_ms": args.frame_ms,
         "processes": len(w.pids),
         "audio_s": s["audioSeconds"],
         "wall_s": wall,
@@ -187,6 +194,7 @@ def main() -> int:
     p.add_argument("--files", default="", help="load-client --files (default: its five recordings)")
     p.add_argument("--loops", type=int, default=0, help="default 1 (2 with --together)")
     p.add_argument("--ramp-ms", type=int, default=3000)
+    p.add_argument("--frame-ms", type=int, default=60, help="audio per gRPC message (load-client)")
     p.add_argument("--max-seconds", type=int, default=300)
     p.add_argument("--fake-base-ms", type=float, default=5.0)
     p.add_argument("--fake-per-item-ms", type=float, default=0.1)

@@ -22,8 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "worker-py"))
 
-FRAME_S = 0.06
-FRAME = b"\x01\x02" * 960  # 60 ms of 16 kHz PCM16
+#: Ways the servicer can read its request stream (`--read`).
+READS = ("iterator", "context")
 
 
 def _cpu() -> float:
@@ -31,7 +31,7 @@ def _cpu() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
-def _server(ports: mp.Queue, done: mp.Queue) -> None:
+def _server(ports: mp.Queue, done: mp.Queue, read: str) -> None:
     import grpc
 
     from asr.v1 import asr_pb2_grpc
@@ -41,8 +41,13 @@ def _server(ports: mp.Queue, done: mp.Queue) -> None:
             self.messages = 0
 
         async def StreamingRecognize(self, request_iterator, context):  # noqa: N802
-            async for _ in request_iterator:
-                self.messages += 1
+            if read == "context":
+                # The servicer context's own read(): no async generator per message.
+                while await context.read() is not grpc.aio.EOF:
+                    self.messages += 1
+            else:
+                async for _ in request_iterator:
+                    self.messages += 1
             return
             yield  # a response stream with no responses
 
@@ -61,7 +66,7 @@ def _server(ports: mp.Queue, done: mp.Queue) -> None:
     asyncio.run(main())
 
 
-async def _clients(port: int, streams: int, seconds: float) -> None:
+async def _clients(port: int, streams: int, seconds: float, frame_s: float) -> None:
     import grpc
 
     from asr.v1 import asr_pb2, asr_pb2_grpc
@@ -70,7 +75,8 @@ async def _clients(port: int, streams: int, seconds: float) -> None:
         stub = asr_pb2_grpc.AsrStub(channel)
 
         async def one(i: int) -> None:
-            await asyncio.sleep(i * FRAME_S / streams)  # spread the sends over the frame period
+            await asyncio.sleep(i * frame_s / streams)  # spread the sends over the frame period
+            frame = b"\x01\x02" * round(16_000 * frame_s)  # 16 kHz PCM16
 
             async def requests():
                 yield asr_pb2.StreamingRecognizeRequest(
@@ -78,10 +84,10 @@ async def _clients(port: int, streams: int, seconds: float) -> None:
                 )
                 t0 = time.monotonic()
                 k = 0
-                while (k + 1) * FRAME_S <= seconds:
-                    yield asr_pb2.StreamingRecognizeRequest(audio=asr_pb2.AudioChunk(pcm16le=FRAME))
+                while (k + 1) * frame_s <= seconds:
+                    yield asr_pb2.StreamingRecognizeRequest(audio=asr_pb2.AudioChunk(pcm16le=frame))
                     k += 1
-                    await asyncio.sleep(max(0.0, t0 + k * FRAME_S - time.monotonic()))
+                    await asyncio.sleep(max(0.0, t0 + k * frame_s - time.monotonic()))
 
             async for _ in stub.StreamingRecognize(requests()):
                 pass
@@ -89,15 +95,17 @@ async def _clients(port: int, streams: int, seconds: float) -> None:
         await asyncio.gather(*(one(i) for i in range(streams)))
 
 
-def run(streams: int, seconds: float) -> dict[str, float]:
+def run(
+    streams: int, seconds: float, *, read: str = "iterator", frame_ms: int = 60
+) -> dict[str, float | str]:
     """One measurement: server CPU for `streams` paced streams of `seconds`."""
     ctx = mp.get_context("spawn")
     ports, done = ctx.Queue(), ctx.Queue()
-    proc = ctx.Process(target=_server, args=(ports, done))
+    proc = ctx.Process(target=_server, args=(ports, done, read))
     proc.start()
     try:
         port = ports.get(timeout=60)
-        asyncio.run(_clients(port, streams, seconds))
+        asyncio.run(_clients(port, streams, seconds, frame_ms / 1000.0))
         done.put(True)
         cpu, messages = ports.get(timeout=60)
     finally:
@@ -105,6 +113,8 @@ def run(streams: int, seconds: float) -> dict[str, float]:
         if proc.is_alive():
             proc.kill()
     return {
+        "read": read,
+        "frame_ms": frame_ms,
         "streams": streams,
         "messages": messages,
         "server_cpu_s": round(cpu, 3),
@@ -117,12 +127,23 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--streams", default="50,100", help="comma-separated stream counts")
     p.add_argument("--seconds", type=float, default=15.0, help="length of each stream")
+    p.add_argument("--read", default="iterator",
+                   help=f"comma-separated ways to read the request stream: {', '.join(READS)}")
+    p.add_argument("--frame-ms", default="60", help="comma-separated audio per message, ms")
+    p.add_argument("--repeats", type=int, default=1, help="alternate the cells this many times")
     args = p.parse_args()
-    print("streams  messages  server CPU s  µs/message  ms per stream-second")
-    for n in [int(x) for x in args.streams.split(",") if x.strip()]:
-        r = run(n, args.seconds)
-        print(f"{r['streams']:7d}  {r['messages']:8d}  {r['server_cpu_s']:12.2f}  "
-              f"{r['us_per_message']:10.1f}  {r['ms_per_stream_second']:20.2f}")
+    reads = [r for r in args.read.split(",") if r]
+    if any(r not in READS for r in reads):
+        p.error(f"--read takes {', '.join(READS)}")
+    print("read      frame ms  streams  messages  server CPU s  µs/message  ms per stream-second")
+    for _ in range(args.repeats):
+        for n in [int(x) for x in args.streams.split(",") if x.strip()]:
+            for frame_ms in [int(x) for x in args.frame_ms.split(",") if x.strip()]:
+                for read in reads:
+                    r = run(n, args.seconds, read=read, frame_ms=frame_ms)
+                    print(f"{read:9s} {frame_ms:8d}  {r['streams']:7d}  {r['messages']:8d}  "
+                          f"{r['server_cpu_s']:12.2f}  {r['us_per_message']:10.1f}  "
+                          f"{r['ms_per_stream_second']:20.2f}", flush=True)
     return 0
 
 

@@ -27,3 +27,11 @@ def test_read_floor_counts_config_and_every_paced_frame():
     # One config + 20 frames of 60 ms per stream.
     assert r["messages"] == 3 * 21
     assert r["server_cpu_s"] > 0 and r["ms_per_stream_second"] > 0
+
+
+def test_read_floor_reads_through_the_context_and_paces_larger_frames():
+    bench = _load()
+    r = bench.run(streams=2, seconds=1.2, read="context", frame_ms=120)
+    # One config + 10 frames of 120 ms per stream, read with context.read().
+    assert r["messages"] == 2 * 11
+    assert r["read"] == "context" and r["frame_ms"] == 120
