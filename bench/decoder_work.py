@@ -184,6 +184,7 @@ def run_mode(engine, segs, mode: str, interval_s: float, window_s: float, draft:
     if scripted:
         engine.decoder = scripted_decoder(engine)
         engine.forced_tokens_per_second = None
+    forwards = engine.decoder.forward_calls
     speech_s = 0.0
     transcript_tokens = 0
 
@@ -227,6 +228,7 @@ def run_mode(engine, segs, mode: str, interval_s: float, window_s: float, draft:
                 emitted = agreed if len(agreed) > len(emitted) else emitted
             k += 1
         decode(DecodeRequest(audio, DecodeOptions(), "final", segment=SegmentRef(("bench", s), 0, 0)), text)
+    forwards = engine.decoder.forward_calls - forwards
     engine.decoder = real_decoder
     engine.use_drafts = True
     w = engine.work
@@ -255,6 +257,9 @@ def run_mode(engine, segs, mode: str, interval_s: float, window_s: float, draft:
         "draft_accepted_per_s": round(accepted / speech_s, 2),
         "draft_acceptance": round(accepted / proposed, 3) if proposed else None,
         "encoder_s_per_s": round(sum(w.audio_seconds.values()) / speech_s, 2),
+        # Sequential decoder forwards (prefills and steps): one request at a time here, so
+        # each is one forward of one row.
+        "forwards_per_s": round(forwards / speech_s, 2),
         "requests": dict(w.requests),
     }
 
@@ -442,12 +447,13 @@ def main() -> int:
           f"{a.partial_interval_ms} ms, transcript {rows[0]['transcript_tokens_per_s']} tokens/s, "
           f"{a.revise} revised characters per partial")
     print("| prefix | drafts | generated tok/s (partials + finals) | ratio to transcript | "
-          "prefilled tok/s | draft accepted / proposed tok/s | encoder s/s |")
-    print("|---|---|---|---|---|---|---|")
+          "prefilled tok/s | draft accepted / proposed tok/s | decoder forwards/s | encoder s/s |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['mode']} | {r['draft']} | {r['generated_per_s']} ({r['generated_partial_per_s']} + "
               f"{r['generated_final_per_s']}) | {r['generated_ratio']} | {r['prefilled_per_s']} | "
-              f"{r['draft_accepted_per_s']} / {r['draft_proposed_per_s']} | {r['encoder_s_per_s']} |")
+              f"{r['draft_accepted_per_s']} / {r['draft_proposed_per_s']} | {r['forwards_per_s']} | "
+              f"{r['encoder_s_per_s']} |")
     latency = []
     if a.latency:
         import asyncio
