@@ -13,6 +13,9 @@
 
 Both exit at once when their parent (the supervisor) dies, so no orphan keeps the port.
 Started with the multiprocessing "spawn" method: fresh interpreters, no state inherited.
+Both run their event loop on uvloop (`run_loop`): the loop's own work (selector, handles,
+callbacks) is paid per gRPC message and per ZeroMQ message, and uvloop's C loop cut the worker's
+CPU per stream-second by ~6 % in bench/front_capacity.py (docs/benchmarks.md, "Worker front path").
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import multiprocessing
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -50,6 +53,14 @@ ENGINE_SUSPECT_S = 2.0
 ENGINE_STALL_S = 30.0
 
 
+def run_loop(main: Coroutine[Any, Any, int]) -> int:
+    """Run a child's main coroutine to completion on a uvloop event loop (see module docstring)."""
+    import uvloop
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main)
+
+
 def _exit_with_parent(loop: asyncio.AbstractEventLoop) -> None:
     parent = multiprocessing.parent_process()
     if parent is not None:
@@ -69,7 +80,7 @@ def engine_main(
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        code = asyncio.run(_engine(args, address, load_engine, loaded_out))
+        code = run_loop(_engine(args, address, load_engine, loaded_out))
     except StartupError as exc:
         print(f"asr_worker: error: {exc}", file=sys.stderr, flush=True)
         code = EXIT_STARTUP
@@ -147,7 +158,7 @@ def front_main(
     """Run front `index` on `listen` until drained; its bound port is sent on `port_out`."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        code = asyncio.run(_front(args, index, address, listen, port_out))
+        code = run_loop(_front(args, index, address, listen, port_out))
     except StartupError as exc:
         print(f"asr_worker: error: {exc}", file=sys.stderr, flush=True)
         code = EXIT_STARTUP
