@@ -44,6 +44,7 @@ from asr_worker.engine.base import (
     DecodeRequest,
     DecodeResult,
     DecodeWork,
+    SegmentRef,
     TokenTime,
 )
 from asr_worker.engine.drafts import Answer, SegmentAnswers
@@ -326,7 +327,8 @@ class FunAsrNanoEngine:
     # ------------------------------------------------------------------ Engine
 
     def warmup(self) -> None:
-        """A batched decode of two requests with different options, final and partial."""
+        """A batched decode of two requests with different options, final and partial, then a
+        partial and the final of one segment (the final verifies the partial's answer as a draft)."""
         rng = np.random.default_rng(0)
         audio = (rng.standard_normal(MODEL_SAMPLE_RATE) * 0.01).astype(np.float32)
         self.decode_batch(
@@ -335,6 +337,10 @@ class FunAsrNanoEngine:
                 DecodeRequest(audio[: MODEL_SAMPLE_RATE // 2], DecodeOptions(itn=False), "partial"),
             ]
         )
+        segment = SegmentRef(object(), 0)  # a stream key no real stream has
+        self.decode_batch([DecodeRequest(audio[: MODEL_SAMPLE_RATE // 2], DecodeOptions(), "partial",
+                                         segment=segment)])
+        self.decode_batch([DecodeRequest(audio, DecodeOptions(), "final", segment=segment)])
         self.work = DecodeWork()
         if self.device.startswith("cuda"):
             import torch
