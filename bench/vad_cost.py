@@ -5,8 +5,8 @@ Backends (the worker's own classes, `asr_worker.vad`, loaded as `serve --vad` lo
 
 - ``silero-torch``: silero-vad v6 TorchScript on torch;
 - ``silero-onnx``: the same network's ONNX file on onnxruntime (one intra-op thread);
-- ``silero``: the default, both loaded, onnxruntime for steps of fewer than 16 streams
-  and torch from 16 up (asr_worker.vad.SILERO_TORCH_FROM);
+- ``silero``: the default, both loaded, onnxruntime for steps of fewer than 12 streams
+  and torch from 12 up (asr_worker.vad.SILERO_TORCH_FROM);
 - ``fsmn``: FunASR's fsmn-vad (online fbank frontend + FSMN encoder). Without
   ``--fsmn-dir`` a random-weight directory with the released model's shapes is built
   (asr_worker.vad_tiny): the cost depends on the shapes, not on the weights.

@@ -279,10 +279,12 @@ def score_alone(vad: VadModel, stream: Any, samples: np.ndarray) -> np.ndarray:
 SILERO_RUNTIMES = ("auto", "torch", "onnx")
 #: "auto": steps of at least this many streams run on torch, smaller ones on
 #: onnxruntime. Single-threaded, onnxruntime costs about a third of torch for
-#: one stream (no TorchScript interpreter overhead) but about twice as much per
-#: stream from ~24 streams up (its convolutions); 16 is where they meet
-#: (docs/benchmarks.md, "VAD cost").
-SILERO_TORCH_FROM = 16
+#: one stream (no TorchScript interpreter overhead: ~60 vs ~290 µs per call) but
+#: about twice as much per row (~53 vs ~24 µs, its convolutions); on a quiet core
+#: they meet between 10 and 12 streams (2026-11-30, bench/vad_cost.py --batch-sizes
+#: 4,8,10,12,16,24: B=12 torch 2,043 vs onnx 2,164 µs per stream-second, B=10 2,339
+#: vs 2,127; docs/benchmarks.md, "VAD cost").
+SILERO_TORCH_FROM = 12
 #: Size of silero's recurrent state per stream (2 x 128: LSTM h and c).
 _SILERO_STATE = (2, 128)
 #: Samples of the previous window silero-vad v6 prepends to each 16 kHz window.
