@@ -145,8 +145,6 @@ def spelled(text: str) -> str:
 
 def scripted_decoder(engine):
     """The engine's decoder, picking the scripted answer instead of the argmax (bench only)."""
-    import torch
-
     from asr_worker.engine.step_decoder import StepDecoder
 
     class ScriptedDecoder(StepDecoder):
@@ -155,12 +153,12 @@ def scripted_decoder(engine):
 
         def _greedy(self, rows, logits):
             super()._greedy(rows, logits)  # the real argmax, so the work is the engine's
-            # One request at a time: picks[p] follows the answer's first len(generated) + p ids.
-            assert len(rows) == 1, "the script is one request's"
+            # rows[i] is the sequence of logits row i; a sequence's k-th row here follows
+            # its answer's first len(generated) + k ids.
+            assert len({id(r) for r in rows}) == 1, "the script is one request's"
             done = len(rows[0].generated)
-            picks = [self.script[i] if i < len(self.script) else self.stop_ids[0]
-                     for i in range(done, done + logits.shape[1])]
-            return torch.tensor([picks], dtype=torch.long)
+            return [self.script[i] if i < len(self.script) else self.stop_ids[0]
+                    for i in range(done, done + len(rows))]
 
     old = engine.decoder
     dec = ScriptedDecoder(old.llm, stop_ids=old.stop_ids, dtype=old.dtype, device=old.device)
