@@ -19,8 +19,14 @@
  *   ws-h2     the same bytes as gRPC messages on a plain node:http2 stream per
  *             connection, without grpc-js (what grpc-js's per-message
  *             machinery costs is ws-grpc minus ws-h2);
+ *   ws-grpc-direct  a grpc-js call per connection as in ws-grpc, its requests
+ *             written by the gateway's CallWriter (call-writer.ts: framed
+ *             bytes straight onto the call's HTTP/2 stream);
  *   gateway   the real gateway (gateway/src/main.ts) in front of the stub
- *             worker, for the same load (results flow back to the clients).
+ *             worker, for the same load (results flow back to the clients);
+ *   gateway-old  the same with another checkout's gateway (`--old-root DIR`,
+ *             e.g. `git archive <sha> | tar -x -C DIR` plus a node_modules
+ *             link), alternating with `gateway` for same-window pairs.
  *
  * CPU is the front process's /proc utime+stime (all its threads, kernel
  * included) over a steady window in which every stream sends, divided by the
@@ -33,7 +39,8 @@ import { parseArgs } from "node:util";
 import { credentials, Server as GrpcServer, ServerCredentials, type ServerDuplexStream } from "@grpc/grpc-js";
 import WebSocket, { WebSocketServer } from "ws";
 import { AsrService, type StreamingRecognizeRequest, type StreamingRecognizeResponse } from "../gateway/src/gen/asr/v1/asr.js";
-import { encodeAudioRequest, FastAsrClient } from "../gateway/src/wire.js";
+import { CallWriter } from "../gateway/src/call-writer.js";
+import { encodeAudioRequest, FastAsrClient, framedAudioRequest } from "../gateway/src/wire.js";
 import { snapshot } from "./lib/proc.js";
 import { pinned, spawnListening, startGateway, waitServing, type Server } from "./lib/procs.js";
 import type { RecognizeCall } from "../gateway/src/workers.js";
@@ -42,7 +49,7 @@ const { values } = parseArgs({
   options: {
     role: { type: "string", default: "main" },
     mode: { type: "string", default: "ws" },
-    modes: { type: "string", default: "ws,ws-grpc,ws-h2,gateway" },
+    modes: { type: "string", default: "ws,ws-grpc,ws-h2,ws-grpc-direct,gateway" },
     upstream: { type: "string", default: "" },
     target: { type: "string", default: "" },
     streams: { type: "string", default: "500" },
@@ -50,6 +57,7 @@ const { values } = parseArgs({
     rounds: { type: "string", default: "2" },
     "ramp-ms-per-stream": { type: "string", default: "10" },
     pin: { type: "string", default: "front=0,load=1" },
+    "old-root": { type: "string", default: "" },
   },
 });
 
@@ -79,17 +87,9 @@ function runSink(): void {
 // ---------------------------------------------------------------------------
 // front: the layer under measurement
 
-function grpcFrame(msg: Buffer): Buffer {
-  const out = Buffer.allocUnsafe(5 + msg.length);
-  out[0] = 0;
-  out.writeUInt32BE(msg.length, 1);
-  msg.copy(out, 5);
-  return out;
-}
-
 function runFront(mode: string, upstream: string): void {
   const wss = new WebSocketServer({ port: 0, host: "127.0.0.1", perMessageDeflate: false, maxPayload: 2 * 1024 * 1024 });
-  const client = mode === "ws-grpc" ? new FastAsrClient(upstream, credentials.createInsecure(), { "grpc.enable_retries": 0 }) : null;
+  const client = mode === "ws-grpc" || mode === "ws-grpc-direct" ? new FastAsrClient(upstream, credentials.createInsecure(), { "grpc.enable_retries": 0 }) : null;
   const h2 = mode === "ws-h2" ? http2.connect(`http://${upstream}`) : null;
   h2?.on("error", (e) => process.stderr.write(`h2: ${e.message}\n`));
   wss.on("connection", (ws) => {
@@ -98,13 +98,18 @@ function runFront(mode: string, upstream: string): void {
       const call = client.streamingRecognize() as RecognizeCall;
       call.on("error", () => {});
       call.on("data", () => {});
-      forward = (pcm) => void call.write(encodeAudioRequest(pcm, RATE));
+      if (mode === "ws-grpc-direct") {
+        const writer = new CallWriter(call, () => {});
+        forward = (pcm) => void writer.write(framedAudioRequest(pcm, RATE));
+      } else {
+        forward = (pcm) => void call.write(encodeAudioRequest(pcm, RATE));
+      }
       ws.on("close", () => call.cancel());
     } else if (h2 !== null) {
       const stream = h2.request({ ":method": "POST", ":path": "/asr.v1.Asr/StreamingRecognize", "content-type": "application/grpc", te: "trailers" });
       stream.on("error", () => {});
       stream.on("data", () => {});
-      forward = (pcm) => void stream.write(grpcFrame(encodeAudioRequest(pcm, RATE)));
+      forward = (pcm) => void stream.write(framedAudioRequest(pcm, RATE));
       ws.on("close", () => stream.close(http2.constants.NGHTTP2_CANCEL));
     }
     ws.on("message", (data: Buffer, isBinary: boolean) => {
@@ -223,10 +228,12 @@ async function main(): Promise<void> {
     for (const mode of order) {
       let sink: Server;
       let front: Server;
-      if (mode === "gateway") {
+      if (mode === "gateway" || mode === "gateway-old") {
         sink = await spawnListening("stub", ...pinned(pins.load, process.execPath, ["--import", "tsx", "--import", "./bench/lib/h2-window.ts", "bench/stub-worker.ts"]));
         await waitServing(sink.address, 30_000);
-        front = await startGateway(sink.address, pins.front, { MAX_SESSIONS: String(Number(values.streams) + 50) });
+        const root = mode === "gateway-old" ? values["old-root"] : undefined;
+        if (root === "") throw new Error("gateway-old needs --old-root DIR");
+        front = await startGateway(sink.address, pins.front, { MAX_SESSIONS: String(Number(values.streams) + 50) }, [], root);
       } else {
         sink = await spawnListening("sink", ...pinned(pins.load, process.execPath, ["--import", "tsx", "--import", "./bench/lib/h2-window.ts", "bench/gateway-floor.ts", "--role", "sink"]));
         front = await spawnListening("front", ...pinned(pins.front, process.execPath, ["--import", "tsx", "bench/gateway-floor.ts", "--role", "front", "--mode", mode, "--upstream", sink.address]));

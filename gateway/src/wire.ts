@@ -40,12 +40,54 @@ function writeVarint(buf: Buffer, off: number, v: number): number {
   return off;
 }
 
+/**
+ * A StreamingRecognizeRequest as one gRPC length-prefixed message: a 5-byte
+ * header (compressed flag 0, big-endian length) and the protobuf bytes, ready
+ * for an HTTP/2 stream (see call-writer.ts).
+ */
+export type FramedRequest = Buffer & { readonly __framedRequest: true };
+
+/** Bytes of the gRPC message header (flag + 32-bit length). */
+export const GRPC_HEADER_BYTES = 5;
+
 /** Encodes StreamingRecognizeRequest { audio { pcm16le: pcm, sample_rate_hz: rate } } into one exact-size Buffer. */
 export function encodeAudioRequest(pcm: Uint8Array, sampleRateHz: number): EncodedRequest {
+  return encodeAudio(pcm, sampleRateHz, 0) as EncodedRequest;
+}
+
+/** The same request as encodeAudioRequest, framed as a gRPC message in the same single Buffer (no extra copy). */
+export function framedAudioRequest(pcm: Uint8Array, sampleRateHz: number): FramedRequest {
+  const buf = encodeAudio(pcm, sampleRateHz, GRPC_HEADER_BYTES);
+  writeGrpcHeader(buf);
+  return buf as FramedRequest;
+}
+
+/** Any request through the generated encoder, framed as a gRPC message. */
+export function framedRequest(req: StreamingRecognizeRequest): FramedRequest {
+  const body = StreamingRecognizeRequest.encode(req).finish();
+  const buf = Buffer.allocUnsafe(GRPC_HEADER_BYTES + body.length);
+  buf.set(body, GRPC_HEADER_BYTES);
+  writeGrpcHeader(buf);
+  return buf as FramedRequest;
+}
+
+/** The protobuf bytes of a framed request (a view, for writers that frame themselves). */
+export function unframed(req: FramedRequest): EncodedRequest {
+  return req.subarray(GRPC_HEADER_BYTES) as EncodedRequest;
+}
+
+function writeGrpcHeader(buf: Buffer): void {
+  // Compressed flag 0: the gateway never compresses audio (PCM barely compresses).
+  buf[0] = 0;
+  buf.writeUInt32BE(buf.length - GRPC_HEADER_BYTES, 1);
+}
+
+/** The audio request's protobuf bytes after `headroom` unwritten bytes. */
+function encodeAudio(pcm: Uint8Array, sampleRateHz: number, headroom: number): Buffer {
   // proto3 leaves out fields holding their default (empty bytes, rate 0).
   const inner = (pcm.length > 0 ? 1 + varintSize(pcm.length) + pcm.length : 0) + (sampleRateHz > 0 ? 1 + varintSize(sampleRateHz) : 0);
-  const buf = Buffer.allocUnsafe(1 + varintSize(inner) + inner);
-  let off = 0;
+  const buf = Buffer.allocUnsafe(headroom + 1 + varintSize(inner) + inner);
+  let off = headroom;
   buf[off++] = TAG_REQUEST_AUDIO;
   off = writeVarint(buf, off, inner);
   if (pcm.length > 0) {
@@ -58,7 +100,7 @@ export function encodeAudioRequest(pcm: Uint8Array, sampleRateHz: number): Encod
     buf[off++] = TAG_RATE;
     writeVarint(buf, off, sampleRateHz);
   }
-  return buf as EncodedRequest;
+  return buf;
 }
 
 /** The Asr service with a request serializer that passes EncodedRequest buffers through untouched. */

@@ -28,8 +28,9 @@ import {
   type StreamingRecognizeRequest,
   type StreamingRecognizeResponse,
 } from "./gen/asr/v1/asr.js";
+import { CallWriter } from "./call-writer.js";
 import { ReplayBuffer } from "./replay.js";
-import { encodeAudioRequest, type EncodedRequest } from "./wire.js";
+import { framedAudioRequest, framedRequest, type FramedRequest } from "./wire.js";
 import type { RecognizeCall, WorkerLease, WorkerSource } from "./workers.js";
 
 /** Largest AudioChunk sent to a worker (the contract allows 4 MiB). */
@@ -116,6 +117,8 @@ export class WorkerLink extends EventEmitter<WorkerLinkEvents> {
   private readonly replay: ReplayBuffer;
   private lease: WorkerLease | null;
   private call: RecognizeCall | null = null;
+  /** Writes the current call's requests (straight onto its HTTP/2 stream, see call-writer.ts). */
+  private writer: CallWriter | null = null;
   private closed = false;
   private paused = false;
   private failovers = 0;
@@ -174,7 +177,7 @@ export class WorkerLink extends EventEmitter<WorkerLinkEvents> {
     for (let off = 0; off < pcm.length; off += MAX_CHUNK_BYTES) {
       const chunk = off === 0 && pcm.length <= MAX_CHUNK_BYTES ? pcm : pcm.subarray(off, Math.min(pcm.length, off + MAX_CHUNK_BYTES));
       this.replay.push(chunk, sampleRateHz);
-      this.write(encodeAudioRequest(chunk, sampleRateHz));
+      this.write(framedAudioRequest(chunk, sampleRateHz));
     }
   }
 
@@ -192,6 +195,8 @@ export class WorkerLink extends EventEmitter<WorkerLinkEvents> {
     this.closed = true;
     const call = this.call;
     this.call = null;
+    this.writer?.close();
+    this.writer = null;
     call?.cancel();
     this.lease?.release();
     this.removeAllListeners();
@@ -202,6 +207,9 @@ export class WorkerLink extends EventEmitter<WorkerLinkEvents> {
   private attach(lease: WorkerLease): void {
     const call = lease.open();
     this.call = call;
+    this.writer?.close();
+    const writer = new CallWriter(call, () => this.resumeInput());
+    this.writer = writer;
     // A paused read belongs to the old call, whose drain will never come.
     this.resumeInput();
     call.on("data", (r: StreamingRecognizeResponse) => {
@@ -211,6 +219,7 @@ export class WorkerLink extends EventEmitter<WorkerLinkEvents> {
       // The status event handles every ending; this keeps grpc-js from throwing.
     });
     call.on("status", (s: StatusObject) => {
+      writer.close();
       if (this.call !== call) return;
       this.call = null;
       this.onCallEnded(s);
@@ -224,19 +233,18 @@ export class WorkerLink extends EventEmitter<WorkerLinkEvents> {
     this.sentConfigKey = key;
     const value = this.resumeNext !== null ? { ...config, resume: this.resumeNext } : config;
     this.resumeNext = null;
-    this.write({ streamingRequest: { $case: "config", value } });
+    this.write(framedRequest({ streamingRequest: { $case: "config", value } }));
   }
 
-  private write(req: StreamingRecognizeRequest | EncodedRequest): void {
-    const call = this.call;
-    if (call === null || this.closed) return;
-    if (!call.write(req) && !this.paused) {
+  private write(req: FramedRequest): void {
+    const writer = this.writer;
+    if (this.call === null || writer === null || this.closed) return;
+    if (!writer.write(req) && !this.paused) {
       // The worker (or the network to it) is slower than the client sends, e.g. a
       // C++ client streaming a file at full speed: stop reading the WebSocket
-      // until the call drains instead of buffering without bound.
+      // until the call drains (the writer's onDrain) instead of buffering without bound.
       this.paused = true;
       this.d.input.pause();
-      call.once("drain", () => this.resumeInput());
     }
   }
 
@@ -340,7 +348,7 @@ export class WorkerLink extends EventEmitter<WorkerLinkEvents> {
       this.writeConfig(r.config);
       for (const c of chunks) {
         if (c.startMs < r.startMs || (r.eoiAtMs !== null && c.startMs >= r.eoiAtMs)) continue;
-        this.write(encodeAudioRequest(c.pcm, c.sampleRateHz));
+        this.write(framedAudioRequest(c.pcm, c.sampleRateHz));
       }
       if (r.eoiAtMs !== null) this.write(END_OF_INPUT);
     }
@@ -348,6 +356,7 @@ export class WorkerLink extends EventEmitter<WorkerLinkEvents> {
   }
 }
 
-const END_OF_INPUT: StreamingRecognizeRequest = {
+/** Encoded once: the same bytes end every round (writers never modify what they are given). */
+const END_OF_INPUT: FramedRequest = framedRequest({
   streamingRequest: { $case: "control", value: { type: ControlType.CONTROL_TYPE_END_OF_INPUT } },
-};
+});

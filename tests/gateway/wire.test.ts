@@ -5,7 +5,7 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import { StreamingRecognizeRequest } from "../../gateway/src/gen/asr/v1/asr.js";
-import { FAST_ASR_SERVICE, encodeAudioRequest } from "../../gateway/src/wire.js";
+import { FAST_ASR_SERVICE, encodeAudioRequest, framedAudioRequest, framedRequest, unframed } from "../../gateway/src/wire.js";
 
 describe("audio request encoding", () => {
   test("equals the generated encoding for frame sizes across varint boundaries and both rates", () => {
@@ -27,5 +27,20 @@ describe("audio request encoding", () => {
     const ser = FAST_ASR_SERVICE.streamingRecognize.requestSerialize;
     assert.equal(ser(enc), enc);
     assert.deepEqual(ser({ streamingRequest: { $case: "audio", value: { pcm16le: pcm, sampleRateHz: 8000 } } }), encodeAudioRequest(pcm, 8000));
+  });
+
+  test("framed requests are a 5-byte gRPC header (uncompressed, big-endian length) before the same protobuf bytes", () => {
+    for (const bytes of [0, 1920, 204_800]) {
+      const pcm = Buffer.alloc(bytes, 3);
+      const framed = framedAudioRequest(pcm, 16000);
+      const body = encodeAudioRequest(pcm, 16000);
+      assert.equal(framed[0], 0);
+      assert.equal(framed.readUInt32BE(1), body.length);
+      assert.deepEqual(unframed(framed), body);
+    }
+    const eoi = { streamingRequest: { $case: "control" as const, value: { type: 1 } } };
+    const framed = framedRequest(eoi);
+    assert.deepEqual(unframed(framed), Buffer.from(StreamingRecognizeRequest.encode(eoi).finish()));
+    assert.equal(framed.readUInt32BE(1), framed.length - 5);
   });
 });

@@ -1,0 +1,185 @@
+/**
+ * Writes a StreamingRecognize call's requests straight onto the call's
+ * HTTP/2 stream, past grpc-js's per-message machinery.
+ *
+ * Why: a grpc-js `call.write()` runs every message through a Writable, a
+ * promise chain of filters (resolving call, compression filter), the retry
+ * layer's buffer and per-message callbacks and nextTicks before it reaches
+ * the HTTP/2 stream. At 500 paced streams (8,300 frames/s) that machinery is
+ * most of the gateway's CPU: bench/gateway-floor.ts measures ws alone at
+ * 16-22 µs per paced frame, ws + grpc-js writes at 43-58 µs and ws + the same
+ * bytes on a plain node:http2 stream at 29-31 µs (docs/benchmarks.md). The
+ * gRPC wire format of a message is trivial (a 5-byte header, wire.ts), so
+ * the link frames requests itself and writes them to the stream grpc-js
+ * opened; grpc-js still owns everything else about the call: placement on a
+ * subchannel, headers, reading and decoding responses, trailers and status,
+ * cancellation, keepalive and reconnection.
+ *
+ * grpc-js does not expose the stream, so it is found through the call's
+ * internal objects (ClientDuplexStream -> intercepting call -> resolving call
+ * -> retrying call -> load-balancing call -> subchannel call ->
+ * `http2Stream`), as laid out in @grpc/grpc-js 1.14 (package-lock.json pins
+ * it). The writer never mixes paths: until the stream exists (the pick of a
+ * subchannel is asynchronous) requests wait in its own queue, and if the
+ * layout is not the expected one — a grpc-js upgrade — it falls back, for the
+ * whole call, to `call.write()` of the unframed bytes, which FastAsrClient's
+ * serializer passes through. So the bytes on the wire and their order are the
+ * same either way; tests/gateway/call-writer.test.ts checks both paths
+ * against a real grpc-js server, and that the direct path is the one taken.
+ * Retries must stay off on the channel (`grpc.enable_retries: 0`,
+ * workers.ts): a transparently retried attempt would open a second stream
+ * that never saw the bytes written to the first; the writer falls back when
+ * it sees more than one attempt.
+ */
+import type { Http2Stream } from "node:http2";
+import { unframed, type FramedRequest } from "./wire.js";
+import type { RecognizeCall } from "./workers.js";
+
+/** How requests reach the call now. */
+export type WriterPath = "pending" | "direct" | "grpc-js";
+
+/** Queued bytes (while the stream does not exist yet) above which write() asks the caller to pause. */
+const QUEUE_HIGH_BYTES = 256 * 1024;
+/** Longest wait between looks for the stream while the call is being placed. */
+const MAX_POLL_MS = 50;
+
+/** One call's request writer (see module comment). */
+export class CallWriter {
+  private readonly call: RecognizeCall;
+  private readonly onDrain: () => void;
+  private readonly find: (call: RecognizeCall) => Http2Stream | null | undefined;
+  private stream: Http2Stream | null = null;
+  private mode: WriterPath = "pending";
+  private queue: FramedRequest[] = [];
+  private queuedBytes = 0;
+  /** write() returned false and onDrain is still owed. */
+  private owesDrain = false;
+  private timer: NodeJS.Timeout | null = null;
+  private pollMs = 0;
+  private closed = false;
+
+  /**
+   * Starts looking for the call's stream. `onDrain` is called once after
+   * write() returned false, when writing may go on. `find` locates the
+   * stream (default http2StreamOf; tests pass one that finds none).
+   */
+  constructor(call: RecognizeCall, onDrain: () => void, find: (call: RecognizeCall) => Http2Stream | null | undefined = http2StreamOf) {
+    this.call = call;
+    this.onDrain = onDrain;
+    this.find = find;
+    this.locate();
+  }
+
+  /** Which path requests take (tests and diagnostics). */
+  get path(): WriterPath {
+    return this.mode;
+  }
+
+  /** Writes one request; false = the caller should pause until onDrain. */
+  write(req: FramedRequest): boolean {
+    if (this.closed) return true;
+    if (this.mode === "direct") {
+      const s = this.stream!;
+      // A stream that ended is the call ending: its status is on the way, the bytes are moot.
+      if (s.destroyed || s.writableEnded) return true;
+      if (s.write(req)) return true;
+      this.awaitDrain(s);
+      return false;
+    }
+    if (this.mode === "grpc-js") {
+      if (this.call.write(unframed(req))) return true;
+      this.awaitDrain(this.call);
+      return false;
+    }
+    this.queue.push(req);
+    this.queuedBytes += req.length;
+    if (this.queuedBytes <= QUEUE_HIGH_BYTES) return true;
+    this.owesDrain = true;
+    return false;
+  }
+
+  /** Stops looking for the stream and drops queued requests (the call is being cancelled or has ended). */
+  close(): void {
+    this.closed = true;
+    if (this.timer !== null) clearTimeout(this.timer);
+    this.timer = null;
+    this.queue = [];
+    this.queuedBytes = 0;
+  }
+
+  // -------------------------------------------------------------------------
+
+  private awaitDrain(emitter: Http2Stream | RecognizeCall): void {
+    if (this.owesDrain) return;
+    this.owesDrain = true;
+    emitter.once("drain", () => this.drained());
+  }
+
+  private drained(): void {
+    if (!this.owesDrain || this.closed) return;
+    this.owesDrain = false;
+    this.onDrain();
+  }
+
+  /** Looks for the stream now, then again later while the call is still being placed. */
+  private locate(): void {
+    this.timer = null;
+    if (this.closed) return;
+    const found = this.find(this.call);
+    if (found === undefined) {
+      // Placement waits for a connection: look again soon, backing off so a worker that
+      // takes seconds to connect costs a few wake-ups, not a busy loop.
+      this.pollMs = Math.min(MAX_POLL_MS, Math.max(1, this.pollMs * 2));
+      this.timer = setTimeout(() => this.locate(), this.pollMs);
+      return;
+    }
+    const queue = this.queue;
+    this.queue = [];
+    this.queuedBytes = 0;
+    if (found === null) {
+      this.mode = "grpc-js";
+      for (const r of queue) this.call.write(unframed(r));
+    } else {
+      this.stream = found;
+      this.mode = "direct";
+      for (const r of queue) found.write(r);
+    }
+    if (this.owesDrain) {
+      this.owesDrain = false;
+      this.onDrain();
+    }
+  }
+}
+
+/** What the walk below reads of grpc-js's internal call objects. */
+interface Internals {
+  call?: Internals | null;
+  child?: Internals | null;
+  underlyingCalls?: { call?: Internals | null }[];
+  http2Stream?: Http2Stream;
+}
+
+/**
+ * The HTTP/2 stream under a grpc-js call: the stream, `undefined` while the
+ * call is still being placed, or null when grpc-js is not laid out as
+ * expected (then it never will be, for this call).
+ */
+export function http2StreamOf(call: RecognizeCall): Http2Stream | null | undefined {
+  const intercepting = (call as unknown as Internals).call;
+  if (intercepting === null || typeof intercepting !== "object" || !("call" in intercepting)) return null;
+  const resolving = intercepting.call;
+  if (resolving === null || typeof resolving !== "object" || !("child" in resolving)) return null;
+  const retrying = resolving.child;
+  if (retrying === null) return undefined;
+  if (typeof retrying !== "object" || !Array.isArray(retrying.underlyingCalls)) return null;
+  const attempts = retrying.underlyingCalls;
+  if (attempts.length === 0) return undefined;
+  if (attempts.length > 1) return null;
+  const balancing = attempts[0]!.call;
+  if (balancing === null || typeof balancing !== "object" || !("child" in balancing)) return null;
+  const sub = balancing.child;
+  if (sub === null) return undefined;
+  const stream = typeof sub === "object" ? sub.http2Stream : undefined;
+  if (stream === undefined || typeof stream.write !== "function" || typeof stream.once !== "function") return null;
+  return stream;
+}
