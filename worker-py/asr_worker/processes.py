@@ -53,6 +53,16 @@ ENGINE_SUSPECT_S = 2.0
 ENGINE_STALL_S = 30.0
 
 
+#: gRPC core experiments turned off in the worker's processes (GRPC_EXPERIMENTS syntax; the
+#: supervisor sets it for its children unless the operator set GRPC_EXPERIMENTS). grpcio 1.85's
+#: EventEngine listener hands accepted connections to EventEngine endpoints; with it off they
+#: use the older iomgr TCP path, and a grpc.aio server reading paced 60 ms frames paid 78-88
+#: instead of 122 µs per message (bench/grpc_read_floor.py, 50 streams); the whole worker
+#: 8.2-8.4 instead of 9.3 ms of CPU per stream-second at 100 staggered streams (×0.89) and
+#: ×0.96 with 100 at once (docs/benchmarks.md, "Worker front path").
+GRPC_EXPERIMENTS_OFF = "-event_engine_listener"
+
+
 def run_loop(main: Coroutine[Any, Any, int]) -> int:
     """Run a child's main coroutine to completion on a uvloop event loop (see module docstring)."""
     import uvloop

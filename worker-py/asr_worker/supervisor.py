@@ -34,7 +34,7 @@ from typing import Any
 
 from .cli import default_front_processes
 from .log import configure
-from .processes import EXIT_STARTUP, engine_main, front_main
+from .processes import EXIT_STARTUP, GRPC_EXPERIMENTS_OFF, engine_main, front_main
 
 #: How often the supervisor looks at signals while waiting on children.
 _POLL_S = 0.1
@@ -90,6 +90,8 @@ class Supervisor:
         """Run until drained (0) or a child dies (non-zero)."""
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
+        # Read by gRPC core when a child initialises it; spawned children inherit the environment.
+        os.environ.setdefault("GRPC_EXPERIMENTS", GRPC_EXPERIMENTS_OFF)
         ipc_dir = tempfile.mkdtemp(prefix="asr-worker-")
         try:
             return self._run(f"ipc://{ipc_dir}/engine", listening_out)
