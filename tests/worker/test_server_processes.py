@@ -370,3 +370,29 @@ def test_a_silent_engine_makes_every_front_not_serving_until_it_is_heard_again()
         for ch in by_front.values():
             ch.close()
         w.stop()
+
+
+def _environ(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(kv.decode().split("=", 1) for kv in raw if b"=" in kv)
+
+
+def test_children_serve_grpc_without_the_event_engine_listener(two_fronts):
+    """The supervisor turns off gRPC core's EventEngine listener in every child (CPU per message)."""
+    from asr_worker.processes import GRPC_EXPERIMENTS_OFF
+
+    children = [int(pid) for name, pid in two_fronts.pids.items() if name.strip() != "supervisor"]
+    assert len(children) == 3  # two fronts and the engine
+    for pid in children:
+        assert _environ(pid).get("GRPC_EXPERIMENTS") == GRPC_EXPERIMENTS_OFF
+
+
+def test_an_operators_grpc_experiments_setting_is_kept(monkeypatch):
+    monkeypatch.setenv("GRPC_EXPERIMENTS", "-event_engine_callback_cq")
+    w = ProcessWorker(fronts=1)
+    try:
+        for name, pid in w.pids.items():
+            if name.strip() != "supervisor":
+                assert _environ(int(pid)).get("GRPC_EXPERIMENTS") == "-event_engine_callback_cq"
+    finally:
+        w.stop()
