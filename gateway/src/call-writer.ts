@@ -28,8 +28,9 @@
  * against a real grpc-js server, and that the direct path is the one taken.
  * Retries must stay off on the channel (`grpc.enable_retries: 0`,
  * workers.ts): a transparently retried attempt would open a second stream
- * that never saw the bytes written to the first; the writer falls back when
- * it sees more than one attempt.
+ * that never saw the bytes written to the first; the writer falls back
+ * unless the call can never start another attempt (grpc-js state NO_RETRY
+ * or COMMITTED, one attempt).
  */
 import type { Http2Stream } from "node:http2";
 import { unframed, type FramedRequest } from "./wire.js";
@@ -156,6 +157,7 @@ interface Internals {
   call?: Internals | null;
   child?: Internals | null;
   underlyingCalls?: { call?: Internals | null }[];
+  state?: string;
   http2Stream?: Http2Stream;
 }
 
@@ -172,6 +174,8 @@ export function http2StreamOf(call: RecognizeCall): Http2Stream | null | undefin
   const retrying = resolving.child;
   if (retrying === null) return undefined;
   if (typeof retrying !== "object" || !Array.isArray(retrying.underlyingCalls)) return null;
+  // Only a call that can never start another attempt: retries off on the channel, or committed.
+  if (retrying.state !== "NO_RETRY" && retrying.state !== "COMMITTED") return null;
   const attempts = retrying.underlyingCalls;
   if (attempts.length === 0) return undefined;
   if (attempts.length > 1) return null;

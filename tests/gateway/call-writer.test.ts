@@ -76,6 +76,19 @@ describe("call writer against a real grpc-js worker", () => {
       client.close();
     });
   }
+
+  test("on a channel with retries on (a call may start a second attempt) the writer takes the grpc-js path", async () => {
+    const client = new FastAsrClient(worker.address, credentials.createInsecure());
+    const call = client.streamingRecognize() as RecognizeCall;
+    call.on("error", () => {});
+    const writer = new CallWriter(call, () => {});
+    writer.write(config);
+    await until(() => writer.path !== "pending", "placement");
+    assert.equal(writer.path, "grpc-js");
+    call.cancel();
+    writer.close();
+    client.close();
+  });
 });
 
 describe("call writer backpressure on the direct path", () => {
