@@ -74,6 +74,7 @@ const envSchema = z
     MAX_HOTWORD_CHARS: intVar(64, 1, 64),
     MAX_HOTWORDS_BYTES: intVar(16_384, 16, 1_048_576),
     REPLAY_BUFFER_SECONDS: intVar(60, 1, 3600),
+    WORKER_DIRECT_WRITES: boolVar(true),
     LOG_LEVEL: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]).default("info"),
     IS_FINAL_MODE: z.enum(["seed", "cpp"]).default("seed"),
     ONLINE_MODE: z.enum(["upgrade", "strict"]).default("upgrade"),
@@ -119,6 +120,11 @@ export interface GatewayConfig {
   readonly maxHotwordsBytes: number;
   /** Seconds of audio kept since the last delivered final (for replay on failover). */
   readonly replayBufferSeconds: number;
+  /**
+   * Audio goes straight onto each worker call's HTTP/2 stream (call-writer.ts) instead of
+   * through grpc-js's call.write(); false is the operator's way back to the plain grpc-js path.
+   */
+  readonly workerDirectWrites: boolean;
   /** pino level. */
   readonly logLevel: "fatal" | "error" | "warn" | "info" | "debug" | "trace" | "silent";
   /** Deployment default of the is_final behaviour (see docs/gateway.md). */
@@ -180,6 +186,7 @@ export function loadConfig(env: Record<string, string | undefined>): GatewayConf
     maxHotwordChars: e.MAX_HOTWORD_CHARS,
     maxHotwordsBytes: e.MAX_HOTWORDS_BYTES,
     replayBufferSeconds: e.REPLAY_BUFFER_SECONDS,
+    workerDirectWrites: e.WORKER_DIRECT_WRITES,
     logLevel: e.LOG_LEVEL,
     isFinalMode: e.IS_FINAL_MODE,
     onlineMode: e.ONLINE_MODE,

@@ -63,6 +63,8 @@ export interface SessionLimits extends SettingsPolicy {
   idleTimeoutSeconds: number;
   /** Audio kept for replay, seconds. */
   replayBufferSeconds: number;
+  /** Audio written straight onto the worker call's HTTP/2 stream (default true; see call-writer.ts). */
+  workerDirectWrites?: boolean;
 }
 
 /** Everything a session is given by the composition root. */
@@ -178,6 +180,7 @@ export class Session extends EventEmitter<SessionEvents> {
       workers: deps.workers,
       initialLease: deps.initialLease,
       replayBufferSeconds: deps.limits.replayBufferSeconds,
+      directWrites: deps.limits.workerDirectWrites,
       input: { pause: () => socket.pause?.(), resume: () => socket.resume?.() },
       logger: this.log,
     });

@@ -28,7 +28,7 @@ import {
   type StreamingRecognizeRequest,
   type StreamingRecognizeResponse,
 } from "./gen/asr/v1/asr.js";
-import { CallWriter } from "./call-writer.js";
+import { CallWriter, type WriterPath } from "./call-writer.js";
 import { ReplayBuffer } from "./replay.js";
 import { framedAudioRequest, framedRequest, type FramedRequest } from "./wire.js";
 import type { RecognizeCall, WorkerLease, WorkerSource } from "./workers.js";
@@ -96,6 +96,11 @@ export interface WorkerLinkDeps {
   initialLease: WorkerLease | null;
   /** Audio kept for replay, seconds. */
   replayBufferSeconds: number;
+  /**
+   * Write requests straight onto the call's HTTP/2 stream when grpc-js's layout allows
+   * (call-writer.ts; default true). False keeps every call on grpc-js's call.write().
+   */
+  directWrites?: boolean;
   /** The client's reads, paused while the call is full. */
   input: InputFlow;
   /** Session logger. */
@@ -159,6 +164,11 @@ export class WorkerLink extends EventEmitter<WorkerLinkEvents> {
     return this.replay.audioMs;
   }
 
+  /** How the current call's requests are written (null before open()); diagnostics and tests. */
+  get writerPath(): WriterPath | null {
+    return this.writer?.path ?? null;
+  }
+
   /** Failovers so far. */
   get failoverCount(): number {
     return this.failovers;
@@ -208,7 +218,10 @@ export class WorkerLink extends EventEmitter<WorkerLinkEvents> {
     const call = lease.open();
     this.call = call;
     this.writer?.close();
-    const writer = new CallWriter(call, () => this.resumeInput());
+    const writer =
+      this.d.directWrites === false
+        ? new CallWriter(call, () => this.resumeInput(), () => null)
+        : new CallWriter(call, () => this.resumeInput());
     this.writer = writer;
     // A paused read belongs to the old call, whose drain will never come.
     this.resumeInput();

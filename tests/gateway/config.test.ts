@@ -24,6 +24,7 @@ describe("loadConfig", () => {
     assert.equal(c.maxHotwords, 256);
     assert.equal(c.workerDnsRefreshSeconds, 10);
     assert.equal(c.processes, 1);
+    assert.equal(c.workerDirectWrites, true);
   });
 
   test("every variable is read", () => {
@@ -51,7 +52,9 @@ describe("loadConfig", () => {
       FFMPEG_ENABLED: "false",
       WORKER_DNS_REFRESH_SECONDS: "0",
       GATEWAY_PROCESSES: "4",
+      WORKER_DIRECT_WRITES: "false",
     });
+    assert.equal(c.workerDirectWrites, false);
     assert.equal(c.workerDnsRefreshSeconds, 0);
     assert.equal(c.processes, 4);
     assert.equal(loadConfig({ GATEWAY_PROCESSES: "AUTO" }).processes, "auto");
@@ -79,6 +82,7 @@ describe("loadConfig", () => {
     [{ TLS_CERT: "/c.pem" }, /TLS_CERT and TLS_KEY must be set together/],
     [{ AUTH_TOKEN: "short" }, /AUTH_TOKEN: must be at least 8/],
     [{ FFMPEG_ENABLED: "perhaps" }, /FFMPEG_ENABLED/],
+    [{ WORKER_DIRECT_WRITES: "sometimes" }, /WORKER_DIRECT_WRITES/],
     [{ GATEWAY_PROCESSES: "0" }, /GATEWAY_PROCESSES/],
     [{ GATEWAY_PROCESSES: "many" }, /GATEWAY_PROCESSES/],
     [{ WORKER_DNS_REFRESH_SECONDS: "-1" }, /WORKER_DNS_REFRESH_SECONDS/],

@@ -29,13 +29,14 @@ async function pool(addresses: string[], serving = 1): Promise<WorkerPool> {
 }
 
 /** A link with every event recorded. */
-function recordedLink(workers: WorkerPool) {
+function recordedLink(workers: WorkerPool, directWrites?: boolean) {
   const flow = { pauses: 0, resumes: 0 };
   const link = new WorkerLink({
     sessionId: "link-test",
     workers,
     initialLease: null,
     replayBufferSeconds: 60,
+    directWrites,
     input: { pause: () => void flow.pauses++, resume: () => void flow.resumes++ },
     logger,
   });
@@ -72,16 +73,18 @@ function send(link: WorkerLink, audio: Buffer, frame = 1920): void {
 }
 
 describe("worker link", () => {
-  test("emits each segment's partials and final, then the round's acknowledgement, in order", async () => {
+  for (const direct of [true, false]) {
+  test(`emits each segment's partials and final, then the round's acknowledgement, in order (${direct ? "requests straight onto the HTTP/2 stream" : "direct writes off: through grpc-js"})`, async () => {
     const w = await new ScriptedWorker().start();
     const workers = await pool([w.address]);
-    const r = recordedLink(workers);
+    const r = recordedLink(workers, direct ? undefined : false);
     try {
       r.link.open();
       r.link.beginRound(CONFIG);
       send(r.link, THREE);
       r.link.endRound();
       await r.until(() => r.acks() === 1);
+      assert.equal(r.link.writerPath, direct ? "direct" : "grpc-js");
       assert.deepEqual(r.events, [`attached ${w.address}`, "final S0wwww", "final S1wwwwww", "final S2ww", "ack"]);
       const seg1 = r.partials.filter((p) => p.segmentId === 1).map((p) => p.delta).join("");
       assert.equal(seg1, "S1wwwwww");
@@ -93,6 +96,7 @@ describe("worker link", () => {
       await w.stop();
     }
   });
+  }
 
   test("an unchanged config is not sent again for the next round; a changed one is", async () => {
     const w = await new ScriptedWorker().start();
