@@ -83,6 +83,13 @@ def test_cuda_without_gpu_is_one_line_and_exit_2():
     assert len(lines) == 1 and "CUDA" in lines[0]
 
 
+@pytest.mark.parametrize(("cpus", "fronts"), [(1, 1), (2, 1), (3, 2), (8, 7), (64, 16)])
+def test_default_front_count_leaves_one_cpu_to_the_engine(cpus, fronts):
+    from asr_worker.cli import default_front_processes
+
+    assert default_front_processes(cpus) == fronts
+
+
 def test_default_engine_is_funasr_nano():
     from asr_worker.cli import build_parser
 

@@ -59,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-streams", type=int, default=64, help="streams admitted at once (default 64)")
     s.add_argument("--front-processes", type=int, default=-1,
                    help="processes serving gRPC streams, sessions and VAD beside the one engine "
-                        "process; default: usable CPUs - 1, at least 2, at most 16; "
+                        "process; default: usable CPUs - 1 (one core is the engine's), "
+                        "at least 1, at most 16; "
                         "0 = everything in one process (no IPC)")
     s.add_argument("--max-queue", type=int, default=0,
                    help="pending decode requests before OVERLOADED (default 4 x max-streams)")
@@ -196,15 +197,19 @@ def build_vad(args: argparse.Namespace):
 
 
 def default_front_processes(cpus: int | None = None) -> int:
-    """The `--front-processes` default: usable CPUs - 1 (one is the engine's), in [2, 16].
+    """The `--front-processes` default: usable CPUs - 1 (one is the engine's), in [1, 16].
 
-    At least 2 so that the multi-front path is what ships everywhere; at most 16 because each
-    front holds its own VAD weights and Python heap, and 16 fronts already serve thousands of
-    streams. Usable CPUs honour taskset/cgroup affinity (os.sched_getaffinity).
+    One core stays the engine's (its batch thread feeds the device and prepares inputs), and
+    each other core gets one front. More fronts than that costs CPU for nothing: every front
+    pays silero's per-call cost and its own loop and gRPC threads, so on a 2-CPU host two
+    fronts cost ~1.2x the CPU per stream-second of one (docs/benchmarks.md, "One front
+    instead of two"). At most 16 because each front holds its own VAD weights and Python
+    heap, and 16 fronts already serve thousands of streams. Usable CPUs honour
+    taskset/cgroup affinity (os.sched_getaffinity).
     """
     if cpus is None:
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(2, min(cpus - 1, 16))
+    return max(1, min(cpus - 1, 16))
 
 
 def stdout_to_stderr():
