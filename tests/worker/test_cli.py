@@ -90,6 +90,16 @@ def test_default_front_count_leaves_one_cpu_to_the_engine(cpus, fronts):
     assert default_front_processes(cpus) == fronts
 
 
+def test_decoder_drafts_flag_turns_the_engines_drafts_on_or_off(tiny_model_dir):
+    from asr_worker.cli import build_parser, load_engine
+
+    for flag, expected in ((None, True), ("off", False), ("on", True)):
+        argv = ["serve", "--model-dir", str(tiny_model_dir), "--device", "cpu"]
+        if flag is not None:
+            argv += ["--decoder-drafts", flag]
+        assert load_engine(build_parser().parse_args(argv)).use_drafts is expected
+
+
 def test_default_engine_is_funasr_nano():
     from asr_worker.cli import build_parser
 

@@ -68,6 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default partial cadence in ms of audio, clamped to 480..1200 (default 600)")
     s.add_argument("--partial-window-ms", type=int, default=12_000,
                    help="partials decode at most the last this-many ms of a segment (default 12000)")
+    s.add_argument("--decoder-drafts", choices=("on", "off"), default="on",
+                   help="prefill each request of an open segment with the segment's previous answer as "
+                        "a draft and verify it in that forward (same output, fewer decoder steps; "
+                        "default on); off decodes every request from its prompt alone")
     s.add_argument("--vad", default="silero",
                    help="silero (default: its ONNX and TorchScript files, both in the wheel, "
                         "onnxruntime for small batches and torch for large), silero-onnx, "
@@ -184,7 +188,9 @@ def load_engine(args: argparse.Namespace):
             raise StartupError(str(exc)) from exc
     from .models.loader import load_engine as load_funasr_nano
 
-    return load_funasr_nano(args.model_dir, args.device, dtype=args.dtype)
+    engine = load_funasr_nano(args.model_dir, args.device, dtype=args.dtype)
+    engine.use_drafts = args.decoder_drafts == "on"
+    return engine
 
 
 def build_vad(args: argparse.Namespace):
