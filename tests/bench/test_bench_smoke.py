@@ -33,12 +33,18 @@ def _python() -> str:
     return str(PY) if PY.exists() else sys.executable
 
 
+def _bench(args: list[str], *, timeout: float) -> subprocess.CompletedProcess[str]:
+    """Run one benchmark script (`args` after the interpreter) from the repo root; it must exit 0."""
+    r = subprocess.run([_python(), *args], cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return r
+
+
 @pytest.mark.timeout(300)  # builds a tiny model, starts the worker's process tree, runs 2-3 steps
 def test_gpu_capacity_cpu_smoke(tmp_path: Path) -> None:
     out = tmp_path / "capacity.json"
-    r = subprocess.run(
+    r = _bench(
         [
-            _python(),
             "bench/gpu_capacity.py",
             "--tiny",
             "--cpu",
@@ -54,12 +60,8 @@ def test_gpu_capacity_cpu_smoke(tmp_path: Path) -> None:
             "--json",
             str(out),
         ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
         timeout=300,
     )
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     data = json.loads(out.read_text())
     assert [row["streams"] for row in data["rows"]][:1] == [1]
     for row in data["rows"]:
@@ -71,9 +73,8 @@ def test_gpu_capacity_cpu_smoke(tmp_path: Path) -> None:
 
 def test_worker_batching_fake_smoke(tmp_path: Path) -> None:
     out = tmp_path / "batching.json"
-    r = subprocess.run(
+    _bench(
         [
-            _python(),
             "bench/worker_batching.py",
             "--engines",
             "fake",
@@ -85,12 +86,8 @@ def test_worker_batching_fake_smoke(tmp_path: Path) -> None:
             "--json",
             str(out),
         ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
         timeout=180,
     )
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     rows = json.loads(out.read_text())["rows"]
     assert {(x["batching"], x["streams"]) for x in rows} == {("on", 1), ("on", 2), ("off", 1), ("off", 2)}
     assert all(x["errors"] == 0 and x["finals"] >= x["streams"] for x in rows)
@@ -99,16 +96,12 @@ def test_worker_batching_fake_smoke(tmp_path: Path) -> None:
 def test_vad_cost_smoke(tmp_path: Path) -> None:
     """bench/vad_cost.py measures every VAD backend (fsmn: released shapes, random weights)."""
     out = tmp_path / "vad.json"
-    r = subprocess.run(
-        [_python(), "bench/vad_cost.py", "--batch-sizes", "1,3", "--stream-seconds", "0.3",
+    r = _bench(
+        ["bench/vad_cost.py", "--batch-sizes", "1,3", "--stream-seconds", "0.3",
          "--repeats", "1", "--files", "zh/damo.wav", "--paced", "3", "--paced-seconds", "0.5",
          "--out", str(out)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
         timeout=180,
     )
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     data = json.loads(out.read_text())
     results = data["results"]
     assert set(results) == {"silero", "silero-torch", "silero-onnx", "fsmn"}
@@ -122,17 +115,13 @@ def test_vad_cost_smoke(tmp_path: Path) -> None:
 def test_decoder_work_smoke(tmp_path: Path) -> None:
     """bench/decoder_work.py counts real engine work: forced prefixes and drafts cut generated tokens."""
     out = tmp_path / "decoder.json"
-    r = subprocess.run(
-        [_python(), "bench/decoder_work.py", "--segments", "1", "--modes", "before,lcp2", "--draft", "both",
+    r = _bench(
+        ["bench/decoder_work.py", "--segments", "1", "--modes", "before,lcp2", "--draft", "both",
          "--latency",
          "--latency-requests", "8", "--arrival-ms", "5", "--repeats", "1",
          "--model-dir", str(tmp_path / "tiny-model"), "--json", str(out)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
         timeout=240,
     )
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     data = json.loads(out.read_text())
     before, before_drafted, after, after_drafted = data["rows"]
     assert [(x["mode"], x["draft"]) for x in data["rows"]] == [
@@ -152,15 +141,11 @@ def test_decoder_work_smoke(tmp_path: Path) -> None:
 
 def test_decoder_prepare_bench_measures_both_paths_over_the_partial_schedule(tmp_path: Path) -> None:
     out = tmp_path / "prepare.json"
-    r = subprocess.run(
-        [_python(), "bench/decoder_work.py", "--prepare", "--prepare-seconds", "3", "--prepare-repeats", "1",
+    r = _bench(
+        ["bench/decoder_work.py", "--prepare", "--prepare-seconds", "3", "--prepare-repeats", "1",
          "--model-dir", str(tmp_path / "tiny-model"), "--json", str(out)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
         timeout=240,
     )
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     (row,) = json.loads(out.read_text())["prepare"]
     # 3 s in 600 ms steps: partials at 0.6, 1.2, 1.8 and 2.4 s, then the final.
     assert row["before"]["requests"] == row["after"]["requests"] == 5
