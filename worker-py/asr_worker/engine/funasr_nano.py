@@ -401,8 +401,7 @@ class FunAsrNanoEngine:
                     audio = np.asarray(req.audio, dtype=np.float32).reshape(-1)
                     if audio.size == 0:
                         if req.kind == "final" and req.segment is not None:
-                            self.features.drop(req.segment.stream, req.segment.segment)
-                            self.answers.drop((req.segment.stream, req.segment.segment))
+                            self._final_prepared(req.segment)
                         self._ready.append((handle, DecodeResult(text="")))
                         continue
                     started = time.thread_time()
@@ -476,12 +475,15 @@ class FunAsrNanoEngine:
                 draft = self.answers.draft(key, offset, prepared.forced_ids, prefix, self.tokenizer.encode)
                 prepared.draft = self.decoder.cut_draft(draft, budget)
         if req.kind == "final" and req.segment is not None:
-            # A final is its segment's last decode (a partial queued before it may still run
-            # after it and cache the segment again; that entry goes when the stream closes
-            # or as the least recently used).
-            self.features.drop(req.segment.stream, req.segment.segment)
-            self.answers.drop((req.segment.stream, req.segment.segment))
+            self._final_prepared(req.segment)
         return prepared
+
+    def _final_prepared(self, segment: SegmentRef) -> None:
+        """A final is its segment's last decode: free the segment's frames and answer now
+        (a partial queued before it may still run after it and cache the segment again;
+        that entry goes when the stream closes or as the least recently used)."""
+        self.features.drop(segment.stream, segment.segment)
+        self.answers.drop((segment.stream, segment.segment))
 
     def _forced_ids(self, prompt: str, prefix: str) -> list[int]:
         """The ids the forced prefix adds to the prompt (they start the answer)."""
