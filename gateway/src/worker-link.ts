@@ -218,10 +218,8 @@ export class WorkerLink extends EventEmitter<WorkerLinkEvents> {
     const call = lease.open();
     this.call = call;
     this.writer?.close();
-    const writer =
-      this.d.directWrites === false
-        ? new CallWriter(call, () => this.resumeInput(), () => null)
-        : new CallWriter(call, () => this.resumeInput());
+    // A finder that finds no stream puts the whole call on grpc-js's call.write().
+    const writer = new CallWriter(call, () => this.resumeInput(), this.d.directWrites === false ? () => null : undefined);
     this.writer = writer;
     // A paused read belongs to the old call, whose drain will never come.
     this.resumeInput();
