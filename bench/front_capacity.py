@@ -9,14 +9,25 @@ fake`: the process tree of supervisor + engine + fronts, default front count unl
 - worker CPU (utime+stime of the supervisor and every child, from /proc) per second of audio
   streamed, in ms per stream-second, and per process;
 - final after VAD end p95, first partial after speech start p95, sessions with errors;
+- the time-weighted mean and the peak number of live streams (sending audio), so that "N
+  streams" says how many were really live.
 
-    worker-py/.venv/bin/python bench/front_capacity.py --streams 100,200
+    worker-py/.venv/bin/python bench/front_capacity.py --streams 100,200   # sustained, 40 s
+    worker-py/.venv/bin/python bench/front_capacity.py --streams 100,200 --sustain-s 0  # old mode
     worker-py/.venv/bin/python bench/front_capacity.py --streams 100 --together   # all at once
     worker-py/.venv/bin/python bench/front_capacity.py --streams 100 --profile-s 20 # + py-spy
     worker-py/.venv/bin/python bench/front_capacity.py --streams 100 --together --frame-ms 120
 
 `--frame-ms` sets the audio per gRPC message (same recordings, same real-time pacing), so
 60 vs 120 ms says how much of the cost is paid per message rather than per second of audio.
+
+By default the run is sustained (`--sustain-s 40`): each of the N streams starts within the
+3 s ramp at its own phase of the frame period and stays live until 40 s after the ramp, playing
+session after session back to back, each session `--session-files` (2) DIFFERENT recordings
+back to back, stream i starting at recording i: N live streams whose segment and session
+boundaries are staggered. `--sustain-s 0` is the mode used until 2026-11-30 ("staggered"): one
+session per stream playing ONE recording once, so concurrency falls off as the short recordings
+end (100 streams averaged ~36 live).
 
 `--together` starts every stream within one frame period and plays the same file in all of
 them, so all streams are live for their whole length (no staggered ends flatter the figure).
@@ -118,13 +129,23 @@ class Worker:
             self.proc.wait()
 
 
+def sustain_s(args: argparse.Namespace) -> float:
+    """Seconds every stream stays live after the ramp; 0 for --together and the old staggered mode."""
+    return 0.0 if args.together else args.sustain_s
+
+
+def mode_name(args: argparse.Namespace) -> str:
+    """How streams are laid out in time, for file names and the table."""
+    if args.together:
+        return "together"
+    return f"sustained{sustain_s(args):g}s" if sustain_s(args) else "staggered-once"
+
+
 def run_one(args: argparse.Namespace, streams: int, out_dir: Path) -> dict:
     w = Worker(args, streams)
     try:
         w.wait_serving()
-        load_json = out_dir / (
-            f"load-{streams}{'-together' if args.together else ''}-{args.frame_ms}ms.json"
-        )
+        load_json = out_dir / f"load-{streams}-{mode_name(args)}-{args.frame_ms}ms.json"
         # Together: the 22.7 s three-utterance recording, twice, in every stream (6 segments).
         files = args.files or ("synth/three_utterances.wav" if args.together else "")
         loops = args.loops or (2 if args.together else 1)
@@ -134,6 +155,8 @@ def run_one(args: argparse.Namespace, streams: int, out_dir: Path) -> dict:
                "--max-seconds", str(args.max_seconds), "--frame-ms", str(args.frame_ms)]
         if files:
             cmd += ["--files", files]
+        if sustain_s(args):
+            cmd += ["--sustain-s", str(sustain_s(args)), "--session-files", str(args.session_files)]
         profilers = []
         cpu0 = {name: cpu_seconds(pid) for name, pid in w.pids.items()}
         t0 = time.monotonic()
@@ -164,8 +187,12 @@ def run_one(args: argparse.Namespace, streams: int, out_dir: Path) -> dict:
     cpu = {name: cpu1[name] - cpu0[name] for name in cpu0}
     total = sum(cpu.values())
     steady = result.get("steady") or {}
+    live = result["liveStreams"]
     return {
         "streams": streams,
+        "mode": mode_name(args),
+        "live_streams_mean": live["mean"],
+        "live_streams_peak": live["peak"],
         "together": args.together,
         "frame_ms": args.frame_ms,
         "processes": len(w.pids),
@@ -191,6 +218,11 @@ def main() -> int:
     p.add_argument("--streams", default="100,200", help="comma-separated stream counts")
     p.add_argument("--front-processes", type=int, default=None, help="default: the worker's own default")
     p.add_argument("--together", action="store_true", help="all streams start at once, same file")
+    p.add_argument("--sustain-s", type=float, default=40.0,
+                   help="every stream live this long after the ramp, session after session "
+                        "(0: the old mode, one session of one recording per stream)")
+    p.add_argument("--session-files", type=int, default=2,
+                   help="different recordings back to back per session in sustained mode")
     p.add_argument("--files", default="", help="load-client --files (default: its five recordings)")
     p.add_argument("--loops", type=int, default=0, help="default 1 (2 with --together)")
     p.add_argument("--ramp-ms", type=int, default=3000)
@@ -211,13 +243,15 @@ def main() -> int:
         row = run_one(args, n, out_dir)
         rows.append(row)
         print(json.dumps(row), flush=True)
-    print(f"{'streams':>8} {'procs':>5} {'ms CPU/stream-s':>16} {'cores':>6} "
-          f"{'final p95':>10} {'1st partial p95':>16} {'errors':>7}")
+    print(f"{'streams':>8} {'mode':>16} {'live mean/peak':>15} {'procs':>5} {'ms CPU/stream-s':>16} "
+          f"{'cores':>6} {'final p95':>10} {'1st partial p95':>16} {'errors':>7}")
     def ms(v: float | None) -> str:
         return "-" if v is None else f"{v:.0f}"
 
     for r in rows:
-        print(f"{r['streams']:>8} {r['processes']:>5} {r['cpu_ms_per_stream_s']:>16.2f} "
+        live = f"{r['live_streams_mean']:.1f}/{r['live_streams_peak']}"
+        print(f"{r['streams']:>8} {r['mode']:>16} {live:>15} {r['processes']:>5} "
+              f"{r['cpu_ms_per_stream_s']:>16.2f} "
               f"{r['cores']:>6.2f} {ms(r['final_after_vad_end_p95_ms']):>10} "
               f"{ms(r['first_partial_p95_ms']):>16} {r['sessions_with_errors']:>7}")
     (out_dir / "front_capacity.json").write_text(json.dumps(rows, indent=2))

@@ -7,6 +7,8 @@ const d = (x: Dist): string => `p50 ${fmt(x.p50)} / p95 ${fmt(x.p95)} / p99 ${fm
 export function printSummary(r: LoadResult, out: (s: string) => void = (s) => process.stdout.write(s + "\n")): void {
   const s = r.summary;
   out(`== ${r.path} ${r.target}: ${s.sessions} sessions, ${s.audioSeconds.toFixed(0)} s audio in ${s.wallSeconds.toFixed(1)} s wall`);
+  const l = r.liveStreams;
+  out(`  live streams: mean ${l.mean.toFixed(1)} (time-weighted over ${l.windowSeconds.toFixed(1)} s of audio), peak ${l.peak}`);
   out(`  first partial after speech start  ${d(s.firstPartialMs)}`);
   if (r.path === "grpc") out(`  first partial event (any delta)   ${d(s.firstPartialEventMs)}`);
   out(`  partial cadence                   ${d(s.cadenceMs)}`);

@@ -8,6 +8,7 @@ import { Pacer } from "./pacer.js";
 import { ProcSampler, type ProcUsage } from "./proc.js";
 import { GrpcPool, GrpcSession, RecognitionMode, WsSession, setTag, type BenchSession, type Trace } from "./sessions.js";
 import { dist, percentile, type Dist } from "./stats.js";
+import type { CoalesceDelay } from "../../gateway/src/write-coalescer.js";
 
 export interface LoadOptions {
   /** ws://host:port[/path] (gateway) or grpc://host:port (worker). */
@@ -19,8 +20,24 @@ export interface LoadOptions {
   frameMs: number;
   /** Sessions start evenly spread over this many ms. */
   rampMs: number;
+  /**
+   * Sustained mode when > 0: `streams` slots, each live from its ramp start until rampMs +
+   * sustainMs after the run began, each playing session after session back to back (the next
+   * opens in the frame period the previous one ended in); every session plays `sessionFiles`
+   * different recordings back to back, and slot i starts at recording i, so segment and session
+   * boundaries are staggered over the slots. 0 (default): one session per stream playing one
+   * recording `loops` times, so concurrency falls off as the shorter recordings end.
+   */
+  sustainMs?: number;
+  /** Recordings per session in sustained mode (default 2). */
+  sessionFiles?: number;
   /** 1 = real time; 2 = twice as fast; 0 = as fast as possible. */
   pace: number;
+  /**
+   * Direct runs: how long audio is held so that all streams' frames go out in one loop turn, as
+   * the gateway's WORKER_WRITE_COALESCE_MS does (write-coalescer.ts); default: the gateway's default.
+   */
+  coalesceMs?: CoalesceDelay;
   /** gRPC channels for direct runs (the gateway uses one per worker). */
   channels: number;
   partialIntervalMs: number;
@@ -76,6 +93,48 @@ export interface LoadResult {
   } | null;
   /** Keyed per-segment latencies, for pairing a gateway run with a direct run. */
   keyed: { firstPartial: Record<string, number>; finalAfterSpeechEnd: Record<string, number> };
+  /** How many streams were live (sending audio), so "N streams" says what the run measured. */
+  liveStreams: LiveStreams;
+}
+
+/** Concurrency of a run: streams sending audio, from each session's first to its last frame. */
+export interface LiveStreams {
+  /** Time-weighted mean over [first frame sent, last frame's end]. */
+  mean: number;
+  peak: number;
+  /** Length of that window, s. */
+  windowSeconds: number;
+}
+
+/** Time-weighted mean and peak number of sessions between their first frame and their last frame's end. */
+export function liveStreams(traces: Trace[]): LiveStreams {
+  const edges: [number, number][] = [];
+  for (const t of traces) {
+    let last = -1;
+    for (let j = t.sentAt.length - 1; j >= 0; j--) {
+      if (!Number.isNaN(t.sentAt[j]!)) {
+        last = j;
+        break;
+      }
+    }
+    if (last < 0 || Number.isNaN(t.sentAt[0]!)) continue;
+    edges.push([t.sentAt[0]!, 1], [t.sentAt[last]! + t.frameMs, -1]);
+  }
+  if (edges.length === 0) return { mean: 0, peak: 0, windowSeconds: 0 };
+  // Ends before starts at the same instant: a slot's next session does not count twice.
+  edges.sort((a, b) => a[0] - b[0] || a[1] - b[1]);
+  let live = 0;
+  let peak = 0;
+  let area = 0;
+  let prev = edges[0]![0];
+  for (const [t, d] of edges) {
+    area += live * (t - prev);
+    prev = t;
+    live += d;
+    if (live > peak) peak = live;
+  }
+  const span = edges[edges.length - 1]![0] - edges[0]![0];
+  return { mean: span > 0 ? area / span : live, peak, windowSeconds: span / 1000 };
 }
 
 interface Prepared {
@@ -127,7 +186,7 @@ export async function runLoad(o: LoadOptions): Promise<LoadResult> {
   const prepared = prepare(files, o.loops, o.frameMs);
   const isWs = o.target.startsWith("ws");
   setTag(o.tag ?? "bench");
-  const pool = isWs ? undefined : new GrpcPool(o.target.replace(/^grpc:\/\//, ""), o.channels);
+  const pool = isWs ? undefined : new GrpcPool(o.target.replace(/^grpc:\/\//, ""), o.channels, o.coalesceMs);
   await pool?.settle();
   const pacer = new Pacer();
   const sampler = new ProcSampler(o.pids);
@@ -139,7 +198,32 @@ export async function runLoad(o: LoadOptions): Promise<LoadResult> {
   log(o, `${o.streams} sessions -> ${o.target} (${files.length} files, ramp ${o.rampMs} ms, pace ${o.pace || "max"})`);
 
   const done: Promise<void>[] = [];
-  for (let i = 0; i < o.streams; i++) {
+  const sustainMs = o.sustainMs ?? 0;
+  if (sustainMs > 0) {
+    const base = prepare(files, 1, o.frameMs);
+    const perSession = Math.max(1, Math.min(o.sessionFiles ?? 2, base.length));
+    const endAt = wall0 + o.rampMs + sustainMs;
+    let nextIdx = 0;
+    const newSession = (slot: number, k: number): { s: BenchSession; p: Prepared } => {
+      // Session k of slot `slot` plays recordings slot+k*perSession, ... (mod the set): different
+      // recordings back to back, and a different first recording per slot.
+      const parts = Array.from({ length: perSession }, (_, m) => base[(slot + k * perSession + m) % base.length]!);
+      const p: Prepared = {
+        name: parts.map((x) => x.name).join("+"),
+        frames: parts.flatMap((x) => x.frames),
+        audioMs: parts.reduce((a, x) => a + x.audioMs, 0),
+      };
+      const s = makeSession(o, nextIdx++, p, pool);
+      sessions.push(s);
+      return { s, p };
+    };
+    for (let i = 0; i < o.streams; i++) {
+      const phase = o.streams > 1 && o.pace > 0 ? ((i * 0.6180339887) % 1) * (o.frameMs / o.pace) : 0;
+      const startAt = wall0 + (o.streams > 1 ? (i * o.rampMs) / o.streams : 0) + phase;
+      done.push(runSlot(o, pacer, i, startAt, endAt, deadline, newSession));
+    }
+  }
+  for (let i = 0; i < (sustainMs > 0 ? 0 : o.streams); i++) {
     const p = prepared[i % prepared.length]!;
     const s = makeSession(o, i, p, pool);
     sessions.push(s);
@@ -183,7 +267,7 @@ export async function runLoad(o: LoadOptions): Promise<LoadResult> {
   // Steady window: every session has started (ramp over) and none has finished yet.
   const minDur = Math.min(...prepared.slice(0, o.streams).map((p) => p.audioMs)) / (o.pace > 0 ? o.pace : Infinity);
   const tA = wall0 + o.rampMs + 1000;
-  const tB = wall0 + minDur - 1000;
+  const tB = sustainMs > 0 ? wall0 + o.rampMs + sustainMs - 1000 : wall0 + minDur - 1000;
   const procs = sampler.stop();
   for (const p of procs) p.steadyCores = tB - tA >= 3000 ? sampler.coresBetween(p.pid, tA, tB) : null;
   const wallSeconds = (performance.now() - wall0) / 1000;
@@ -219,6 +303,7 @@ export async function runLoad(o: LoadOptions): Promise<LoadResult> {
   }
   const { reference: _r, pids: _p, ...options } = o;
   return {
+    liveStreams: liveStreams(traces),
     uplinkMs,
     uplinkTimeline,
     keyed,
@@ -232,6 +317,55 @@ export async function runLoad(o: LoadOptions): Promise<LoadResult> {
     traces,
     metrics,
   };
+}
+
+/**
+ * One sustained slot: sessions back to back on one frame grid (startAt + j * period) until
+ * endAt; the last one is cut there (its trace's audioMs becomes the audio it sent). Resolves
+ * when every session of the slot has been stopped and closed.
+ */
+async function runSlot(
+  o: LoadOptions,
+  pacer: Pacer,
+  slot: number,
+  startAt: number,
+  endAt: number,
+  deadline: number,
+  newSession: (slot: number, k: number) => { s: BenchSession; p: Prepared },
+): Promise<void> {
+  const period = o.frameMs / o.pace;
+  if (!(period > 0 && Number.isFinite(period))) throw new Error("sustained mode needs a real-time pace (--pace > 0)");
+  const stops: Promise<void>[] = [];
+  await new Promise((r) => setTimeout(r, Math.max(0, startAt - performance.now())));
+  let due = startAt;
+  for (let k = 0; due < endAt && due < deadline; k++) {
+    const { s, p } = newSession(slot, k);
+    try {
+      await s.open();
+    } catch {
+      break;
+    }
+    // The next grid point from now: a session that took long to open skips frames, not phase.
+    const now = performance.now();
+    if (now > due + period / 2) due += Math.ceil((now - due - period / 2) / period) * period;
+    const first = due;
+    due = await new Promise<number>((resolve) => {
+      pacer.add(first, (t, at) => {
+        const j = Math.round((at - first) / period);
+        const fr = p.frames[j];
+        if (fr === undefined || at >= endAt || t > deadline) {
+          if (fr !== undefined) s.trace.audioMs = j * o.frameMs; // cut at the end of the run
+          resolve(at);
+          return null;
+        }
+        s.sendFrame(j, fr, t);
+        if (j === 0) s.trace.t0 = first;
+        return first + (j + 1) * period;
+      });
+    });
+    stops.push(s.stop(o.stopTimeoutMs).then(() => s.close()));
+  }
+  await Promise.all(stops);
 }
 
 /** Segmentation of each file from one unpaced direct session per file (deterministic VAD). */

@@ -8,6 +8,7 @@
   VadBatcher, a fraction of a second each.
 - bench/decoder_work.py: token counts on one segment, and `--prepare` (input preparation with
   and without the engine's caches) over a 3 s partial schedule.
+- bench/front_capacity.py in its sustained mode: 3 streams, each live 12 s session after session.
 """
 
 from __future__ import annotations
@@ -151,3 +152,34 @@ def test_decoder_prepare_bench_measures_both_paths_over_the_partial_schedule(tmp
     assert row["before"]["requests"] == row["after"]["requests"] == 5
     assert row["before"]["ms_per_request"] > 0 and row["after"]["ms_per_request"] > 0
     assert "| 3 s | 5 |" in r.stdout
+
+
+@pytest.mark.timeout(180)  # starts the worker's process tree (fake engine) and the node load client
+def test_front_capacity_sustained_streams_stay_live_session_after_session(tmp_path: Path) -> None:
+    out = tmp_path / "front"
+    _bench(
+        [
+            "bench/front_capacity.py",
+            "--streams",
+            "3",
+            "--sustain-s",
+            "12",
+            "--session-files",
+            "1",
+            "--ramp-ms",
+            "300",
+            "--out",
+            str(out),
+        ],
+        timeout=180,
+    )
+    [row] = json.loads((out / "front_capacity.json").read_text())
+    assert row["mode"] == "sustained12s"
+    assert row["sessions_with_errors"] == 0, row["errors"]
+    # Every slot plays one recording (5-23 s) per session, back to back for 12 s: more sessions
+    # than streams, and all three streams live nearly all the time (the old mode fell off).
+    assert row["sessions"] > 3
+    assert row["live_streams_peak"] == 3
+    assert row["live_streams_mean"] > 2.7
+    assert 30 < row["audio_s"] < 40
+    assert row["cpu_ms_per_stream_s"] > 0
