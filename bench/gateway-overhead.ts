@@ -203,6 +203,8 @@ async function main(): Promise<void> {
           ...common,
           target: `grpc://${worker.address}`,
           tag: `d${n}`,
+          // The direct reference writes every frame at once: the gateway's coalescing is its added latency.
+          coalesceMs: 0,
           pids: [{ pid: worker.pid, label: "worker" }],
         });
         printSummary(r, (s) => process.stderr.write(s + "\n"));

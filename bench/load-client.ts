@@ -18,6 +18,7 @@ import { parseArgs } from "node:util";
 import { DEFAULT_FILES } from "./lib/audio.js";
 import { printSummary } from "./lib/report.js";
 import { calibrate, DEFAULTS, runLoad } from "./lib/run.js";
+import { DEFAULT_COALESCE_DELAY, WriteCoalescer } from "../gateway/src/write-coalescer.js";
 
 const { values } = parseArgs({
   options: {
@@ -26,6 +27,7 @@ const { values } = parseArgs({
     files: { type: "string", default: DEFAULT_FILES.join(",") },
     loops: { type: "string", default: "1" },
     "frame-ms": { type: "string", default: "60" },
+    "coalesce-ms": { type: "string", default: String(DEFAULT_COALESCE_DELAY) },
     "ramp-ms": { type: "string", default: "3000" },
     "sustain-s": { type: "string", default: "0" },
     "session-files": { type: "string", default: "2" },
@@ -49,6 +51,8 @@ if (values.help || !values.target) {
       "  [--loops L] [--ramp-ms MS] [--pace 1] [--channels K] [--reference-worker HOST:PORT]\n" +
       "  [--sustain-s S [--session-files K]]  (every stream live S s after the ramp, sessions of K\n" +
       "   different recordings back to back; default 0: one session per stream)\n" +
+      "  [--coalesce-ms MS|turn]  (grpc targets: hold audio as the gateway's WORKER_WRITE_COALESCE_MS;\n" +
+      `   default ${DEFAULT_COALESCE_DELAY}, 0 = every frame written at once)\n` +
       "  [--pid label=PID ...] [--max-seconds S] [--json OUT.json]\n",
   );
   process.exit(values.help ? 0 : 2);
@@ -76,6 +80,7 @@ const result = await runLoad({
   files,
   loops,
   frameMs,
+  coalesceMs: WriteCoalescer.parseDelay(values["coalesce-ms"]),
   rampMs: Number(values["ramp-ms"]),
   sustainMs: Number(values["sustain-s"]) * 1000,
   sessionFiles: Number(values["session-files"]),

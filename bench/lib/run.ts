@@ -8,6 +8,7 @@ import { Pacer } from "./pacer.js";
 import { ProcSampler, type ProcUsage } from "./proc.js";
 import { GrpcPool, GrpcSession, RecognitionMode, WsSession, setTag, type BenchSession, type Trace } from "./sessions.js";
 import { dist, percentile, type Dist } from "./stats.js";
+import type { CoalesceDelay } from "../../gateway/src/write-coalescer.js";
 
 export interface LoadOptions {
   /** ws://host:port[/path] (gateway) or grpc://host:port (worker). */
@@ -32,6 +33,11 @@ export interface LoadOptions {
   sessionFiles?: number;
   /** 1 = real time; 2 = twice as fast; 0 = as fast as possible. */
   pace: number;
+  /**
+   * Direct runs: how long audio is held so that all streams' frames go out in one loop turn, as
+   * the gateway's WORKER_WRITE_COALESCE_MS does (write-coalescer.ts); default: the gateway's default.
+   */
+  coalesceMs?: CoalesceDelay;
   /** gRPC channels for direct runs (the gateway uses one per worker). */
   channels: number;
   partialIntervalMs: number;
@@ -180,7 +186,7 @@ export async function runLoad(o: LoadOptions): Promise<LoadResult> {
   const prepared = prepare(files, o.loops, o.frameMs);
   const isWs = o.target.startsWith("ws");
   setTag(o.tag ?? "bench");
-  const pool = isWs ? undefined : new GrpcPool(o.target.replace(/^grpc:\/\//, ""), o.channels);
+  const pool = isWs ? undefined : new GrpcPool(o.target.replace(/^grpc:\/\//, ""), o.channels, o.coalesceMs);
   await pool?.settle();
   const pacer = new Pacer();
   const sampler = new ProcSampler(o.pids);

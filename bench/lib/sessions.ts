@@ -4,17 +4,20 @@
  * Both record the same Trace: when every frame was sent and when every result
  * arrived, so that metrics are computed identically for both paths.
  */
-import { credentials, type ClientDuplexStream } from "@grpc/grpc-js";
+import { credentials } from "@grpc/grpc-js";
 import WebSocket from "ws";
 // The gateway's own schema of server messages: the load also checks protocol conformance.
 import { ServerMessageSchema } from "../../gateway/src/protocol.js";
 import { createLogger } from "../../gateway/src/log.js";
 import { WorkerConnections } from "../../gateway/src/worker-connections.js";
+import { CallWriter } from "../../gateway/src/call-writer.js";
+import type { RecognizeCall } from "../../gateway/src/workers.js";
+import { FastAsrClient, framedAudioRequest, framedRequest, type FramedRequest } from "../../gateway/src/wire.js";
+import { DEFAULT_COALESCE_DELAY, WriteCoalescer, type CoalesceDelay } from "../../gateway/src/write-coalescer.js";
 import {
-  AsrClient,
+  type AsrClient,
   ControlType,
   RecognitionMode,
-  type StreamingRecognizeRequest,
   type StreamingRecognizeResponse,
 } from "../../gateway/src/gen/asr/v1/asr.js";
 
@@ -255,8 +258,15 @@ export interface GrpcOptions {
   mode: RecognitionMode;
 }
 
-/** What a session needs to open its call. */
-export type CallOpener = Pick<AsrClient, "streamingRecognize">;
+/** What a session needs to open its call, and the coalescer its writes share with the other sessions. */
+export type CallOpener = Pick<AsrClient, "streamingRecognize"> & { coalescer?: WriteCoalescer };
+
+/**
+ * Channel options as the gateway's (workers.ts): retries off, so that requests go straight onto
+ * each call's HTTP/2 stream through the gateway's own CallWriter and, past the coalescer, in the
+ * same grouping the gateway sends them in.
+ */
+const CHANNEL_OPTIONS = { "grpc.enable_retries": 0, "grpc.max_receive_message_length": 8 << 20 };
 
 /**
  * A pool of channels to one worker; sessions are spread round-robin. With one
@@ -268,22 +278,20 @@ export class GrpcPool {
   private clients: AsrClient[] = [];
   private next = 0;
   private spread: WorkerConnections | undefined;
-  constructor(address: string, channels: number) {
+  /** One per pool, as one per gateway process: every session's audio is grouped into the same loop turns. */
+  private readonly coalescer: WriteCoalescer;
+  /** `coalesce`: the gateway's WORKER_WRITE_COALESCE_MS (write-coalescer.ts; 0 = every request written at once). */
+  constructor(address: string, channels: number, coalesce: CoalesceDelay = DEFAULT_COALESCE_DELAY) {
+    this.coalescer = new WriteCoalescer({ delay: coalesce });
     for (let i = 0; i < channels; i++) {
       // A distinct option per client forces a distinct channel (grpc-js shares identical ones).
       this.clients.push(
-        new AsrClient(address, credentials.createInsecure(), {
-          "bench.channel": i,
-          "grpc.max_receive_message_length": 8 << 20,
-        } as Record<string, unknown>),
+        new FastAsrClient(address, credentials.createInsecure(), { ...CHANNEL_OPTIONS, "bench.channel": i } as Record<string, unknown>),
       );
     }
     if (channels === 1) {
       const extra = (): AsrClient =>
-        new AsrClient(address, credentials.createInsecure(), {
-          "grpc.use_local_subchannel_pool": 1,
-          "grpc.max_receive_message_length": 8 << 20,
-        } as Record<string, unknown>);
+        new FastAsrClient(address, credentials.createInsecure(), { ...CHANNEL_OPTIONS, "grpc.use_local_subchannel_pool": 1 });
       this.spread = new WorkerConnections(this.clients[0]!, extra, createLogger("silent"), { loadIntervalMs: 200 });
       this.spread.start();
     }
@@ -299,10 +307,10 @@ export class GrpcPool {
   }
   pick(): CallOpener {
     const s = this.spread;
-    if (s !== undefined) return { streamingRecognize: () => s.streamingRecognize() };
+    if (s !== undefined) return { streamingRecognize: () => s.streamingRecognize(), coalescer: this.coalescer };
     const c = this.clients[this.next % this.clients.length]!;
     this.next++;
-    return c;
+    return { streamingRecognize: () => c.streamingRecognize(), coalescer: this.coalescer };
   }
   close(): void {
     this.spread?.close();
@@ -312,7 +320,9 @@ export class GrpcPool {
 
 export class GrpcSession implements BenchSession {
   readonly trace: Trace;
-  private call: ClientDuplexStream<StreamingRecognizeRequest, StreamingRecognizeResponse> | undefined;
+  private call: RecognizeCall | undefined;
+  /** Writes as the gateway's worker link does (call-writer.ts, coalesced by the pool's WriteCoalescer). */
+  private writer: CallWriter | undefined;
   private stopped = false;
   private ackResolve: (() => void) | undefined;
   private ended = false;
@@ -331,8 +341,13 @@ export class GrpcSession implements BenchSession {
 
   open(): Promise<void> {
     const t = performance.now();
-    const call = this.client.streamingRecognize();
+    // FastAsrClient's serializer passes framed requests' bytes through (the writer's grpc-js fallback).
+    const call = this.client.streamingRecognize() as RecognizeCall;
     this.call = call;
+    // The load client ignores backpressure (as before: grpc-js buffered without bound too).
+    const writer = new CallWriter(call, () => {}, undefined, this.client.coalescer);
+    this.writer = writer;
+    call.on("status", () => writer.close());
     call.on("data", (r: StreamingRecognizeResponse) => this.onResponse(r));
     call.on("error", (err: Error & { code?: number }) => {
       if (!(this.stopped && this.trace.ackAt !== undefined)) this.trace.errors.push(`grpc status ${err.code}: ${err.message}`);
@@ -344,7 +359,7 @@ export class GrpcSession implements BenchSession {
       this.trace.closedAt = performance.now();
       this.ackResolve?.();
     });
-    call.write({
+    writer.write(framedRequest({
       streamingRequest: {
         $case: "config",
         value: {
@@ -358,7 +373,7 @@ export class GrpcSession implements BenchSession {
           partialIntervalMs: this.opt.partialIntervalMs,
         },
       },
-    });
+    }));
     this.trace.connectMs = performance.now() - t;
     return Promise.resolve();
   }
@@ -403,7 +418,7 @@ export class GrpcSession implements BenchSession {
   sendFrame(j: number, frame: Buffer, now: number): void {
     if (!this.call || this.ended) return;
     if (j === 0) this.trace.t0 = now;
-    this.call.write({ streamingRequest: { $case: "audio", value: { pcm16le: frame, sampleRateHz: 0 } } });
+    this.writer!.write(framedAudioRequest(frame, 0), true);
     this.trace.sentAt[j] = now;
     this.trace.frameBytes[j] = frame.length;
   }
@@ -412,7 +427,7 @@ export class GrpcSession implements BenchSession {
     this.stopped = true;
     if (!this.call || this.ended) return Promise.resolve();
     this.trace.stopAt = performance.now();
-    this.call.write({ streamingRequest: { $case: "control", value: { type: ControlType.CONTROL_TYPE_END_OF_INPUT } } });
+    this.writer!.write(END_OF_INPUT);
     return waitForAck(this.trace, timeoutMs, this.trace.ackAt !== undefined || this.ended, (fn) => (this.ackResolve = fn));
   }
 
@@ -425,5 +440,9 @@ export class GrpcSession implements BenchSession {
     }
   }
 }
+
+const END_OF_INPUT: FramedRequest = framedRequest({
+  streamingRequest: { $case: "control", value: { type: ControlType.CONTROL_TYPE_END_OF_INPUT } },
+});
 
 export { RecognitionMode };

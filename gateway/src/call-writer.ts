@@ -31,9 +31,16 @@
  * that never saw the bytes written to the first; the writer falls back
  * unless the call can never start another attempt (grpc-js state NO_RETRY
  * or COMMITTED, one attempt).
+ *
+ * With a WriteCoalescer (write-coalescer.ts), audio on the direct path is
+ * held briefly and written with the other calls' held audio in one loop
+ * turn, as one buffer per call; any other request first writes the call's
+ * held audio, then itself, at once. The grpc-js fallback path is never
+ * coalesced: call.write() takes exactly one message.
  */
 import type { Http2Stream } from "node:http2";
 import { unframed, type FramedRequest } from "./wire.js";
+import type { HeldQueue, WriteCoalescer } from "./write-coalescer.js";
 import type { RecognizeCall } from "./workers.js";
 
 /** How requests reach the call now. */
@@ -58,16 +65,26 @@ export class CallWriter {
   private timer: NodeJS.Timeout | null = null;
   private pollMs = 0;
   private closed = false;
+  /** Held audio of the direct path (null: no coalescing, or not on the direct path yet). */
+  private held: HeldQueue | null = null;
+  private readonly coalescer: WriteCoalescer | undefined;
 
   /**
    * Starts looking for the call's stream. `onDrain` is called once after
    * write() returned false, when writing may go on. `find` locates the
    * stream (default http2StreamOf; tests pass one that finds none).
+   * `coalescer`, when given and enabled, holds audio on the direct path.
    */
-  constructor(call: RecognizeCall, onDrain: () => void, find: (call: RecognizeCall) => Http2Stream | null | undefined = http2StreamOf) {
+  constructor(
+    call: RecognizeCall,
+    onDrain: () => void,
+    find: (call: RecognizeCall) => Http2Stream | null | undefined = http2StreamOf,
+    coalescer?: WriteCoalescer,
+  ) {
     this.call = call;
     this.onDrain = onDrain;
     this.find = find;
+    this.coalescer = coalescer?.enabled === true ? coalescer : undefined;
     this.locate();
   }
 
@@ -76,16 +93,24 @@ export class CallWriter {
     return this.mode;
   }
 
-  /** Writes one request; false = the caller should pause until onDrain. */
-  write(req: FramedRequest): boolean {
+  /**
+   * Writes one request; false = the caller should pause until onDrain.
+   * `audio` marks a plain audio request, which a coalescer may hold; any
+   * other request writes the call's held audio first and then goes at once.
+   */
+  write(req: FramedRequest, audio = false): boolean {
     if (this.closed) return true;
     if (this.mode === "direct") {
-      const s = this.stream!;
-      // A stream that ended is the call ending: its status is on the way, the bytes are moot.
-      if (s.destroyed || s.writableEnded) return true;
-      if (s.write(req)) return true;
-      this.awaitDrain(s);
-      return false;
+      const held = this.held;
+      if (held !== null) {
+        if (audio) {
+          // Held: the stream's answer comes at the flush; a full stream shows as owesDrain then.
+          held.push(req);
+          return !this.owesDrain;
+        }
+        held.flush();
+      }
+      return this.writeDirect(req);
     }
     if (this.mode === "grpc-js") {
       if (this.call.write(unframed(req))) return true;
@@ -106,9 +131,20 @@ export class CallWriter {
     this.timer = null;
     this.queue = [];
     this.queuedBytes = 0;
+    this.held?.drop();
   }
 
   // -------------------------------------------------------------------------
+
+  /** Writes bytes (one request or a call's held requests) onto the stream; false = full. */
+  private writeDirect(bytes: Buffer): boolean {
+    const s = this.stream!;
+    // A stream that ended is the call ending: its status is on the way, the bytes are moot.
+    if (this.closed || s.destroyed || s.writableEnded) return true;
+    if (s.write(bytes)) return true;
+    this.awaitDrain(s);
+    return false;
+  }
 
   private awaitDrain(emitter: Http2Stream | RecognizeCall): void {
     if (this.owesDrain) return;
@@ -144,6 +180,7 @@ export class CallWriter {
       this.stream = found;
       this.mode = "direct";
       for (const r of queue) found.write(r);
+      if (this.coalescer !== undefined) this.held = this.coalescer.queue((bytes) => void this.writeDirect(bytes));
     }
     if (this.owesDrain) {
       this.owesDrain = false;

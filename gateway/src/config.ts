@@ -6,6 +6,7 @@
  * under load. Every variable is documented in docs/gateway.md.
  */
 import { z } from "zod";
+import { DEFAULT_COALESCE_DELAY, type CoalesceDelay } from "./write-coalescer.js";
 
 /** Accepts an integer written in an environment variable. */
 function intVar(def: number, min: number, max: number) {
@@ -75,6 +76,14 @@ const envSchema = z
     MAX_HOTWORDS_BYTES: intVar(16_384, 16, 1_048_576),
     REPLAY_BUFFER_SECONDS: intVar(60, 1, 3600),
     WORKER_DIRECT_WRITES: boolVar(true),
+    WORKER_WRITE_COALESCE_MS: z
+      .string()
+      .trim()
+      .toLowerCase()
+      .regex(/^(turn|\d{1,4})$/, 'must be a whole number of ms or "turn"')
+      .refine((v) => v === "turn" || Number(v) <= 1000, "must be 0..1000 ms or turn")
+      .optional()
+      .transform((v): CoalesceDelay => (v === undefined ? DEFAULT_COALESCE_DELAY : v === "turn" ? "turn" : Number(v))),
     LOG_LEVEL: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]).default("info"),
     IS_FINAL_MODE: z.enum(["seed", "cpp"]).default("seed"),
     ONLINE_MODE: z.enum(["upgrade", "strict"]).default("upgrade"),
@@ -125,6 +134,11 @@ export interface GatewayConfig {
    * through grpc-js's call.write(); false is the operator's way back to the plain grpc-js path.
    */
   readonly workerDirectWrites: boolean;
+  /**
+   * Longest hold of audio on its way to the workers, so that all calls' frames go out in one loop
+   * turn (write-coalescer.ts): ms, 0 = every frame at once, "turn" = only frames of the same loop turn.
+   */
+  readonly workerWriteCoalesceMs: CoalesceDelay;
   /** pino level. */
   readonly logLevel: "fatal" | "error" | "warn" | "info" | "debug" | "trace" | "silent";
   /** Deployment default of the is_final behaviour (see docs/gateway.md). */
@@ -187,6 +201,7 @@ export function loadConfig(env: Record<string, string | undefined>): GatewayConf
     maxHotwordsBytes: e.MAX_HOTWORDS_BYTES,
     replayBufferSeconds: e.REPLAY_BUFFER_SECONDS,
     workerDirectWrites: e.WORKER_DIRECT_WRITES,
+    workerWriteCoalesceMs: e.WORKER_WRITE_COALESCE_MS,
     logLevel: e.LOG_LEVEL,
     isFinalMode: e.IS_FINAL_MODE,
     onlineMode: e.ONLINE_MODE,

@@ -24,6 +24,7 @@ import { OpenAiTranscriptions, TRANSCRIPTIONS_PATH } from "./openai.js";
 import { Session } from "./session.js";
 import { UI_PREFIX, type UiSite } from "./ui.js";
 import type { WorkerLease, WorkerSource } from "./workers.js";
+import { WriteCoalescer } from "./write-coalescer.js";
 
 /** What the server is built from (the composition root passes these). */
 export interface GatewayServerDeps {
@@ -39,6 +40,8 @@ export interface GatewayServerDeps {
   ui?: UiSite;
   /** Prometheus metrics (metrics.ts), served at /metrics; absent: no metrics. */
   metrics?: GatewayMetrics;
+  /** Groups sessions' audio to the workers into few writes; absent: one built from config.workerWriteCoalesceMs. */
+  coalescer?: WriteCoalescer;
 }
 
 /** Headroom over MAX_FRAME_BYTES at which ws itself closes with 1009 (below it, the session answers with a JSON error first). */
@@ -55,11 +58,14 @@ export class GatewayServer {
   /** POST /v1/audio/transcriptions (openai.ts). */
   private readonly openai: OpenAiTranscriptions;
   private draining = false;
+  /** Shared by every session of this process, so that all their audio goes out in the same loop turns. */
+  private readonly coalescer: WriteCoalescer;
 
   /** Builds the server; nothing listens before listen(). */
   constructor(deps: GatewayServerDeps) {
     this.d = deps;
     const { config } = deps;
+    this.coalescer = deps.coalescer ?? new WriteCoalescer({ delay: config.workerWriteCoalesceMs });
     const handler = (req: IncomingMessage, res: ServerResponse): void => this.onRequest(req, res);
     this.server =
       config.tlsCert !== undefined && config.tlsKey !== undefined
@@ -193,6 +199,7 @@ export class GatewayServer {
         limits: config,
         logger,
         onClosed: (s) => this.sessions.delete(s),
+        coalescer: this.coalescer,
       });
       meter = metrics?.track(session);
       this.sessions.add(session);

@@ -34,6 +34,7 @@ import { SerialQueue } from "./serial-queue.js";
 import { applyConfig, defaultSettings, isFileMode, workerConfig, type Settings, type SettingsPolicy } from "./settings.js";
 import { WorkerLink } from "./worker-link.js";
 import type { WorkerLease, WorkerSource } from "./workers.js";
+import type { WriteCoalescer } from "./write-coalescer.js";
 
 /** The socket as a session needs it (a `ws` WebSocket satisfies it). */
 export interface ClientSocket {
@@ -83,6 +84,8 @@ export interface SessionDeps {
   logger: Logger;
   /** Called once when the session is closed (registry bookkeeping). */
   onClosed?: (s: Session) => void;
+  /** The process's audio coalescer for worker calls (write-coalescer.ts); absent: every frame written at once. */
+  coalescer?: WriteCoalescer;
 }
 
 /** Lifecycle states (see module comment). */
@@ -181,6 +184,7 @@ export class Session extends EventEmitter<SessionEvents> {
       initialLease: deps.initialLease,
       replayBufferSeconds: deps.limits.replayBufferSeconds,
       directWrites: deps.limits.workerDirectWrites,
+      ...(deps.coalescer !== undefined ? { coalescer: deps.coalescer } : {}),
       input: { pause: () => socket.pause?.(), resume: () => socket.resume?.() },
       logger: this.log,
     });

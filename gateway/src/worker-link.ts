@@ -31,6 +31,7 @@ import {
 import { CallWriter, type WriterPath } from "./call-writer.js";
 import { ReplayBuffer } from "./replay.js";
 import { framedAudioRequest, framedRequest, type FramedRequest } from "./wire.js";
+import type { WriteCoalescer } from "./write-coalescer.js";
 import type { RecognizeCall, WorkerLease, WorkerSource } from "./workers.js";
 
 /** Largest AudioChunk sent to a worker (the contract allows 4 MiB). */
@@ -101,6 +102,8 @@ export interface WorkerLinkDeps {
    * (call-writer.ts; default true). False keeps every call on grpc-js's call.write().
    */
   directWrites?: boolean;
+  /** Holds audio briefly so that all calls' audio goes out in one loop turn (write-coalescer.ts); absent: none. */
+  coalescer?: WriteCoalescer;
   /** The client's reads, paused while the call is full. */
   input: InputFlow;
   /** Session logger. */
@@ -187,7 +190,7 @@ export class WorkerLink extends EventEmitter<WorkerLinkEvents> {
     for (let off = 0; off < pcm.length; off += MAX_CHUNK_BYTES) {
       const chunk = off === 0 && pcm.length <= MAX_CHUNK_BYTES ? pcm : pcm.subarray(off, Math.min(pcm.length, off + MAX_CHUNK_BYTES));
       this.replay.push(chunk, sampleRateHz);
-      this.write(framedAudioRequest(chunk, sampleRateHz));
+      this.write(framedAudioRequest(chunk, sampleRateHz), true);
     }
   }
 
@@ -219,7 +222,7 @@ export class WorkerLink extends EventEmitter<WorkerLinkEvents> {
     this.call = call;
     this.writer?.close();
     // A finder that finds no stream puts the whole call on grpc-js's call.write().
-    const writer = new CallWriter(call, () => this.resumeInput(), this.d.directWrites === false ? () => null : undefined);
+    const writer = new CallWriter(call, () => this.resumeInput(), this.d.directWrites === false ? () => null : undefined, this.d.coalescer);
     this.writer = writer;
     // A paused read belongs to the old call, whose drain will never come.
     this.resumeInput();
@@ -247,10 +250,11 @@ export class WorkerLink extends EventEmitter<WorkerLinkEvents> {
     this.write(framedRequest({ streamingRequest: { $case: "config", value } }));
   }
 
-  private write(req: FramedRequest): void {
+  /** Writes one request (`audio`: plain audio, which the writer's coalescer may hold). */
+  private write(req: FramedRequest, audio = false): void {
     const writer = this.writer;
     if (this.call === null || writer === null || this.closed) return;
-    if (!writer.write(req) && !this.paused) {
+    if (!writer.write(req, audio) && !this.paused) {
       // The worker (or the network to it) is slower than the client sends, e.g. a
       // C++ client streaming a file at full speed: stop reading the WebSocket
       // until the call drains (the writer's onDrain) instead of buffering without bound.
@@ -359,7 +363,7 @@ export class WorkerLink extends EventEmitter<WorkerLinkEvents> {
       this.writeConfig(r.config);
       for (const c of chunks) {
         if (c.startMs < r.startMs || (r.eoiAtMs !== null && c.startMs >= r.eoiAtMs)) continue;
-        this.write(framedAudioRequest(c.pcm, c.sampleRateHz));
+        this.write(framedAudioRequest(c.pcm, c.sampleRateHz), true);
       }
       if (r.eoiAtMs !== null) this.write(END_OF_INPUT);
     }
