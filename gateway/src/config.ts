@@ -76,6 +76,7 @@ const envSchema = z
     MAX_HOTWORDS_BYTES: intVar(16_384, 16, 1_048_576),
     REPLAY_BUFFER_SECONDS: intVar(60, 1, 3600),
     WORKER_DIRECT_WRITES: boolVar(true),
+    WORKER_DIRECT_READS: boolVar(true),
     WORKER_WRITE_COALESCE_MS: z
       .string()
       .trim()
@@ -134,6 +135,11 @@ export interface GatewayConfig {
    * through grpc-js's call.write(); false is the operator's way back to the plain grpc-js path.
    */
   readonly workerDirectWrites: boolean;
+  /**
+   * Worker responses read straight off each call's HTTP/2 stream (call-reader.ts); false reads
+   * them through grpc-js's 'data' events, the operator's way back to the plain grpc-js path.
+   */
+  readonly workerDirectReads: boolean;
   /**
    * Longest hold of audio on its way to the workers, so that all calls' frames go out in one loop
    * turn (write-coalescer.ts): ms, 0 = every frame at once, "turn" = only frames of the same loop turn.
@@ -201,6 +207,7 @@ export function loadConfig(env: Record<string, string | undefined>): GatewayConf
     maxHotwordsBytes: e.MAX_HOTWORDS_BYTES,
     replayBufferSeconds: e.REPLAY_BUFFER_SECONDS,
     workerDirectWrites: e.WORKER_DIRECT_WRITES,
+    workerDirectReads: e.WORKER_DIRECT_READS,
     workerWriteCoalesceMs: e.WORKER_WRITE_COALESCE_MS,
     logLevel: e.LOG_LEVEL,
     isFinalMode: e.IS_FINAL_MODE,

@@ -66,6 +66,8 @@ export interface SessionLimits extends SettingsPolicy {
   replayBufferSeconds: number;
   /** Audio written straight onto the worker call's HTTP/2 stream (default true; see call-writer.ts). */
   workerDirectWrites?: boolean;
+  /** Worker responses read straight off the call's HTTP/2 stream (default true; see call-reader.ts). */
+  workerDirectReads?: boolean;
 }
 
 /** Everything a session is given by the composition root. */
@@ -184,6 +186,7 @@ export class Session extends EventEmitter<SessionEvents> {
       initialLease: deps.initialLease,
       replayBufferSeconds: deps.limits.replayBufferSeconds,
       directWrites: deps.limits.workerDirectWrites,
+      directReads: deps.limits.workerDirectReads,
       ...(deps.coalescer !== undefined ? { coalescer: deps.coalescer } : {}),
       input: { pause: () => socket.pause?.(), resume: () => socket.resume?.() },
       logger: this.log,

@@ -28,6 +28,7 @@ import {
   type StreamingRecognizeRequest,
   type StreamingRecognizeResponse,
 } from "./gen/asr/v1/asr.js";
+import { CallReader, type ReaderPath } from "./call-reader.js";
 import { CallWriter, type WriterPath } from "./call-writer.js";
 import { ReplayBuffer } from "./replay.js";
 import { framedAudioRequest, framedRequest, type FramedRequest } from "./wire.js";
@@ -102,6 +103,11 @@ export interface WorkerLinkDeps {
    * (call-writer.ts; default true). False keeps every call on grpc-js's call.write().
    */
   directWrites?: boolean;
+  /**
+   * Read responses straight off the call's HTTP/2 stream when grpc-js's layout allows
+   * (call-reader.ts; default true). False keeps every call on grpc-js's 'data' events.
+   */
+  directReads?: boolean;
   /** Holds audio briefly so that all calls' audio goes out in one loop turn (write-coalescer.ts); absent: none. */
   coalescer?: WriteCoalescer;
   /** The client's reads, paused while the call is full. */
@@ -127,6 +133,8 @@ export class WorkerLink extends EventEmitter<WorkerLinkEvents> {
   private call: RecognizeCall | null = null;
   /** Writes the current call's requests (straight onto its HTTP/2 stream, see call-writer.ts). */
   private writer: CallWriter | null = null;
+  /** Reads the current call's responses (straight off its HTTP/2 stream, see call-reader.ts). */
+  private reader: CallReader | null = null;
   private closed = false;
   private paused = false;
   private failovers = 0;
@@ -172,6 +180,11 @@ export class WorkerLink extends EventEmitter<WorkerLinkEvents> {
     return this.writer?.path ?? null;
   }
 
+  /** How the current call's responses are read (null before open()); diagnostics and tests. */
+  get readerPath(): ReaderPath | null {
+    return this.reader?.path ?? null;
+  }
+
   /** Failovers so far. */
   get failoverCount(): number {
     return this.failovers;
@@ -210,6 +223,8 @@ export class WorkerLink extends EventEmitter<WorkerLinkEvents> {
     this.call = null;
     this.writer?.close();
     this.writer = null;
+    this.reader?.close();
+    this.reader = null;
     call?.cancel();
     this.lease?.release();
     this.removeAllListeners();
@@ -226,14 +241,21 @@ export class WorkerLink extends EventEmitter<WorkerLinkEvents> {
     this.writer = writer;
     // A paused read belongs to the old call, whose drain will never come.
     this.resumeInput();
-    call.on("data", (r: StreamingRecognizeResponse) => {
-      if (this.call === call) this.onResponse(r);
-    });
+    this.reader?.close();
+    const reader = new CallReader(
+      call,
+      (r) => {
+        if (this.call === call) this.onResponse(r);
+      },
+      this.d.directReads === false ? () => null : undefined,
+    );
+    this.reader = reader;
     call.on("error", () => {
       // The status event handles every ending; this keeps grpc-js from throwing.
     });
     call.on("status", (s: StatusObject) => {
       writer.close();
+      reader.close();
       if (this.call !== call) return;
       this.call = null;
       this.onCallEnded(s);

@@ -31,6 +31,9 @@ import { HealthCheckResponse_ServingStatus, HealthClient, type HealthCheckRespon
 import { FastAsrClient, type EncodedRequest } from "./wire.js";
 import { WorkerConnections } from "./worker-connections.js";
 
+/** Largest message a worker may send the gateway (grpc-js's limit, and call-reader.ts's on the direct path). */
+export const MAX_RECEIVE_MESSAGE_BYTES = 8 * 1024 * 1024;
+
 /** A bidirectional StreamingRecognize call (audio requests may be written pre-encoded, see wire.ts). */
 export type RecognizeCall = ClientDuplexStream<StreamingRecognizeRequest | EncodedRequest, StreamingRecognizeResponse>;
 
@@ -142,7 +145,7 @@ export class WorkerPool implements WorkerSource {
       "grpc.enable_retries": 0,
       // Audio frames are small, but a whole decoded file is re-chunked to 1 MiB; results are small.
       "grpc.max_send_message_length": 8 * 1024 * 1024,
-      "grpc.max_receive_message_length": 8 * 1024 * 1024,
+      "grpc.max_receive_message_length": MAX_RECEIVE_MESSAGE_BYTES,
       // Detect a worker that vanished without closing TCP (host down, partition) within
       // ~30 s, so its sessions fail over; the worker accepts pings every >= 10 s.
       "grpc.keepalive_time_ms": 20_000,

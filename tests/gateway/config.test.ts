@@ -25,6 +25,7 @@ describe("loadConfig", () => {
     assert.equal(c.workerDnsRefreshSeconds, 10);
     assert.equal(c.processes, 1);
     assert.equal(c.workerDirectWrites, true);
+    assert.equal(c.workerDirectReads, true);
   });
 
   test("every variable is read", () => {
@@ -53,8 +54,10 @@ describe("loadConfig", () => {
       WORKER_DNS_REFRESH_SECONDS: "0",
       GATEWAY_PROCESSES: "4",
       WORKER_DIRECT_WRITES: "false",
+      WORKER_DIRECT_READS: "false",
     });
     assert.equal(c.workerDirectWrites, false);
+    assert.equal(c.workerDirectReads, false);
     assert.equal(c.workerDnsRefreshSeconds, 0);
     assert.equal(c.processes, 4);
     assert.equal(loadConfig({ GATEWAY_PROCESSES: "AUTO" }).processes, "auto");
@@ -83,6 +86,7 @@ describe("loadConfig", () => {
     [{ AUTH_TOKEN: "short" }, /AUTH_TOKEN: must be at least 8/],
     [{ FFMPEG_ENABLED: "perhaps" }, /FFMPEG_ENABLED/],
     [{ WORKER_DIRECT_WRITES: "sometimes" }, /WORKER_DIRECT_WRITES/],
+    [{ WORKER_DIRECT_READS: "maybe" }, /WORKER_DIRECT_READS/],
     [{ GATEWAY_PROCESSES: "0" }, /GATEWAY_PROCESSES/],
     [{ GATEWAY_PROCESSES: "many" }, /GATEWAY_PROCESSES/],
     [{ WORKER_DNS_REFRESH_SECONDS: "-1" }, /WORKER_DNS_REFRESH_SECONDS/],

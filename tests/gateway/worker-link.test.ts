@@ -29,7 +29,7 @@ async function pool(addresses: string[], serving = 1): Promise<WorkerPool> {
 }
 
 /** A link with every event recorded. */
-function recordedLink(workers: WorkerPool, directWrites?: boolean) {
+function recordedLink(workers: WorkerPool, directWrites?: boolean, directReads?: boolean) {
   const flow = { pauses: 0, resumes: 0 };
   const link = new WorkerLink({
     sessionId: "link-test",
@@ -37,6 +37,7 @@ function recordedLink(workers: WorkerPool, directWrites?: boolean) {
     initialLease: null,
     replayBufferSeconds: 60,
     directWrites,
+    directReads,
     input: { pause: () => void flow.pauses++, resume: () => void flow.resumes++ },
     logger,
   });
@@ -74,10 +75,10 @@ function send(link: WorkerLink, audio: Buffer, frame = 1920): void {
 
 describe("worker link", () => {
   for (const direct of [true, false]) {
-  test(`emits each segment's partials and final, then the round's acknowledgement, in order (${direct ? "requests straight onto the HTTP/2 stream" : "direct writes off: through grpc-js"})`, async () => {
+  test(`emits each segment's partials and final, then the round's acknowledgement, in order (${direct ? "requests and responses straight on the HTTP/2 stream" : "direct writes and reads off: through grpc-js"})`, async () => {
     const w = await new ScriptedWorker().start();
     const workers = await pool([w.address]);
-    const r = recordedLink(workers, direct ? undefined : false);
+    const r = recordedLink(workers, direct ? undefined : false, direct ? undefined : false);
     try {
       r.link.open();
       r.link.beginRound(CONFIG);
@@ -85,6 +86,7 @@ describe("worker link", () => {
       r.link.endRound();
       await r.until(() => r.acks() === 1);
       assert.equal(r.link.writerPath, direct ? "direct" : "grpc-js");
+      assert.equal(r.link.readerPath, direct ? "direct" : "grpc-js");
       assert.deepEqual(r.events, [`attached ${w.address}`, "final S0wwww", "final S1wwwwww", "final S2ww", "ack"]);
       const seg1 = r.partials.filter((p) => p.segmentId === 1).map((p) => p.delta).join("");
       assert.equal(seg1, "S1wwwwww");
