@@ -153,6 +153,8 @@ def run_one(args: argparse.Namespace, streams: int, out_dir: Path) -> dict:
                "--streams", str(streams), "--loops", str(loops), "--json", str(load_json),
                "--ramp-ms", str(args.frame_ms if args.together else args.ramp_ms),
                "--max-seconds", str(args.max_seconds), "--frame-ms", str(args.frame_ms)]
+        if args.coalesce_ms is not None:
+            cmd += ["--coalesce-ms", args.coalesce_ms]
         if files:
             cmd += ["--files", files]
         if sustain_s(args):
@@ -227,6 +229,8 @@ def main() -> int:
     p.add_argument("--loops", type=int, default=0, help="default 1 (2 with --together)")
     p.add_argument("--ramp-ms", type=int, default=3000)
     p.add_argument("--frame-ms", type=int, default=60, help="audio per gRPC message (load-client)")
+    p.add_argument("--coalesce-ms", default=None,
+                   help="load-client --coalesce-ms (ms or turn; default: WORKER_WRITE_COALESCE_MS's)")
     p.add_argument("--max-seconds", type=int, default=300)
     p.add_argument("--fake-base-ms", type=float, default=5.0)
     p.add_argument("--fake-per-item-ms", type=float, default=0.1)
