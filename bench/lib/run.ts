@@ -118,7 +118,10 @@ export function liveStreams(traces: Trace[]): LiveStreams {
       }
     }
     if (last < 0 || Number.isNaN(t.sentAt[0]!)) continue;
-    edges.push([t.sentAt[0]!, 1], [t.sentAt[last]! + t.frameMs, -1]);
+    // Scheduled times where paced (t0 = the first frame's due time), so that a late send of a
+    // session's last frame does not overlap the next session of its slot.
+    const start = Math.min(t.t0 || t.sentAt[0]!, t.sentAt[0]!);
+    edges.push([start, 1], [Math.min(t.sentAt[last]! + t.frameMs, start + (last + 1) * t.frameMs), -1]);
   }
   if (edges.length === 0) return { mean: 0, peak: 0, windowSeconds: 0 };
   // Ends before starts at the same instant: a slot's next session does not count twice.
