@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import REPO, run
+from deploy_testkit import REPO, run
 
 
 def compose_bin() -> str:

@@ -8,7 +8,7 @@ import fnmatch
 import re
 
 import pytest
-from conftest import REPO, run, tool
+from deploy_testkit import REPO, run, tool
 
 DOCKERFILES = ["Dockerfile.worker", "Dockerfile.gateway"]
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 
-from conftest import REPO
+from deploy_testkit import REPO
 
 README = (REPO / "README.md").read_text()
 

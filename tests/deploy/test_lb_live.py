@@ -17,7 +17,7 @@ import wave
 from pathlib import Path
 
 import pytest
-from conftest import REPO, free_port, run, wait_for
+from deploy_testkit import REPO, free_port, run, wait_for
 from test_live_scripts import GATEWAY_MAIN, Proc, gateway_ready
 
 pytestmark = [

@@ -17,7 +17,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import REPO, free_port, run, wait_for
+from deploy_testkit import REPO, free_port, run, wait_for
 
 GATEWAY_MAIN = REPO / "gateway" / "src" / "main.ts"
 

@@ -8,7 +8,7 @@ import re
 import shlex
 
 import yaml
-from conftest import REPO
+from deploy_testkit import REPO
 from test_compose import compose_config
 
 K8S = REPO / "deploy" / "k8s"

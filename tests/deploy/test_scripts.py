@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from conftest import REPO, run, tool
+from deploy_testkit import REPO, run, tool
 
 SCRIPTS = [*sorted(str(p.relative_to(REPO)) for p in (REPO / "scripts").glob("*.sh")), ".ci/run"]
 
@@ -70,14 +70,14 @@ def test_fetch_model_reuses_an_earlier_download_offline(tmp_path) -> None:
 
 
 def test_worker_healthcheck_reports_unreachable() -> None:
-    from conftest import free_port
+    from deploy_testkit import free_port
 
     proc = run(["bash", "scripts/healthcheck-worker.sh", f"127.0.0.1:{free_port()}"], check=False)
     assert proc.returncode == 2 and "UNAVAILABLE" in proc.stderr
 
 
 def test_gateway_healthcheck_reports_unreachable() -> None:
-    from conftest import free_port
+    from deploy_testkit import free_port
 
     proc = run(["bash", "scripts/healthcheck-gateway.sh", f"http://127.0.0.1:{free_port()}/readyz"],
                check=False)

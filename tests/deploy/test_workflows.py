@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 
 import yaml
-from conftest import REPO, run, tool
+from deploy_testkit import REPO, run, tool
 from test_compose import compose_bin
 
 WORKFLOWS = REPO / ".github" / "workflows"

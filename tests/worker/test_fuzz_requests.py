@@ -29,9 +29,9 @@ from pathlib import Path
 
 import grpc
 import pytest
-from conftest import wait_serving
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from worker_testkit import wait_serving
 
 from asr.v1 import asr_pb2, asr_pb2_grpc
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import grpc
 import pytest
-from conftest import read_wav, requests_for, wait_serving
 from prometheus_client.parser import text_string_to_metric_families
+from worker_testkit import read_wav, requests_for, wait_serving
 
 from asr.v1 import asr_pb2, asr_pb2_grpc
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import grpc
 import pytest
-from conftest import read_wav, requests_for, wait_serving
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from worker_testkit import read_wav, requests_for, wait_serving
 
 from asr.v1 import asr_pb2, asr_pb2_grpc
 

@@ -6,8 +6,8 @@ import asyncio
 
 import grpc
 import pytest
-from conftest import collect, read_wav, requests_for, start_worker
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from worker_testkit import collect, read_wav, requests_for, start_worker
 
 from asr.v1 import asr_pb2, asr_pb2_grpc
 

@@ -7,7 +7,7 @@ import itertools
 import grpc
 import numpy as np
 import pytest
-from conftest import collect, read_wav, requests_for, start_worker
+from worker_testkit import collect, read_wav, requests_for, start_worker
 
 from asr.v1 import asr_pb2, asr_pb2_grpc
 
@@ -182,7 +182,7 @@ async def test_half_close_finalizes_open_segment(stub, shared_audio):
 async def test_max_length_cap_force_closes(silero, shared_audio):
     """Continuous speech longer than the cap is cut with reason MAX_LENGTH, nothing lost."""
     import grpc
-    from conftest import start_worker
+    from worker_testkit import start_worker
 
     from asr.v1 import asr_pb2_grpc
     from asr_worker.session import SessionOptions
@@ -235,7 +235,7 @@ async def test_paced_stream_gets_partials_on_cadence(stub, shared_audio):
 
 async def test_window_limited_partials_never_revise(silero, shared_audio):
     import grpc
-    from conftest import start_worker
+    from worker_testkit import start_worker
 
     from asr.v1 import asr_pb2_grpc
     from asr_worker.session import SessionOptions
@@ -257,7 +257,7 @@ async def test_many_concurrent_streams_each_get_all_their_finals(silero, shared_
     import asyncio
 
     import grpc
-    from conftest import start_worker
+    from worker_testkit import start_worker
 
     from asr.v1 import asr_pb2_grpc
 

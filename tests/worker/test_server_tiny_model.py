@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from conftest import collect, read_wav, requests_for, start_worker
+from worker_testkit import collect, read_wav, requests_for, start_worker
 
 from asr.v1 import asr_pb2, asr_pb2_grpc
 

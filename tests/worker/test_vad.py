@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import read_wav
+from worker_testkit import read_wav
 
 from asr_worker.vad import WINDOW_SAMPLES, Endpointer, EventKind, VadConfig
 

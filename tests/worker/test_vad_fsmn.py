@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import collect, read_wav, requests_for, start_worker
+from worker_testkit import collect, read_wav, requests_for, start_worker
 
 from asr.v1 import asr_pb2, asr_pb2_grpc
 from asr_worker.vad_tiny import build_fsmn_vad_dir, fsmn_vad_config
