@@ -29,7 +29,7 @@ export type CoalesceDelay = number | "turn";
  * The gateway's default (WORKER_WRITE_COALESCE_MS) and the load client's (`--coalesce-ms`), which
  * stands in for the gateway in worker benchmarks; chosen from docs/benchmarks.md's measurements.
  */
-export const DEFAULT_COALESCE_DELAY: CoalesceDelay = 2;
+export const DEFAULT_COALESCE_DELAY: CoalesceDelay = 4;
 
 /** Held bytes of one call above which it is written at once (a client streaming a file faster than real time). */
 export const DEFAULT_MAX_HELD_BYTES = 64 * 1024;
