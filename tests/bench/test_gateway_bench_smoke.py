@@ -1,0 +1,59 @@
+"""Smoke runs of the TypeScript gateway benchmarks, so CI keeps them working (not performance tests).
+
+The gateway's published CPU-per-frame and added-latency figures (docs/benchmarks.md, issue 11) come
+from these scripts; typecheck alone let them rot between sessions. Each runs a few streams for a few
+seconds against the stub worker and must finish with every session clean and every number present.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SHARED_AUDIO = Path(os.environ.get("ASR_SHARED_AUDIO", REPO.parent / "shared" / "audio"))
+
+pytestmark = pytest.mark.skipif(
+    not (SHARED_AUDIO / "MANIFEST.json").exists(), reason=f"shared audio not found at {SHARED_AUDIO}"
+)
+
+
+def _node_bench(script: str, args: list[str], *, timeout: float) -> subprocess.CompletedProcess[str]:
+    """Run bench/<script> with tsx from the repo root; it must exit 0."""
+    r = subprocess.run(["node", "--import", "tsx", f"bench/{script}", *args], cwd=REPO,
+                       capture_output=True, text=True, timeout=timeout)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return r
+
+
+@pytest.mark.timeout(240)
+def test_gateway_overhead_compares_direct_and_gateway_paths_with_clean_sessions(tmp_path: Path) -> None:
+    out = tmp_path / "overhead.json"
+    r = _node_bench("gateway-overhead.ts",
+                    ["--worker", "stub", "--ns", "4", "--files", "zh/damo.wav", "--out", str(out)],
+                    timeout=240)
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["n"] == 4
+    for path in ("direct", "gateway"):
+        s = row[path]["summary"]
+        assert s["sessions"] == 4 and s["sessionsWithErrors"] == 0 and s["segmentMismatches"] == 0
+        assert s["finals"] >= 4 and s["partials"] > 0
+    added = row["added"]
+    # The stub worker's per-frame trace joined both paths (send -> worker receipt).
+    assert added["uplinkP99"] is not None
+    assert added["gatewayCpuUsPerFrame"] > 0 and added["gatewayCores"] > 0
+    assert "| 4 |" in r.stdout
+
+
+@pytest.mark.timeout(240)
+def test_gateway_floor_measures_every_layer(tmp_path: Path) -> None:
+    r = _node_bench("gateway-floor.ts",
+                    ["--streams", "4", "--seconds", "2", "--rounds", "1", "--pin", ""],
+                    timeout=240)
+    rows = [line for line in r.stdout.splitlines() if line.startswith("| ") and "µs per frame" not in line]
+    modes = {line.split("|")[1].strip() for line in rows if not line.startswith("|---")}
+    assert {"ws", "ws-grpc", "ws-h2", "ws-grpc-direct", "gateway"} <= modes
