@@ -41,7 +41,7 @@
  */
 import type { Http2Stream } from "node:http2";
 import { status as GrpcStatus } from "@grpc/grpc-js";
-import { http2StreamOf } from "./call-writer.js";
+import { http2StreamOf, StreamLocator, type StreamFinder } from "./call-stream.js";
 import { StreamingRecognizeResponse } from "./gen/asr/v1/asr.js";
 import { GRPC_HEADER_BYTES } from "./wire.js";
 import { MAX_RECEIVE_MESSAGE_BYTES, type RecognizeCall } from "./workers.js";
@@ -49,8 +49,6 @@ import { MAX_RECEIVE_MESSAGE_BYTES, type RecognizeCall } from "./workers.js";
 /** How responses reach the link now. */
 export type ReaderPath = "pending" | "direct" | "grpc-js";
 
-/** Longest wait between looks for the stream while the call is being placed (as the writer's). */
-const MAX_POLL_MS = 50;
 
 /** What the reader uses of grpc-js's intercepting call (ClientDuplexStream.call). */
 interface Cancellable {
@@ -61,11 +59,9 @@ interface Cancellable {
 export class CallReader {
   private readonly call: RecognizeCall;
   private readonly onResponse: (r: StreamingRecognizeResponse) => void;
-  private readonly find: (call: RecognizeCall) => Http2Stream | null | undefined;
   private readonly maxMessageBytes: number;
   private mode: ReaderPath = "pending";
-  private timer: NodeJS.Timeout | null = null;
-  private pollMs = 0;
+  private readonly locator: StreamLocator;
   private closed = false;
   /** The header of the message being read, while it arrives in pieces. */
   private readonly header = Buffer.alloc(GRPC_HEADER_BYTES);
@@ -82,18 +78,17 @@ export class CallReader {
   constructor(
     call: RecognizeCall,
     onResponse: (r: StreamingRecognizeResponse) => void,
-    find: (call: RecognizeCall) => Http2Stream | null | undefined = http2StreamOf,
+    find: StreamFinder = http2StreamOf,
     maxMessageBytes = MAX_RECEIVE_MESSAGE_BYTES,
   ) {
     this.call = call;
     this.onResponse = onResponse;
-    this.find = find;
     this.maxMessageBytes = maxMessageBytes;
     // Until (and unless) the reader takes the stream over, grpc-js delivers.
     call.on("data", (r: StreamingRecognizeResponse) => {
       if (this.mode !== "direct" && !this.closed) this.onResponse(r);
     });
-    this.locate();
+    this.locator = new StreamLocator(call, find, (found) => this.located(found));
   }
 
   /** Which path responses take (tests and diagnostics). */
@@ -104,23 +99,14 @@ export class CallReader {
   /** Stops delivering (the call is being cancelled or has ended). */
   close(): void {
     this.closed = true;
-    if (this.timer !== null) clearTimeout(this.timer);
-    this.timer = null;
+    this.locator.stop();
     this.body = null;
   }
 
   // -------------------------------------------------------------------------
 
-  /** Looks for the stream now, then again later while the call is still being placed. */
-  private locate(): void {
-    this.timer = null;
-    if (this.closed) return;
-    const found = this.find(this.call);
-    if (found === undefined) {
-      this.pollMs = Math.min(MAX_POLL_MS, Math.max(1, this.pollMs * 2));
-      this.timer = setTimeout(() => this.locate(), this.pollMs);
-      return;
-    }
+  /** The call's stream was found (null: grpc-js delivers for the whole call); take it over if grpc-js has not read yet. */
+  private located(found: Http2Stream | null): void {
     const theirs = found?.listeners("data");
     if (found === null || found.readableDidRead || theirs?.length !== 1 || cancellable(this.call) === null) {
       this.mode = "grpc-js";

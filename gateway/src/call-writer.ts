@@ -39,6 +39,7 @@
  * coalesced: call.write() takes exactly one message.
  */
 import type { Http2Stream } from "node:http2";
+import { http2StreamOf, StreamLocator, type StreamFinder } from "./call-stream.js";
 import { unframed, type FramedRequest } from "./wire.js";
 import type { HeldQueue, WriteCoalescer } from "./write-coalescer.js";
 import type { RecognizeCall } from "./workers.js";
@@ -48,22 +49,18 @@ export type WriterPath = "pending" | "direct" | "grpc-js";
 
 /** Queued bytes (while the stream does not exist yet) above which write() asks the caller to pause. */
 const QUEUE_HIGH_BYTES = 256 * 1024;
-/** Longest wait between looks for the stream while the call is being placed. */
-const MAX_POLL_MS = 50;
 
 /** One call's request writer (see module comment). */
 export class CallWriter {
   private readonly call: RecognizeCall;
   private readonly onDrain: () => void;
-  private readonly find: (call: RecognizeCall) => Http2Stream | null | undefined;
   private stream: Http2Stream | null = null;
   private mode: WriterPath = "pending";
   private queue: FramedRequest[] = [];
   private queuedBytes = 0;
   /** write() returned false and onDrain is still owed. */
   private owesDrain = false;
-  private timer: NodeJS.Timeout | null = null;
-  private pollMs = 0;
+  private readonly locator: StreamLocator;
   private closed = false;
   /** Held audio of the direct path (null: no coalescing, or not on the direct path yet). */
   private held: HeldQueue | null = null;
@@ -78,14 +75,13 @@ export class CallWriter {
   constructor(
     call: RecognizeCall,
     onDrain: () => void,
-    find: (call: RecognizeCall) => Http2Stream | null | undefined = http2StreamOf,
+    find: StreamFinder = http2StreamOf,
     coalescer?: WriteCoalescer,
   ) {
     this.call = call;
     this.onDrain = onDrain;
-    this.find = find;
     this.coalescer = coalescer?.enabled === true ? coalescer : undefined;
-    this.locate();
+    this.locator = new StreamLocator(call, find, (found) => this.located(found));
   }
 
   /** Which path requests take (tests and diagnostics). */
@@ -127,8 +123,7 @@ export class CallWriter {
   /** Stops looking for the stream and drops queued requests (the call is being cancelled or has ended). */
   close(): void {
     this.closed = true;
-    if (this.timer !== null) clearTimeout(this.timer);
-    this.timer = null;
+    this.locator.stop();
     this.queue = [];
     this.queuedBytes = 0;
     this.held?.drop();
@@ -158,18 +153,8 @@ export class CallWriter {
     this.onDrain();
   }
 
-  /** Looks for the stream now, then again later while the call is still being placed. */
-  private locate(): void {
-    this.timer = null;
-    if (this.closed) return;
-    const found = this.find(this.call);
-    if (found === undefined) {
-      // Placement waits for a connection: look again soon, backing off so a worker that
-      // takes seconds to connect costs a few wake-ups, not a busy loop.
-      this.pollMs = Math.min(MAX_POLL_MS, Math.max(1, this.pollMs * 2));
-      this.timer = setTimeout(() => this.locate(), this.pollMs);
-      return;
-    }
+  /** The call's stream was found (null: grpc-js's own writes for the whole call); queued requests go first. */
+  private located(found: Http2Stream | null): void {
     const queue = this.queue;
     this.queue = [];
     this.queuedBytes = 0;
@@ -187,40 +172,4 @@ export class CallWriter {
       this.onDrain();
     }
   }
-}
-
-/** What the walk below reads of grpc-js's internal call objects. */
-interface Internals {
-  call?: Internals | null;
-  child?: Internals | null;
-  underlyingCalls?: { call?: Internals | null }[];
-  state?: string;
-  http2Stream?: Http2Stream;
-}
-
-/**
- * The HTTP/2 stream under a grpc-js call: the stream, `undefined` while the
- * call is still being placed, or null when grpc-js is not laid out as
- * expected (then it never will be, for this call).
- */
-export function http2StreamOf(call: RecognizeCall): Http2Stream | null | undefined {
-  const intercepting = (call as unknown as Internals).call;
-  if (intercepting === null || typeof intercepting !== "object" || !("call" in intercepting)) return null;
-  const resolving = intercepting.call;
-  if (resolving === null || typeof resolving !== "object" || !("child" in resolving)) return null;
-  const retrying = resolving.child;
-  if (retrying === null) return undefined;
-  if (typeof retrying !== "object" || !Array.isArray(retrying.underlyingCalls)) return null;
-  // Only a call that can never start another attempt: retries off on the channel, or committed.
-  if (retrying.state !== "NO_RETRY" && retrying.state !== "COMMITTED") return null;
-  const attempts = retrying.underlyingCalls;
-  if (attempts.length === 0) return undefined;
-  if (attempts.length > 1) return null;
-  const balancing = attempts[0]!.call;
-  if (balancing === null || typeof balancing !== "object" || !("child" in balancing)) return null;
-  const sub = balancing.child;
-  if (sub === null) return undefined;
-  const stream = typeof sub === "object" ? sub.http2Stream : undefined;
-  if (stream === undefined || typeof stream.write !== "function" || typeof stream.once !== "function") return null;
-  return stream;
 }

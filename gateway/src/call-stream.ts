@@ -1,0 +1,96 @@
+/**
+ * Finding the HTTP/2 stream under a grpc-js call, for the call writer and the
+ * call reader (call-writer.ts, call-reader.ts), which bypass grpc-js's
+ * per-message machinery on it.
+ *
+ * Why one module: both look for the same stream through the same grpc-js 1.14
+ * internals, and on the same schedule — the reader relies on that (it must
+ * own the stream's 'data' before the worker can answer, and the writer writes
+ * nothing before it finds the stream).
+ */
+import type { Http2Stream } from "node:http2";
+import type { RecognizeCall } from "./workers.js";
+
+/** Locates a call's stream: the stream, `undefined` while the call is being placed, null when it never will be. */
+export type StreamFinder = (call: RecognizeCall) => Http2Stream | null | undefined;
+
+/** Longest wait between looks for the stream while the call is being placed. */
+const MAX_POLL_MS = 50;
+
+/**
+ * Looks for a call's stream now and again until `find` answers (a stream, or
+ * null: grpc-js is not laid out as expected), then calls `onFound` once —
+ * synchronously from the constructor when the call is already placed.
+ */
+export class StreamLocator {
+  private timer: NodeJS.Timeout | null = null;
+  private pollMs = 0;
+  private stopped = false;
+
+  /** Starts looking at once. */
+  constructor(
+    private readonly call: RecognizeCall,
+    private readonly find: StreamFinder,
+    private readonly onFound: (stream: Http2Stream | null) => void,
+  ) {
+    this.look();
+  }
+
+  /** Stops looking (the call ended or is being cancelled); onFound will not be called. */
+  stop(): void {
+    this.stopped = true;
+    if (this.timer !== null) clearTimeout(this.timer);
+    this.timer = null;
+  }
+
+  private look(): void {
+    this.timer = null;
+    if (this.stopped) return;
+    const found = this.find(this.call);
+    if (found === undefined) {
+      // Placement waits for a connection: look again soon, backing off so a worker that
+      // takes seconds to connect costs a few wake-ups, not a busy loop.
+      this.pollMs = Math.min(MAX_POLL_MS, Math.max(1, this.pollMs * 2));
+      this.timer = setTimeout(() => this.look(), this.pollMs);
+      return;
+    }
+    this.stopped = true;
+    this.onFound(found);
+  }
+}
+
+/** What the walk below reads of grpc-js's internal call objects. */
+interface Internals {
+  call?: Internals | null;
+  child?: Internals | null;
+  underlyingCalls?: { call?: Internals | null }[];
+  state?: string;
+  http2Stream?: Http2Stream;
+}
+
+/**
+ * The HTTP/2 stream under a grpc-js call: the stream, `undefined` while the
+ * call is still being placed, or null when grpc-js is not laid out as
+ * expected (then it never will be, for this call).
+ */
+export function http2StreamOf(call: RecognizeCall): Http2Stream | null | undefined {
+  const intercepting = (call as unknown as Internals).call;
+  if (intercepting === null || typeof intercepting !== "object" || !("call" in intercepting)) return null;
+  const resolving = intercepting.call;
+  if (resolving === null || typeof resolving !== "object" || !("child" in resolving)) return null;
+  const retrying = resolving.child;
+  if (retrying === null) return undefined;
+  if (typeof retrying !== "object" || !Array.isArray(retrying.underlyingCalls)) return null;
+  // Only a call that can never start another attempt: retries off on the channel, or committed.
+  if (retrying.state !== "NO_RETRY" && retrying.state !== "COMMITTED") return null;
+  const attempts = retrying.underlyingCalls;
+  if (attempts.length === 0) return undefined;
+  if (attempts.length > 1) return null;
+  const balancing = attempts[0]!.call;
+  if (balancing === null || typeof balancing !== "object" || !("child" in balancing)) return null;
+  const sub = balancing.child;
+  if (sub === null) return undefined;
+  const stream = typeof sub === "object" ? sub.http2Stream : undefined;
+  if (stream === undefined || typeof stream.write !== "function" || typeof stream.once !== "function") return null;
+  return stream;
+}
