@@ -57,3 +57,10 @@ def test_gateway_floor_measures_every_layer(tmp_path: Path) -> None:
     rows = [line for line in r.stdout.splitlines() if line.startswith("| ") and "µs per frame" not in line]
     modes = {line.split("|")[1].strip() for line in rows if not line.startswith("|---")}
     assert {"ws", "ws-grpc", "ws-h2", "ws-grpc-direct", "gateway"} <= modes
+
+
+def test_call_reader_cost_runs_both_receive_paths() -> None:
+    r = _node_bench("call-reader-cost.ts", ["--calls", "5", "--messages", "200", "--rounds", "1"],
+                    timeout=120)
+    # Each path labels itself with the path its calls really took (a fallback would print grpc-js twice).
+    assert "(grpc-js):" in r.stdout and "(direct):" in r.stdout
