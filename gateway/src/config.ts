@@ -6,7 +6,7 @@
  * under load. Every variable is documented in docs/gateway.md.
  */
 import { z } from "zod";
-import { DEFAULT_COALESCE_DELAY, type CoalesceDelay } from "./write-coalescer.js";
+import { DEFAULT_COALESCE_DELAY, WriteCoalescer, type CoalesceDelay } from "./write-coalescer.js";
 
 /** Accepts an integer written in an environment variable. */
 function intVar(def: number, min: number, max: number) {
@@ -79,12 +79,16 @@ const envSchema = z
     WORKER_DIRECT_READS: boolVar(true),
     WORKER_WRITE_COALESCE_MS: z
       .string()
-      .trim()
-      .toLowerCase()
-      .regex(/^(turn|\d{1,4})$/, 'must be a whole number of ms or "turn"')
-      .refine((v) => v === "turn" || Number(v) <= 1000, "must be 0..1000 ms or turn")
       .optional()
-      .transform((v): CoalesceDelay => (v === undefined ? DEFAULT_COALESCE_DELAY : v === "turn" ? "turn" : Number(v))),
+      .transform((v, ctx): CoalesceDelay => {
+        if (v === undefined) return DEFAULT_COALESCE_DELAY;
+        try {
+          return WriteCoalescer.parseDelay(v);
+        } catch (e) {
+          ctx.addIssue({ code: "custom", message: (e as Error).message });
+          return z.NEVER;
+        }
+      }),
     LOG_LEVEL: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]).default("info"),
     IS_FINAL_MODE: z.enum(["seed", "cpp"]).default("seed"),
     ONLINE_MODE: z.enum(["upgrade", "strict"]).default("upgrade"),

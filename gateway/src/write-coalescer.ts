@@ -97,13 +97,15 @@ export class WriteCoalescer {
   private armed = false;
   private readonly flushAll = (): void => this.flushPending();
 
-  /** Parses "turn" or a number of ms (the env variable's and the load client's form); throws on anything else. */
+  /**
+   * Parses "turn" or a whole number of ms, 0..1000: the one rule for WORKER_WRITE_COALESCE_MS
+   * (config.ts) and the load client's --coalesce-ms. Throws a RangeError on anything else.
+   */
   static parseDelay(text: string): CoalesceDelay {
     const t = text.trim().toLowerCase();
     if (t === "turn") return "turn";
-    const ms = Number(t);
-    if (t === "" || !Number.isFinite(ms) || ms < 0 || ms > 1000) throw new RangeError(`coalesce delay must be "turn" or 0..1000 ms (got ${JSON.stringify(text)})`);
-    return ms;
+    if (!/^\d{1,4}$/.test(t) || Number(t) > 1000) throw new RangeError(`coalesce delay must be a whole number of ms 0..1000 or "turn"`);
+    return Number(t);
   }
 
   /** A coalescer; nothing is held until a queue's push. */

@@ -265,5 +265,7 @@ describe("coalesce delay settings", () => {
     assert.equal(WriteCoalescer.parseDelay("2"), 2);
     assert.throws(() => WriteCoalescer.parseDelay("-3"), RangeError);
     assert.throws(() => WriteCoalescer.parseDelay(""), RangeError);
+    assert.throws(() => WriteCoalescer.parseDelay("2.5"), RangeError);
+    assert.throws(() => WriteCoalescer.parseDelay("5000"), RangeError);
   });
 });
