@@ -201,6 +201,13 @@ export async function runLoad(o: LoadOptions): Promise<LoadResult> {
   log(o, `${o.streams} sessions -> ${o.target} (${files.length} files, ramp ${o.rampMs} ms, pace ${o.pace || "max"})`);
 
   const done: Promise<void>[] = [];
+  // Stream i starts at its point of the ramp, plus a golden-ratio phase within one frame period
+  // so that frame sends are spread evenly over the 60 ms period (a ramp step that divides the
+  // period would line sessions up in a few synchronized bursts, unlike real clients).
+  const startOf = (i: number): number => {
+    const phase = o.streams > 1 && o.pace > 0 ? ((i * 0.6180339887) % 1) * (o.frameMs / o.pace) : 0;
+    return wall0 + (o.streams > 1 ? (i * o.rampMs) / o.streams : 0) + phase;
+  };
   const sustainMs = o.sustainMs ?? 0;
   if (sustainMs > 0) {
     const base = prepare(files, 1, o.frameMs);
@@ -220,51 +227,44 @@ export async function runLoad(o: LoadOptions): Promise<LoadResult> {
       sessions.push(s);
       return { s, p };
     };
+    for (let i = 0; i < o.streams; i++) done.push(runSlot(o, pacer, i, startOf(i), endAt, deadline, newSession));
+  } else {
     for (let i = 0; i < o.streams; i++) {
-      const phase = o.streams > 1 && o.pace > 0 ? ((i * 0.6180339887) % 1) * (o.frameMs / o.pace) : 0;
-      const startAt = wall0 + (o.streams > 1 ? (i * o.rampMs) / o.streams : 0) + phase;
-      done.push(runSlot(o, pacer, i, startAt, endAt, deadline, newSession));
-    }
-  }
-  for (let i = 0; i < (sustainMs > 0 ? 0 : o.streams); i++) {
-    const p = prepared[i % prepared.length]!;
-    const s = makeSession(o, i, p, pool);
-    sessions.push(s);
-    // Start times spread over the ramp, plus a golden-ratio phase within one frame period so
-    // that frame sends are spread evenly over the 60 ms period (a ramp step that divides the
-    // period would line sessions up in a few synchronized bursts, unlike real clients).
-    const phase = o.streams > 1 && o.pace > 0 ? ((i * 0.6180339887) % 1) * (o.frameMs / o.pace) : 0;
-    const startAt = wall0 + (o.streams > 1 ? (i * o.rampMs) / o.streams : 0) + phase;
-    done.push(
-      new Promise<void>((resolve) => {
-        const begin = async (): Promise<void> => {
-          try {
-            await s.open();
-          } catch {
-            resolve();
-            return;
-          }
-          const first = Math.max(performance.now(), startAt);
-          const period = o.pace > 0 ? o.frameMs / o.pace : 0;
-          pacer.add(first, (now, due) => {
-            // Frame index from the schedule, so one late wake-up does not shift the timeline.
-            const j = period > 0 ? Math.round((due - first) / period) : (s.trace.sentAt.findIndex(Number.isNaN) as number);
-            const fr = p.frames[j];
-            if (fr === undefined || now > deadline) {
-              s.stop(o.stopTimeoutMs).then(() => {
-                s.close();
-                resolve();
-              });
-              return null;
+      const p = prepared[i % prepared.length]!;
+      const s = makeSession(o, i, p, pool);
+      sessions.push(s);
+      const startAt = startOf(i);
+      done.push(
+        new Promise<void>((resolve) => {
+          const begin = async (): Promise<void> => {
+            try {
+              await s.open();
+            } catch {
+              resolve();
+              return;
             }
-            s.sendFrame(j, fr, now);
-            if (j === 0 && period > 0) s.trace.t0 = first; // audio clock origin = scheduled first frame
-            return period > 0 ? first + (j + 1) * period : now;
-          });
-        };
-        setTimeout(() => void begin(), Math.max(0, startAt - performance.now()));
-      }),
-    );
+            const first = Math.max(performance.now(), startAt);
+            const period = o.pace > 0 ? o.frameMs / o.pace : 0;
+            pacer.add(first, (now, due) => {
+              // Frame index from the schedule, so one late wake-up does not shift the timeline.
+              const j = period > 0 ? Math.round((due - first) / period) : (s.trace.sentAt.findIndex(Number.isNaN) as number);
+              const fr = p.frames[j];
+              if (fr === undefined || now > deadline) {
+                s.stop(o.stopTimeoutMs).then(() => {
+                  s.close();
+                  resolve();
+                });
+                return null;
+              }
+              s.sendFrame(j, fr, now);
+              if (j === 0 && period > 0) s.trace.t0 = first; // audio clock origin = scheduled first frame
+              return period > 0 ? first + (j + 1) * period : now;
+            });
+          };
+          setTimeout(() => void begin(), Math.max(0, startAt - performance.now()));
+        }),
+      );
+    }
   }
   await Promise.all(done);
   // Steady window: every session has started (ramp over) and none has finished yet.

@@ -11,7 +11,7 @@ import { ServerMessageSchema } from "../../gateway/src/protocol.js";
 import { createLogger } from "../../gateway/src/log.js";
 import { WorkerConnections } from "../../gateway/src/worker-connections.js";
 import { CallWriter } from "../../gateway/src/call-writer.js";
-import type { RecognizeCall } from "../../gateway/src/workers.js";
+import { MAX_RECEIVE_MESSAGE_BYTES, type RecognizeCall } from "../../gateway/src/workers.js";
 import { FastAsrClient, framedAudioRequest, framedRequest, type FramedRequest } from "../../gateway/src/wire.js";
 import { DEFAULT_COALESCE_DELAY, WriteCoalescer, type CoalesceDelay } from "../../gateway/src/write-coalescer.js";
 import {
@@ -266,7 +266,7 @@ export type CallOpener = Pick<AsrClient, "streamingRecognize"> & { coalescer?: W
  * each call's HTTP/2 stream through the gateway's own CallWriter and, past the coalescer, in the
  * same grouping the gateway sends them in.
  */
-const CHANNEL_OPTIONS = { "grpc.enable_retries": 0, "grpc.max_receive_message_length": 8 << 20 };
+const CHANNEL_OPTIONS = { "grpc.enable_retries": 0, "grpc.max_receive_message_length": MAX_RECEIVE_MESSAGE_BYTES };
 
 /**
  * A pool of channels to one worker; sessions are spread round-robin. With one

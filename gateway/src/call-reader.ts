@@ -49,7 +49,6 @@ import { MAX_RECEIVE_MESSAGE_BYTES, type RecognizeCall } from "./workers.js";
 /** How responses reach the link now. */
 export type ReaderPath = "pending" | "direct" | "grpc-js";
 
-
 /** What the reader uses of grpc-js's intercepting call (ClientDuplexStream.call). */
 interface Cancellable {
   cancelWithStatus(code: GrpcStatus, details: string): void;
