@@ -7,13 +7,14 @@
  */
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
-import { credentials, Metadata, Server, ServerCredentials, status as GrpcStatus, type ServerDuplexStream, type StatusObject } from "@grpc/grpc-js";
+import { credentials, Metadata, Server, status as GrpcStatus, type ServerDuplexStream, type StatusObject } from "@grpc/grpc-js";
 import { CallReader, type ReaderPath } from "../../gateway/src/call-reader.js";
 import { CallWriter } from "../../gateway/src/call-writer.js";
 import { http2StreamOf } from "../../gateway/src/call-stream.js";
 import { AsrService, ControlType, EndpointReason, ErrorCode, RecognitionMode, StreamingRecognizeRequest, StreamingRecognizeResponse } from "../../gateway/src/gen/asr/v1/asr.js";
 import { FastAsrClient, framedRequest } from "../../gateway/src/wire.js";
 import type { RecognizeCall } from "../../gateway/src/workers.js";
+import { until, listenOnFreePort } from "./helpers/grpc-test.js";
 
 const CHANNEL = { "grpc.enable_retries": 0 };
 const config = framedRequest(
@@ -64,23 +65,12 @@ class RawWorker {
       },
       watchLoad: () => {},
     });
-    const port = await new Promise<number>((resolve, reject) =>
-      this.server.bindAsync("127.0.0.1:0", ServerCredentials.createInsecure(), (e, p) => (e ? reject(e) : resolve(p))),
-    );
-    this.address = `127.0.0.1:${port}`;
+    this.address = await listenOnFreePort(this.server);
     return this;
   }
 
   stop(): void {
     this.server.forceShutdown();
-  }
-}
-
-async function until(cond: () => boolean, what: string, ms = 5000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 5));
   }
 }
 

@@ -6,27 +6,20 @@
  */
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
-import { credentials, Server, ServerCredentials, type ServerDuplexStream } from "@grpc/grpc-js";
+import { credentials, Server, type ServerDuplexStream } from "@grpc/grpc-js";
 import { CallWriter, type WriterPath } from "../../gateway/src/call-writer.js";
 import { AsrService, ControlType, RecognitionMode, StreamingRecognizeRequest, type StreamingRecognizeResponse } from "../../gateway/src/gen/asr/v1/asr.js";
 import { FastAsrClient, framedAudioRequest, framedRequest } from "../../gateway/src/wire.js";
 import type { RecognizeCall } from "../../gateway/src/workers.js";
 import { pcm } from "./helpers/harness.js";
 import { ScriptedWorker } from "./helpers/scripted-worker.js";
+import { until, listenOnFreePort } from "./helpers/grpc-test.js";
 
 const CHANNEL = { "grpc.enable_retries": 0 };
 const config = framedRequest(
   StreamingRecognizeRequest.fromPartial({ streamingRequest: { $case: "config", value: { sessionId: "w", sampleRateHz: 16000, mode: RecognitionMode.RECOGNITION_MODE_TWO_PASS } } }),
 );
 const eoi = framedRequest({ streamingRequest: { $case: "control", value: { type: ControlType.CONTROL_TYPE_END_OF_INPUT } } });
-
-async function until(cond: () => boolean, what: string, ms = 5000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 5));
-  }
-}
 
 describe("call writer against a real grpc-js worker", () => {
   let worker: ScriptedWorker;
@@ -108,10 +101,7 @@ describe("call writer backpressure on the direct path", () => {
       },
       watchLoad: () => {},
     });
-    const port = await new Promise<number>((resolve, reject) =>
-      server.bindAsync("127.0.0.1:0", ServerCredentials.createInsecure(), (e, p) => (e ? reject(e) : resolve(p))),
-    );
-    address = `127.0.0.1:${port}`;
+    address = await listenOnFreePort(server);
   });
   after(() => {
     server.forceShutdown();

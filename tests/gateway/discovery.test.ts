@@ -15,6 +15,7 @@ import { createLogger } from "../../gateway/src/log.js";
 import { WorkerPool } from "../../gateway/src/workers.js";
 import { finals, pcm, TestClient } from "./helpers/harness.js";
 import { ScriptedWorker } from "./helpers/scripted-worker.js";
+import { until } from "./helpers/grpc-test.js";
 
 const logger = createLogger("silent");
 
@@ -31,14 +32,6 @@ function controlledResolver(initial: Record<string, string[]>): Resolver & { set
   r.lookups = 0;
   r.set = (host, ips) => void table.set(host, ips);
   return r;
-}
-
-async function until(pred: () => boolean, what: string, ms = 5000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!pred()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
 }
 
 describe("worker discovery", () => {

@@ -8,7 +8,7 @@
 import assert from "node:assert/strict";
 import type { Http2Stream } from "node:http2";
 import { after, before, describe, test } from "node:test";
-import { credentials, Server, ServerCredentials, type ServerDuplexStream } from "@grpc/grpc-js";
+import { credentials, Server, type ServerDuplexStream } from "@grpc/grpc-js";
 import { CallWriter } from "../../gateway/src/call-writer.js";
 import { http2StreamOf } from "../../gateway/src/call-stream.js";
 import { loadConfig } from "../../gateway/src/config.js";
@@ -16,6 +16,7 @@ import { AsrService, ControlType, RecognitionMode, StreamingRecognizeRequest, ty
 import { FastAsrClient, framedAudioRequest, framedRequest } from "../../gateway/src/wire.js";
 import type { RecognizeCall } from "../../gateway/src/workers.js";
 import { DEFAULT_COALESCE_DELAY, WriteCoalescer } from "../../gateway/src/write-coalescer.js";
+import { until, listenOnFreePort } from "./helpers/grpc-test.js";
 
 const CHANNEL = { "grpc.enable_retries": 0 };
 const config = framedRequest(
@@ -25,14 +26,6 @@ const eoi = framedRequest({ streamingRequest: { $case: "control", value: { type:
 
 /** What the worker got on one call, in arrival order: "config", "eoi" or the audio's bytes. */
 type Got = Array<"config" | "eoi" | Buffer>;
-
-async function until(cond: () => boolean, what: string, ms = 5000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 2));
-  }
-}
 
 /** A frame whose bytes say which call and which frame it is (so reordering or mixing would show). */
 function frame(callIdx: number, j: number): Buffer {
@@ -64,10 +57,7 @@ class RecordingWorker {
       },
       watchLoad: () => {},
     });
-    const port = await new Promise<number>((resolve, reject) =>
-      this.server.bindAsync("127.0.0.1:0", ServerCredentials.createInsecure(), (e, p) => (e ? reject(e) : resolve(p))),
-    );
-    this.address = `127.0.0.1:${port}`;
+    this.address = await listenOnFreePort(this.server);
     return this;
   }
 
