@@ -18,6 +18,7 @@ import { parseArgs } from "node:util";
 import { credentials, Server, ServerCredentials, type ServerDuplexStream } from "@grpc/grpc-js";
 import { CallReader } from "../gateway/src/call-reader.js";
 import { CallWriter } from "../gateway/src/call-writer.js";
+import { StreamLocator } from "../gateway/src/call-stream.js";
 import { AsrService, type StreamingRecognizeRequest, type StreamingRecognizeResponse } from "../gateway/src/gen/asr/v1/asr.js";
 import { FastAsrClient, framedAudioRequest } from "../gateway/src/wire.js";
 import type { RecognizeCall } from "../gateway/src/workers.js";
@@ -67,7 +68,9 @@ async function round(address: string, direct: boolean, calls: number, messages: 
     for (let i = 0; i < calls; i++) {
       const call = client.streamingRecognize() as RecognizeCall;
       call.on("error", () => {});
-      const writer = new CallWriter(call, () => {});
+      // The gateway's pairing: writer and reader share one look for the stream.
+      const locator = new StreamLocator(call);
+      const writer = new CallWriter(call, () => {}, locator);
       let got = 0;
       const reader = new CallReader(
         call,
@@ -78,7 +81,7 @@ async function round(address: string, direct: boolean, calls: number, messages: 
           if (got < perCall + 1) writer.write(frame);
           else if (++finished === calls) resolve();
         },
-        direct ? undefined : () => null,
+        direct ? locator : () => null,
       );
       opened.push({ call, writer, reader });
       writer.write(frame);

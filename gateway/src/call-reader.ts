@@ -27,9 +27,11 @@
  * (grpc-js's), on a call whose intercepting call can end it with a status;
  * otherwise, or while the call is not placed, responses come through the
  * call's own 'data' events — for the whole call, so no message can overtake
- * another. The writer writes nothing before the stream exists, and both look
- * for it on the same timer schedule, so a worker cannot answer before the
- * reader has taken over.
+ * another. The writer writes nothing before the stream is found, and the
+ * call's writer and reader share one StreamLocator that tells both in one
+ * turn, so a worker cannot answer before the reader has taken over. (With
+ * WORKER_DIRECT_WRITES=false grpc-js writes as soon as it places the call,
+ * so the reader may find a stream already read from and stay on grpc-js.)
  *
  * Errors end the call as grpc-js would: a message over the channel's receive
  * limit with RESOURCE_EXHAUSTED, one the decoder rejects with INTERNAL
@@ -41,7 +43,7 @@
  */
 import type { Http2Stream } from "node:http2";
 import { status as GrpcStatus } from "@grpc/grpc-js";
-import { http2StreamOf, StreamLocator, type StreamFinder } from "./call-stream.js";
+import { http2StreamOf, locateStream, type StreamSource } from "./call-stream.js";
 import { StreamingRecognizeResponse } from "./gen/asr/v1/asr.js";
 import { GRPC_HEADER_BYTES } from "./wire.js";
 import { MAX_RECEIVE_MESSAGE_BYTES, type RecognizeCall } from "./workers.js";
@@ -60,7 +62,8 @@ export class CallReader {
   private readonly onResponse: (r: StreamingRecognizeResponse) => void;
   private readonly maxMessageBytes: number;
   private mode: ReaderPath = "pending";
-  private readonly locator: StreamLocator;
+  /** Stops waiting for the stream. */
+  private readonly unlocate: () => void;
   private closed = false;
   /** The header of the message being read, while it arrives in pieces. */
   private readonly header = Buffer.alloc(GRPC_HEADER_BYTES);
@@ -71,13 +74,16 @@ export class CallReader {
 
   /**
    * Starts delivering the call's responses to `onResponse`, in order, and
-   * looks for the call's stream. `find` locates it (default http2StreamOf;
-   * tests and WORKER_DIRECT_READS=false pass one that finds none).
+   * looks for the call's stream. `find` locates it: the locator the call's
+   * writer shares, so the reader takes the stream over in the same turn as
+   * the writer first writes to it; or a finder of its own (default
+   * http2StreamOf; WORKER_DIRECT_READS=false and tests pass one that finds
+   * none).
    */
   constructor(
     call: RecognizeCall,
     onResponse: (r: StreamingRecognizeResponse) => void,
-    find: StreamFinder = http2StreamOf,
+    find: StreamSource = http2StreamOf,
     maxMessageBytes = MAX_RECEIVE_MESSAGE_BYTES,
   ) {
     this.call = call;
@@ -87,7 +93,7 @@ export class CallReader {
     call.on("data", (r: StreamingRecognizeResponse) => {
       if (this.mode !== "direct" && !this.closed) this.onResponse(r);
     });
-    this.locator = new StreamLocator(call, find, (found) => this.located(found));
+    this.unlocate = locateStream(call, find, (found) => this.located(found));
   }
 
   /** Which path responses take (tests and diagnostics). */
@@ -98,7 +104,7 @@ export class CallReader {
   /** Stops delivering (the call is being cancelled or has ended). */
   close(): void {
     this.closed = true;
-    this.locator.stop();
+    this.unlocate();
     this.body = null;
   }
 

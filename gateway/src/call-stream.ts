@@ -4,9 +4,9 @@
  * per-message machinery on it.
  *
  * Why one module: both look for the same stream through the same grpc-js 1.14
- * internals, and on the same schedule — the reader relies on that (it must
- * own the stream's 'data' before the worker can answer, and the writer writes
- * nothing before it finds the stream).
+ * internals, and one call's pair shares one look (StreamLocator) — the reader
+ * relies on that: it must own the stream's 'data' before the worker can
+ * answer, and the writer writes nothing before the stream is found.
  */
 import type { Http2Stream } from "node:http2";
 import type { RecognizeCall } from "./workers.js";
@@ -18,34 +18,58 @@ export type StreamFinder = (call: RecognizeCall) => Http2Stream | null | undefin
 const MAX_POLL_MS = 50;
 
 /**
- * Looks for a call's stream now and again until `find` answers (a stream, or
- * null: grpc-js is not laid out as expected), then calls `onFound` once —
- * synchronously from the constructor when the call is already placed.
+ * Looks for one call's stream now and again until `find` answers (a stream,
+ * or null: grpc-js is not laid out as expected), then tells every subscriber
+ * in one synchronous turn.
+ *
+ * The call's writer and reader share one locator (worker-link.ts): with a
+ * locator each, their backing-off timers drift apart by a loop turn, the
+ * writer can find the stream and send the config first, and the worker's
+ * answer can reach grpc-js before the reader looks, which then has to leave
+ * the whole call on grpc-js's reads (or finds no stream at all before the
+ * call ends). One look that serves both makes that impossible: nothing is
+ * read from a socket inside one turn.
  */
 export class StreamLocator {
   private timer: NodeJS.Timeout | null = null;
   private pollMs = 0;
-  private stopped = false;
+  private looking = false;
+  /** What `find` answered; undefined until it has. */
+  private found: Http2Stream | null | undefined = undefined;
+  private readonly waiting = new Set<(stream: Http2Stream | null) => void>();
 
-  /** Starts looking at once. */
+  /** Looks with `find` (default http2StreamOf) once someone subscribes. */
   constructor(
     private readonly call: RecognizeCall,
-    private readonly find: StreamFinder,
-    private readonly onFound: (stream: Http2Stream | null) => void,
-  ) {
-    this.look();
-  }
+    private readonly find: StreamFinder = http2StreamOf,
+  ) {}
 
-  /** Stops looking (the call ended or is being cancelled); onFound will not be called. */
-  stop(): void {
-    this.stopped = true;
-    if (this.timer !== null) clearTimeout(this.timer);
-    this.timer = null;
+  /**
+   * Calls `onFound` once with the stream (null: grpc-js is not laid out as
+   * expected, it never will be for this call) — synchronously when it is
+   * already known. Returns the unsubscribe; when no one is left waiting the
+   * locator stops looking.
+   */
+  subscribe(onFound: (stream: Http2Stream | null) => void): () => void {
+    if (this.found !== undefined) {
+      onFound(this.found);
+      return () => {};
+    }
+    this.waiting.add(onFound);
+    if (!this.looking) {
+      this.looking = true;
+      this.look();
+    }
+    return () => {
+      if (!this.waiting.delete(onFound) || this.waiting.size > 0) return;
+      if (this.timer !== null) clearTimeout(this.timer);
+      this.timer = null;
+      this.looking = false;
+    };
   }
 
   private look(): void {
     this.timer = null;
-    if (this.stopped) return;
     const found = this.find(this.call);
     if (found === undefined) {
       // Placement waits for a connection: look again soon, backing off so a worker that
@@ -54,9 +78,21 @@ export class StreamLocator {
       this.timer = setTimeout(() => this.look(), this.pollMs);
       return;
     }
-    this.stopped = true;
-    this.onFound(found);
+    this.found = found;
+    this.looking = false;
+    const waiting = [...this.waiting];
+    this.waiting.clear();
+    for (const onFound of waiting) onFound(found);
   }
+}
+
+/** Where a writer or reader learns of its call's stream: a locator it shares, or a finder it looks with alone. */
+export type StreamSource = StreamLocator | StreamFinder;
+
+/** Subscribes `onFound` to `source` (a finder gets a locator of its own); returns the unsubscribe. */
+export function locateStream(call: RecognizeCall, source: StreamSource, onFound: (stream: Http2Stream | null) => void): () => void {
+  const locator = source instanceof StreamLocator ? source : new StreamLocator(call, source);
+  return locator.subscribe(onFound);
 }
 
 /** What the walk below reads of grpc-js's internal call objects. */

@@ -39,7 +39,7 @@
  * coalesced: call.write() takes exactly one message.
  */
 import type { Http2Stream } from "node:http2";
-import { http2StreamOf, StreamLocator, type StreamFinder } from "./call-stream.js";
+import { http2StreamOf, locateStream, type StreamSource } from "./call-stream.js";
 import { unframed, type FramedRequest } from "./wire.js";
 import type { HeldQueue, WriteCoalescer } from "./write-coalescer.js";
 import type { RecognizeCall } from "./workers.js";
@@ -60,7 +60,8 @@ export class CallWriter {
   private queuedBytes = 0;
   /** write() returned false and onDrain is still owed. */
   private owesDrain = false;
-  private readonly locator: StreamLocator;
+  /** Stops waiting for the stream. */
+  private readonly unlocate: () => void;
   private closed = false;
   /** Held audio of the direct path (null: no coalescing, or not on the direct path yet). */
   private held: HeldQueue | null = null;
@@ -69,19 +70,20 @@ export class CallWriter {
   /**
    * Starts looking for the call's stream. `onDrain` is called once after
    * write() returned false, when writing may go on. `find` locates the
-   * stream (default http2StreamOf; tests pass one that finds none).
+   * stream: the locator the call's reader shares (worker-link.ts), or a
+   * finder of its own (default http2StreamOf; tests pass one that finds none).
    * `coalescer`, when given and enabled, holds audio on the direct path.
    */
   constructor(
     call: RecognizeCall,
     onDrain: () => void,
-    find: StreamFinder = http2StreamOf,
+    find: StreamSource = http2StreamOf,
     coalescer?: WriteCoalescer,
   ) {
     this.call = call;
     this.onDrain = onDrain;
     this.coalescer = coalescer?.enabled === true ? coalescer : undefined;
-    this.locator = new StreamLocator(call, find, (found) => this.located(found));
+    this.unlocate = locateStream(call, find, (found) => this.located(found));
   }
 
   /** Which path requests take (tests and diagnostics). */
@@ -123,7 +125,7 @@ export class CallWriter {
   /** Stops looking for the stream and drops queued requests (the call is being cancelled or has ended). */
   close(): void {
     this.closed = true;
-    this.locator.stop();
+    this.unlocate();
     this.queue = [];
     this.queuedBytes = 0;
     this.held?.drop();

@@ -30,6 +30,7 @@ import {
 } from "./gen/asr/v1/asr.js";
 import { CallReader, type ReaderPath } from "./call-reader.js";
 import { CallWriter, type WriterPath } from "./call-writer.js";
+import { StreamLocator } from "./call-stream.js";
 import { ReplayBuffer } from "./replay.js";
 import { framedAudioRequest, framedRequest, type FramedRequest } from "./wire.js";
 import type { WriteCoalescer } from "./write-coalescer.js";
@@ -237,7 +238,9 @@ export class WorkerLink extends EventEmitter<WorkerLinkEvents> {
     this.call = call;
     this.writer?.close();
     // A finder that finds no stream puts the whole call on grpc-js's call.write().
-    const writer = new CallWriter(call, () => this.resumeInput(), this.d.directWrites === false ? () => null : undefined, this.d.coalescer);
+    // One look for the call's stream serves writer and reader (call-stream.ts says why).
+    const locator = new StreamLocator(call);
+    const writer = new CallWriter(call, () => this.resumeInput(), this.d.directWrites === false ? () => null : locator, this.d.coalescer);
     this.writer = writer;
     // A paused read belongs to the old call, whose drain will never come.
     this.resumeInput();
@@ -247,7 +250,7 @@ export class WorkerLink extends EventEmitter<WorkerLinkEvents> {
       (r) => {
         if (this.call === call) this.onResponse(r);
       },
-      this.d.directReads === false ? () => null : undefined,
+      this.d.directReads === false ? () => null : locator,
     );
     this.reader = reader;
     call.on("error", () => {

@@ -10,7 +10,7 @@ import { after, before, describe, test } from "node:test";
 import { credentials, Metadata, Server, status as GrpcStatus, type ServerDuplexStream, type StatusObject } from "@grpc/grpc-js";
 import { CallReader, type ReaderPath } from "../../gateway/src/call-reader.js";
 import { CallWriter } from "../../gateway/src/call-writer.js";
-import { http2StreamOf } from "../../gateway/src/call-stream.js";
+import { http2StreamOf, StreamLocator } from "../../gateway/src/call-stream.js";
 import { AsrService, ControlType, EndpointReason, ErrorCode, RecognitionMode, StreamingRecognizeRequest, StreamingRecognizeResponse } from "../../gateway/src/gen/asr/v1/asr.js";
 import { FastAsrClient, framedRequest } from "../../gateway/src/wire.js";
 import type { RecognizeCall } from "../../gateway/src/workers.js";
@@ -74,7 +74,7 @@ class RawWorker {
   }
 }
 
-/** Opens a call the way the link does (writer first, then reader) and records what the reader delivers. */
+/** Opens a call the way the link does (writer first, then reader, sharing one locator unless `find` is given) and records what the reader delivers. */
 function openCall(
   address: string,
   find?: (call: RecognizeCall) => ReturnType<typeof http2StreamOf>,
@@ -85,8 +85,9 @@ function openCall(
   const got: Buffer[] = [];
   const statusOf = new Promise<StatusObject>((resolve) => call.on("status", resolve));
   call.on("error", () => {});
-  const writer = new CallWriter(call, () => {});
-  const reader = new CallReader(call, (r) => got.push(Buffer.from(StreamingRecognizeResponse.encode(r).finish())), find, maxMessageBytes);
+  const locator = new StreamLocator(call);
+  const writer = new CallWriter(call, () => {}, locator);
+  const reader = new CallReader(call, (r) => got.push(Buffer.from(StreamingRecognizeResponse.encode(r).finish())), find ?? locator, maxMessageBytes);
   writer.write(config);
   return { client, call, got, statusOf, writer, reader };
 }
@@ -137,6 +138,33 @@ describe("call reader against a real grpc-js worker", () => {
     c.client.close();
   });
 
+  test("a reader sharing the writer's locator takes every stream over, even when the loop is busy between the two", async () => {
+    worker.tail = { extra: [], status: { code: GrpcStatus.OK, details: "" } };
+    const paths: ReaderPath[] = [];
+    for (let i = 0; i < 24; i++) {
+      const client = new FastAsrClient(worker.address, credentials.createInsecure(), CHANNEL);
+      const call = client.streamingRecognize() as RecognizeCall;
+      call.on("error", () => {});
+      const statusOf = new Promise<StatusObject>((resolve) => call.on("status", resolve));
+      const locator = new StreamLocator(call);
+      const writer = new CallWriter(call, () => {}, locator);
+      writer.write(config);
+      // Up to 1.5 ms of other work between the two, as a busy gateway has: locators of their own
+      // then drift a loop turn apart and the worker's answer reaches grpc-js before the reader looks.
+      const busyUntil = process.hrtime.bigint() + BigInt((i % 4) * 500_000);
+      while (process.hrtime.bigint() < busyUntil);
+      let got = 0;
+      const reader = new CallReader(call, () => got++, locator);
+      assert.equal((await statusOf).code, GrpcStatus.OK);
+      assert.equal(got, SCRIPT.length);
+      paths.push(reader.path);
+      writer.close();
+      reader.close();
+      client.close();
+    }
+    assert.deepEqual(new Set(paths), new Set(["direct"]));
+  });
+
   test("closing the reader and cancelling the call: nothing is delivered after close, the status is CANCELLED, the worker sees the cancel", async () => {
     worker.tail = { extra: [], status: null };
     const before = worker.cancelled;
@@ -158,11 +186,16 @@ describe("call reader against a real grpc-js worker", () => {
     const client = new FastAsrClient(worker.address, credentials.createInsecure(), CHANNEL);
     const call = client.streamingRecognize() as RecognizeCall;
     const statusOf = new Promise<StatusObject>((resolve) => call.on("status", resolve));
-    const writer = new CallWriter(call, () => {});
+    const locator = new StreamLocator(call);
+    const writer = new CallWriter(call, () => {}, locator);
     let got = 0;
-    const reader: CallReader = new CallReader(call, () => {
-      if (++got === 3) reader.close();
-    });
+    const reader: CallReader = new CallReader(
+      call,
+      () => {
+        if (++got === 3) reader.close();
+      },
+      locator,
+    );
     writer.write(config);
     const status = await statusOf;
     assert.equal(status.code, GrpcStatus.OK, "the stream kept flowing to its end");
