@@ -59,9 +59,28 @@ def test_gateway_floor_measures_every_layer(tmp_path: Path) -> None:
     assert {"ws", "ws-grpc", "ws-h2", "ws-grpc-direct", "gateway"} <= modes
 
 
+@pytest.mark.timeout(240)
+def test_gateway_floor_receive_variants_deliver_every_frame_side_by_side() -> None:
+    # --pairs runs two fronts at once; each front checks on exit that ws delivered every frame its
+    # clients sent (a variant that lost frames would look cheap), so exit 0 means all arrived.
+    r = _node_bench("gateway-floor.ts",
+                    ["--streams", "4", "--seconds", "2", "--rounds", "1", "--pin", "",
+                     "--pairs", "ws-direct+ws-onread,ws-onread-copy+ws-paused"],
+                    timeout=240)
+    assert "| ws-direct + ws-onread |" in r.stdout and "| ws-onread-copy + ws-paused |" in r.stdout
+    assert r.stderr.count("frames received") == 4
+
+
 def test_call_reader_cost_runs_both_receive_paths() -> None:
     r = _node_bench("call-reader-cost.ts", ["--calls", "5", "--messages", "200", "--rounds", "1"],
                     timeout=120)
     # Each path labels itself with the path its calls really took (a fallback would print grpc-js twice).
     out = r.stdout + r.stderr  # the script reports on stderr
     assert "(grpc-js):" in out and "(direct):" in out
+
+
+def test_frame_path_cost_measures_the_checkouts_audio_path() -> None:
+    r = _node_bench("frame-path-cost.ts", ["--sessions", "10", "--frames", "20000", "--rounds", "1"],
+                    timeout=120)
+    (line,) = [x for x in r.stdout.splitlines() if "ns per frame" in x]
+    assert float(line.rsplit("median ", 1)[1]) > 0
