@@ -30,7 +30,9 @@
  *                 native writev request per flush: what the same bytes cost
  *                 without a native write request and DATA frame per call.
  *
- * CPU is the writer's /proc utime+stime (all threads, kernel included) over
+ * The sink counts the bytes each writer's session delivered and a run fails
+ * unless they are all the bytes the writer wrote (so a write path that lost
+ * data cannot look cheap). CPU is the writer's /proc utime+stime (all threads, kernel included) over
  * the steady window, divided by the frames written; modes and holds alternate
  * within each round. Not a test: numbers go to docs/benchmarks.md.
  */
@@ -39,7 +41,7 @@ import http2 from "node:http2";
 import { loadavg } from "node:os";
 import { parseArgs } from "node:util";
 import { snapshot } from "./lib/proc.js";
-import { pinned, spawnListening } from "./lib/procs.js";
+import { pinned, spawnListening, type Server } from "./lib/procs.js";
 import { framedAudioRequest } from "../gateway/src/wire.js";
 import { WriteCoalescer, type HeldQueue } from "../gateway/src/write-coalescer.js";
 
@@ -53,6 +55,7 @@ const { values } = parseArgs({
     streams: { type: "string", default: "500" },
     seconds: { type: "string", default: "10" },
     rounds: { type: "string", default: "3" },
+    "warmup-s": { type: "string", default: "2" },
     pin: { type: "string", default: "writer=0,sink=1" },
   },
 });
@@ -61,14 +64,21 @@ const FRAME_MS = 60;
 const WINDOW = 16 * 1024 * 1024;
 
 // ---------------------------------------------------------------------------
-// sink: an HTTP/2 server that reads and drops every stream's DATA
+// sink: an HTTP/2 server that reads and drops every stream's DATA, and
+// prints how many bytes each session (one writer run) delivered
 
 function runSink(): void {
   const server = http2.createServer({ settings: { initialWindowSize: WINDOW, maxConcurrentStreams: 100_000 } });
-  server.on("session", (s) => s.setLocalWindowSize(WINDOW));
+  const received = new WeakMap<http2.Http2Session, number>();
+  server.on("session", (s) => {
+    s.setLocalWindowSize(WINDOW);
+    received.set(s, 0);
+    s.on("close", () => process.stdout.write(`RECEIVED ${received.get(s)}\n`));
+  });
   server.on("stream", (st) => {
     st.respond({ ":status": 200 });
-    st.on("data", () => {});
+    st.on("data", (d: Buffer) => void received.set(st.session!, received.get(st.session!)! + d.length));
+    st.on("end", () => st.end());
     st.on("error", () => {});
   });
   server.listen(0, "127.0.0.1", () => {
@@ -110,7 +120,7 @@ function handleWriter(sample: http2.ClientHttp2Stream): (st: http2.ClientHttp2St
   };
 }
 
-function runWriter(mode: string, holdMs: number, upstream: string, n: number, seconds: number): void {
+function runWriter(mode: string, holdMs: number, upstream: string, n: number, seconds: number, warmupS: number): void {
   const session = http2.connect(`http://${upstream}`, { settings: { initialWindowSize: WINDOW } });
   session.on("error", (e) => process.stderr.write(`h2: ${e.message}\n`));
   const frame = framedAudioRequest(Buffer.alloc(1920, 7), 16000);
@@ -122,6 +132,8 @@ function runWriter(mode: string, holdMs: number, upstream: string, n: number, se
   });
   const coalescer = new WriteCoalescer({ delay: holdMs });
   let frames = 0;
+  /** Bytes handed to the writes (all but `none`): the sink must report as many. */
+  let written = 0;
   let start: ReturnType<typeof snapshot> = null;
   let startFrames = 0;
   // Every stream has an id (and a native handle) once all are 'ready'.
@@ -147,7 +159,12 @@ function runWriter(mode: string, holdMs: number, upstream: string, n: number, se
         first.write(bytes);
       };
     } else throw new Error(`unknown mode ${mode}`);
-    const queues: HeldQueue[] = streams.map((st) => coalescer.queue((bytes) => write(st, bytes)));
+    const queues: HeldQueue[] = streams.map((st) =>
+      coalescer.queue((bytes) => {
+        if (mode !== "none") written += bytes.length;
+        write(st, bytes);
+      }),
+    );
     // The schedule: each stream's next due time, visited in due order by a 1 ms tick.
     const golden = 0.6180339887;
     const t0 = performance.now();
@@ -162,15 +179,21 @@ function runWriter(mode: string, holdMs: number, upstream: string, n: number, se
         slot.due += FRAME_MS;
         cursor = (cursor + 1) % order.length;
       }
-      if (start === null && now - t0 > 2000) {
+      if (start === null && now - t0 > warmupS * 1000) {
         start = snapshot(process.pid);
         startFrames = frames;
       } else if (start !== null && now - start.t >= seconds * 1000) {
         const end = snapshot(process.pid)!;
         const f = frames - startFrames;
         const cpu = end.cpuSec - start.cpuSec;
-        process.stdout.write(`RESULT ${JSON.stringify({ usPerFrame: (cpu / f) * 1e6, sysUsPerFrame: ((end.sysSec - start.sysSec) / f) * 1e6, framesPerSec: f / ((end.t - start.t) / 1000) })}\n`);
-        process.exit(0);
+        const result = { usPerFrame: (cpu / f) * 1e6, sysUsPerFrame: ((end.sysSec - start.sysSec) / f) * 1e6, framesPerSec: f / ((end.t - start.t) / 1000) };
+        // Stop pacing, write what is held, and close the session once it has sent everything
+        // (close() waits for the streams), so the sink can report what arrived.
+        coalescer.flushPending();
+        process.stdout.write(`RESULT ${JSON.stringify({ ...result, written })}\n`);
+        for (const st of streams) st.end();
+        session.close(() => process.exit(0));
+        return;
       }
       setTimeout(tick, 1);
     };
@@ -192,15 +215,23 @@ interface Row {
   sysUsPerFrame: number;
 }
 
-async function runOnce(pins: Record<string, string>, sink: string, mode: string, hold: number): Promise<Row> {
-  const [cmd, args] = pinned(pins.writer, process.execPath, ["--import", "tsx", "bench/h2-write-cost.ts", "--role", "writer", "--mode", mode, "--hold-ms", String(hold), "--upstream", sink, "--streams", values.streams, "--seconds", values.seconds]);
+async function runOnce(pins: Record<string, string>, sink: Server, sinkOut: (consume?: number) => string, mode: string, hold: number): Promise<Row> {
+  const [cmd, args] = pinned(pins.writer, process.execPath, ["--import", "tsx", "bench/h2-write-cost.ts", "--role", "writer", "--mode", mode, "--hold-ms", String(hold), "--upstream", sink.address, "--streams", values.streams, "--seconds", values.seconds, "--warmup-s", values["warmup-s"]]);
   const proc = spawn(cmd, args, { stdio: ["ignore", "pipe", "inherit"] });
   let out = "";
   proc.stdout.on("data", (d: Buffer) => void (out += d.toString()));
   const code = await new Promise<number | null>((resolve) => proc.on("exit", resolve));
   const m = /RESULT (.*)/.exec(out);
   if (m === null) throw new Error(`writer ${mode} exited with ${code} and no result`);
-  return { mode, hold, ...(JSON.parse(m[1]!) as { usPerFrame: number; sysUsPerFrame: number }) };
+  const r = JSON.parse(m[1]!) as { usPerFrame: number; sysUsPerFrame: number; written: number };
+  // A way of writing that lost bytes would look cheap: the sink must have received every one.
+  const deadline = Date.now() + 10_000;
+  let got: RegExpExecArray | null = null;
+  while ((got = /RECEIVED (\d+)\n/.exec(sinkOut())) === null && Date.now() < deadline) await new Promise((res) => setTimeout(res, 50));
+  if (got === null) throw new Error(`sink reported nothing for ${mode}`);
+  sinkOut(got.index + got[0].length);
+  if (Number(got[1]) !== r.written) throw new Error(`${mode}: wrote ${r.written} bytes, the sink received ${got[1]}`);
+  return { mode, hold, usPerFrame: r.usPerFrame, sysUsPerFrame: r.sysUsPerFrame };
 }
 
 async function main(): Promise<void> {
@@ -208,12 +239,16 @@ async function main(): Promise<void> {
   const modes = values.modes.split(",");
   const holds = values["hold-ms"].split(",").map(Number);
   const sink = await spawnListening("sink", ...pinned(pins.sink, process.execPath, ["--import", "tsx", "bench/h2-write-cost.ts", "--role", "sink"]));
+  let sinkText = "";
+  sink.proc.stdout!.on("data", (d: Buffer) => void (sinkText += d.toString()));
+  /** The sink's output not consumed yet; consume(n) drops its first n characters. */
+  const sinkOut = (consume = 0): string => (sinkText = sinkText.slice(consume));
   const rows: Row[] = [];
   try {
     for (let round = 0; round < Number(values.rounds); round++) {
       const combos = holds.flatMap((hold) => modes.map((mode) => ({ mode, hold })));
       for (const { mode, hold } of round % 2 === 0 ? combos : combos.reverse()) {
-        const r = await runOnce(pins, sink.address, mode, hold);
+        const r = await runOnce(pins, sink, sinkOut, mode, hold);
         rows.push(r);
         process.stderr.write(`[h2-write] round ${round} ${mode} hold ${hold}: ${r.usPerFrame.toFixed(2)} µs/frame (kernel ${r.sysUsPerFrame.toFixed(2)})\n`);
       }
@@ -236,7 +271,7 @@ async function main(): Promise<void> {
 }
 
 if (values.role === "sink") runSink();
-else if (values.role === "writer") runWriter(values.mode, Number(values["hold-ms"]), values.upstream, Number(values.streams), Number(values.seconds));
+else if (values.role === "writer") runWriter(values.mode, Number(values["hold-ms"]), values.upstream, Number(values.streams), Number(values.seconds), Number(values["warmup-s"]));
 else
   main().then(
     () => process.exit(0),
