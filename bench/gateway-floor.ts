@@ -171,8 +171,8 @@ interface WsInternals {
  * handle to reads into user buffers (net.Socket's `onread` option, set after
  * the fact: no Readable.push, no nextTick per read) fed to _write as ws-direct;
  * ws-onread-copy the same into one shared read buffer, each read copied out
- * (Buffer.from: Node's pool); ws-onread-raw the slab reads dropped (the floor
- * of a JS socket read). The
+ * (Buffer.from: Node's pool); ws-onread-raw the shared-buffer reads dropped
+ * (the floor of a JS socket read). The
  * raw variants count socket reads as received frames (one read per paced frame).
  */
 function receiveVariant(ws: WebSocket, mode: string, onRawChunk: () => void): void {
@@ -221,16 +221,17 @@ function receiveVariant(ws: WebSocket, mode: string, onRawChunk: () => void): vo
     throw new Error("this Node has no net.Socket user-buffer reads (kBuffer/useUserBuffer)");
   }
   const s = socket as unknown as Record<symbol, unknown>;
-  if (mode === "ws-onread-copy") {
+  if (mode === "ws-onread-copy" || mode === "ws-onread-raw") {
     // One read buffer for the process (reads run one at a time on this thread); each read
     // copied out into Node's buffer pool, since ws keeps views of what it is given.
     s[kBuffer] = sharedReadBuffer;
-    s[kBufferCb] = (nread: number, buf: Buffer): boolean => feed(Buffer.from(buf.subarray(0, nread)));
+    s[kBufferCb] = mode === "ws-onread-raw" ? (): boolean => (onRawChunk(), true) : (nread: number, buf: Buffer): boolean => feed(Buffer.from(buf.subarray(0, nread)));
     handle.useUserBuffer(sharedReadBuffer);
     return;
   }
   // Reads land in a slab one after the other (ws keeps views of them as messages); a new slab when < 1/4 is left.
-  const SLAB = Number(process.env.FLOOR_SLAB_KB ?? 256) * 1024;
+  // 256 KiB slabs are mmap'd by malloc, and their page faults cost more than the reads save; 64 KiB come from the heap.
+  const SLAB = Number(process.env.FLOOR_SLAB_KB ?? 64) * 1024;
   let slab = Buffer.allocUnsafeSlow(SLAB);
   let used = 0;
   const next = (): Buffer => {
@@ -240,11 +241,10 @@ function receiveVariant(ws: WebSocket, mode: string, onRawChunk: () => void): vo
     }
     return slab.subarray(used);
   };
-  const onChunk = mode === "ws-onread-raw" ? (): boolean => (onRawChunk(), true) : feed;
   s[kBufferGen] = next;
   s[kBufferCb] = (nread: number, buf: Buffer): boolean => {
     used += nread;
-    return onChunk(buf.subarray(0, nread));
+    return feed(buf.subarray(0, nread));
   };
   const first = next();
   s[kBuffer] = first;
