@@ -23,6 +23,8 @@ export interface CallRecord {
   configs: Array<Record<string, unknown>>;
   /** PCM bytes received. */
   audioBytes: number;
+  /** The PCM received, in order (copies: byte-exactness checks). */
+  pcm: Buffer[];
   /** END_OF_INPUT controls received. */
   eois: number;
   /** Whether the gateway cancelled the call. */
@@ -138,7 +140,7 @@ export class ScriptedWorker {
   }
 
   private recognize(call: grpc.ServerDuplexStream<Json, Json>): void {
-    const rec: CallRecord = { configs: [], audioBytes: 0, eois: 0, cancelled: false, ended: false, order: [], peer: call.getPeer() };
+    const rec: CallRecord = { configs: [], audioBytes: 0, pcm: [], eois: 0, cancelled: false, ended: false, order: [], peer: call.getPeer() };
     this.calls.push(rec);
     this.active++;
     this.pushLoad();
@@ -257,6 +259,7 @@ export class ScriptedWorker {
         const pcm = req.audio.pcm16le as Buffer;
         if (pcm.length % 2 !== 0) return finish(grpc.status.INVALID_ARGUMENT, "odd byte count");
         rec.audioBytes += pcm.length;
+        rec.pcm.push(Buffer.from(pcm));
         onAudio(pcm);
       } else if (kind === "control") {
         if (req.control.type === 1) {
