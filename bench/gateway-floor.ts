@@ -22,6 +22,9 @@
  *   ws-grpc-direct  a grpc-js call per connection as in ws-grpc, its requests
  *             written by the gateway's CallWriter (call-writer.ts: framed
  *             bytes straight onto the call's HTTP/2 stream);
+ *   ws-grpc-hold  the same with the gateway's WriteCoalescer at its default
+ *             hold (write-coalescer.ts): each call's audio held and every
+ *             call's written in one loop turn, as the gateway does;
  *   ws-raw, ws-direct, ws-paused, ws-onread, ws-onread-copy, ws-onread-raw, ws-nobu
  *             what the WebSocket receive itself costs, layer by layer (not in
  *             the default --modes; see receiveVariant below): the same ws
@@ -51,6 +54,7 @@ import { credentials, Server as GrpcServer, ServerCredentials, type ServerDuplex
 import WebSocket, { WebSocketServer } from "ws";
 import { AsrService, type StreamingRecognizeRequest, type StreamingRecognizeResponse } from "../gateway/src/gen/asr/v1/asr.js";
 import { CallWriter } from "../gateway/src/call-writer.js";
+import { DEFAULT_COALESCE_DELAY, WriteCoalescer } from "../gateway/src/write-coalescer.js";
 import { encodeAudioRequest, FastAsrClient, framedAudioRequest } from "../gateway/src/wire.js";
 import { snapshot } from "./lib/proc.js";
 import { pinned, spawnListening, startGateway, waitServing, type Server } from "./lib/procs.js";
@@ -60,7 +64,7 @@ const { values } = parseArgs({
   options: {
     role: { type: "string", default: "main" },
     mode: { type: "string", default: "ws" },
-    modes: { type: "string", default: "ws,ws-grpc,ws-h2,ws-grpc-direct,gateway" },
+    modes: { type: "string", default: "ws,ws-grpc,ws-h2,ws-grpc-direct,ws-grpc-hold,gateway" },
     upstream: { type: "string", default: "" },
     target: { type: "string", default: "" },
     streams: { type: "string", default: "500" },
@@ -104,9 +108,11 @@ function runSink(): void {
 
 function runFront(mode: string, upstream: string): void {
   const wss = new WebSocketServer({ port: 0, host: "127.0.0.1", perMessageDeflate: false, maxPayload: 2 * 1024 * 1024 });
-  const client = mode === "ws-grpc" || mode === "ws-grpc-direct" ? new FastAsrClient(upstream, credentials.createInsecure(), { "grpc.enable_retries": 0 }) : null;
+  const client = mode === "ws-grpc" || mode === "ws-grpc-direct" || mode === "ws-grpc-hold" ? new FastAsrClient(upstream, credentials.createInsecure(), { "grpc.enable_retries": 0 }) : null;
   const h2 = mode === "ws-h2" ? http2.connect(`http://${upstream}`) : null;
   h2?.on("error", (e) => process.stderr.write(`h2: ${e.message}\n`));
+  // One per front, as one per gateway process.
+  const coalescer = mode === "ws-grpc-hold" ? new WriteCoalescer({ delay: DEFAULT_COALESCE_DELAY }) : undefined;
   let received = 0;
   wss.on("connection", (ws) => {
     let forward: (pcm: Buffer) => void = () => {};
@@ -114,9 +120,9 @@ function runFront(mode: string, upstream: string): void {
       const call = client.streamingRecognize() as RecognizeCall;
       call.on("error", () => {});
       call.on("data", () => {});
-      if (mode === "ws-grpc-direct") {
-        const writer = new CallWriter(call, () => {});
-        forward = (pcm) => void writer.write(framedAudioRequest(pcm, RATE));
+      if (mode === "ws-grpc-direct" || mode === "ws-grpc-hold") {
+        const writer = new CallWriter(call, () => {}, undefined, coalescer);
+        forward = (pcm) => void writer.write(framedAudioRequest(pcm, RATE), true);
       } else {
         forward = (pcm) => void call.write(encodeAudioRequest(pcm, RATE));
       }
