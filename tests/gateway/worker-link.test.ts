@@ -181,53 +181,53 @@ describe("worker link", () => {
     ["60 ms frames through grpc-js", false, 0, 1920],
     ["0.5 s frames, above the slabs' size limit", true, 4, 16_000],
   ] as const) {
-  test(`every byte reaches the workers as sent across slab reuse, trims by finals and a failover's replay (${label})`, async () => {
-    // Six 1.1 s segments, each sent after the previous one's final: finals trim the replay buffer
-    // mid-frame and free its slabs, which the next segments' audio reuses.
-    const SEGMENTS = 6;
-    const audio = pcm(Array.from({ length: SEGMENTS }, () => [{ speech: 600 }, { silence: 500 }]).flat());
-    // Every sample distinct enough that a misplaced or overwritten byte shows (silence stays quiet for the worker's VAD).
-    for (let i = 0; i < audio.length / 2; i++) audio.writeInt16LE(Math.max(-32768, Math.min(32767, audio.readInt16LE(i * 2) + ((i * 7919) % 201) - 100)), i * 2);
-    const perSegment = audio.length / SEGMENTS;
-    // Fails at the end of segment 4's speech, before its final: segment 4 is replayed from its start.
-    const bad = await new ScriptedWorker({ failAfterAudioMs: { ms: 4 * 1100 + 600, code: GrpcStatus.UNAVAILABLE, details: "killed" } }).start();
-    const good = await new ScriptedWorker({ serving: false }).start();
-    const workers = await pool([bad.address, good.address]);
-    const r = recordedLink(workers, direct ? undefined : false, direct ? undefined : false, new WriteCoalescer({ delay: coalesceMs }));
-    try {
-      r.link.open();
-      good.setServing(true);
-      await r.until(() => workers.servingCount() === 2);
-      r.link.beginRound(CONFIG);
-      for (let k = 0; k < SEGMENTS; k++) {
-        send(r.link, audio.subarray(k * perSegment, (k + 1) * perSegment), frameBytes);
-        await r.until(() => r.finals.length === k + 1);
+    test(`every byte reaches the workers as sent across slab reuse, trims by finals and a failover's replay (${label})`, async () => {
+      // Six 1.1 s segments, each sent after the previous one's final: finals trim the replay buffer
+      // mid-frame and free its slabs, which the next segments' audio reuses.
+      const SEGMENTS = 6;
+      const audio = pcm(Array.from({ length: SEGMENTS }, () => [{ speech: 600 }, { silence: 500 }]).flat());
+      // Every sample distinct enough that a misplaced or overwritten byte shows (silence stays quiet for the worker's VAD).
+      for (let i = 0; i < audio.length / 2; i++) audio.writeInt16LE(Math.max(-32768, Math.min(32767, audio.readInt16LE(i * 2) + ((i * 7919) % 201) - 100)), i * 2);
+      const perSegment = audio.length / SEGMENTS;
+      // Fails at the end of segment 4's speech, before its final: segment 4 is replayed from its start.
+      const bad = await new ScriptedWorker({ failAfterAudioMs: { ms: 4 * 1100 + 600, code: GrpcStatus.UNAVAILABLE, details: "killed" } }).start();
+      const good = await new ScriptedWorker({ serving: false }).start();
+      const workers = await pool([bad.address, good.address]);
+      const r = recordedLink(workers, direct ? undefined : false, direct ? undefined : false, new WriteCoalescer({ delay: coalesceMs }));
+      try {
+        r.link.open();
+        good.setServing(true);
+        await r.until(() => workers.servingCount() === 2);
+        r.link.beginRound(CONFIG);
+        for (let k = 0; k < SEGMENTS; k++) {
+          send(r.link, audio.subarray(k * perSegment, (k + 1) * perSegment), frameBytes);
+          await r.until(() => r.finals.length === k + 1);
+        }
+        r.link.endRound();
+        await r.until(() => r.acks() === 1);
+        assert.equal(r.link.writerPath, direct ? "direct" : "grpc-js");
+        assert.deepEqual(r.failovers.map((f) => [f.from, f.to]), [[bad.address, good.address]]);
+        assert.deepEqual(r.finals.map((f) => f.segmentId), [0, 1, 2, 3, 4, 5]);
+        // The failed worker got an exact prefix of the audio...
+        const first = Buffer.concat(bad.calls[0]!.pcm);
+        assert.ok(first.length >= 4 * perSegment, `${first.length} bytes before the failure`);
+        assert.ok(first.equals(audio.subarray(0, first.length)), "the first worker's audio differs from what was sent");
+        // ...and the next one exactly the rest from the resume offset, trimmed to the sample by the last final: segment 3's
+        // (the worker fails after the frame that reaches 5.0 s; a 0.5 s frame also carries segment 4's end).
+        const rest = Buffer.concat(good.calls[0]!.pcm);
+        const resume = good.calls[0]!.configs[0]!.resume as { audioOffsetMs: number; finalizedSegments: number };
+        assert.equal(resume.finalizedSegments, frameBytes <= 1920 ? 4 : 5);
+        assert.ok(Math.abs((audio.length - rest.length) / 32 - resume.audioOffsetMs) <= 0.5, `${rest.length} bytes replayed from ${resume.audioOffsetMs} ms`);
+        assert.ok(rest.length > perSegment && rest.length < 3 * perSegment, `${rest.length} bytes replayed and sent after the failover`);
+        assert.ok(rest.equals(audio.subarray(audio.length - rest.length)), "the second worker's audio differs from what was sent");
+        assert.deepEqual(r.failures, []);
+      } finally {
+        r.link.close();
+        workers.close();
+        await bad.stop();
+        await good.stop();
       }
-      r.link.endRound();
-      await r.until(() => r.acks() === 1);
-      assert.equal(r.link.writerPath, direct ? "direct" : "grpc-js");
-      assert.deepEqual(r.failovers.map((f) => [f.from, f.to]), [[bad.address, good.address]]);
-      assert.deepEqual(r.finals.map((f) => f.segmentId), [0, 1, 2, 3, 4, 5]);
-      // The failed worker got an exact prefix of the audio...
-      const first = Buffer.concat(bad.calls[0]!.pcm);
-      assert.ok(first.length >= 4 * perSegment, `${first.length} bytes before the failure`);
-      assert.ok(first.equals(audio.subarray(0, first.length)), "the first worker's audio differs from what was sent");
-      // ...and the next one exactly the rest from the resume offset, trimmed to the sample by the last final: segment 3's
-      // (the worker fails after the frame that reaches 5.0 s; a 0.5 s frame also carries segment 4's end).
-      const rest = Buffer.concat(good.calls[0]!.pcm);
-      const resume = good.calls[0]!.configs[0]!.resume as { audioOffsetMs: number; finalizedSegments: number };
-      assert.equal(resume.finalizedSegments, frameBytes <= 1920 ? 4 : 5);
-      assert.ok(Math.abs((audio.length - rest.length) / 32 - resume.audioOffsetMs) <= 0.5, `${rest.length} bytes replayed from ${resume.audioOffsetMs} ms`);
-      assert.ok(rest.length > perSegment && rest.length < 3 * perSegment, `${rest.length} bytes replayed and sent after the failover`);
-      assert.ok(rest.equals(audio.subarray(audio.length - rest.length)), "the second worker's audio differs from what was sent");
-      assert.deepEqual(r.failures, []);
-    } finally {
-      r.link.close();
-      workers.close();
-      await bad.stop();
-      await good.stop();
-    }
-  });
+    });
   }
 
   test("with no other worker a retryable failure is reported as failed, and a rejection is never retried", async () => {
