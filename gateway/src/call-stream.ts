@@ -31,9 +31,9 @@ const MAX_POLL_MS = 50;
  * read from a socket inside one turn.
  */
 export class StreamLocator {
+  /** The next look while the call is being placed (null: not looking). */
   private timer: NodeJS.Timeout | null = null;
   private pollMs = 0;
-  private looking = false;
   /** What `find` answered; undefined until it has. */
   private found: Http2Stream | null | undefined = undefined;
   private readonly waiting = new Set<(stream: Http2Stream | null) => void>();
@@ -56,15 +56,11 @@ export class StreamLocator {
       return () => {};
     }
     this.waiting.add(onFound);
-    if (!this.looking) {
-      this.looking = true;
-      this.look();
-    }
+    if (this.timer === null) this.look();
     return () => {
-      if (!this.waiting.delete(onFound) || this.waiting.size > 0) return;
-      if (this.timer !== null) clearTimeout(this.timer);
+      if (!this.waiting.delete(onFound) || this.waiting.size > 0 || this.timer === null) return;
+      clearTimeout(this.timer);
       this.timer = null;
-      this.looking = false;
     };
   }
 
@@ -79,7 +75,6 @@ export class StreamLocator {
       return;
     }
     this.found = found;
-    this.looking = false;
     const waiting = [...this.waiting];
     this.waiting.clear();
     for (const onFound of waiting) onFound(found);
