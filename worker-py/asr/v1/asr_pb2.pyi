@@ -212,6 +212,56 @@ class Error(_message.Message):
     segment_id: int
     def __init__(self, code: _Optional[_Union[ErrorCode, str]] = ..., message: _Optional[str] = ..., retryable: _Optional[bool] = ..., segment_id: _Optional[int] = ...) -> None: ...
 
+class MuxRequest(_message.Message):
+    __slots__ = ("frames",)
+    FRAMES_FIELD_NUMBER: _ClassVar[int]
+    frames: _containers.RepeatedCompositeFieldContainer[MuxFrame]
+    def __init__(self, frames: _Optional[_Iterable[_Union[MuxFrame, _Mapping]]] = ...) -> None: ...
+
+class MuxFrame(_message.Message):
+    __slots__ = ("session", "request", "half_close", "cancel")
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    HALF_CLOSE_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_FIELD_NUMBER: _ClassVar[int]
+    session: int
+    request: StreamingRecognizeRequest
+    half_close: bool
+    cancel: bool
+    def __init__(self, session: _Optional[int] = ..., request: _Optional[_Union[StreamingRecognizeRequest, _Mapping]] = ..., half_close: _Optional[bool] = ..., cancel: _Optional[bool] = ...) -> None: ...
+
+class MuxResponse(_message.Message):
+    __slots__ = ("events",)
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[MuxEvent]
+    def __init__(self, events: _Optional[_Iterable[_Union[MuxEvent, _Mapping]]] = ...) -> None: ...
+
+class MuxEvent(_message.Message):
+    __slots__ = ("session", "response", "end", "flow")
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    FLOW_FIELD_NUMBER: _ClassVar[int]
+    session: int
+    response: StreamingRecognizeResponse
+    end: SessionEnd
+    flow: FlowControl
+    def __init__(self, session: _Optional[int] = ..., response: _Optional[_Union[StreamingRecognizeResponse, _Mapping]] = ..., end: _Optional[_Union[SessionEnd, _Mapping]] = ..., flow: _Optional[_Union[FlowControl, _Mapping]] = ...) -> None: ...
+
+class SessionEnd(_message.Message):
+    __slots__ = ("code", "message")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    code: int
+    message: str
+    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
+
+class FlowControl(_message.Message):
+    __slots__ = ("paused",)
+    PAUSED_FIELD_NUMBER: _ClassVar[int]
+    paused: bool
+    def __init__(self, paused: _Optional[bool] = ...) -> None: ...
+
 class WatchLoadRequest(_message.Message):
     __slots__ = ("interval_ms",)
     INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]

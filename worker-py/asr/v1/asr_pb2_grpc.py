@@ -44,6 +44,11 @@ class AsrStub:
                 request_serializer=asr_dot_v1_dot_asr__pb2.StreamingRecognizeRequest.SerializeToString,
                 response_deserializer=asr_dot_v1_dot_asr__pb2.StreamingRecognizeResponse.FromString,
                 _registered_method=True)
+        self.StreamingRecognizeMux = channel.stream_stream(
+                '/asr.v1.Asr/StreamingRecognizeMux',
+                request_serializer=asr_dot_v1_dot_asr__pb2.MuxRequest.SerializeToString,
+                response_deserializer=asr_dot_v1_dot_asr__pb2.MuxResponse.FromString,
+                _registered_method=True)
         self.WatchLoad = channel.unary_stream(
                 '/asr.v1.Asr/WatchLoad',
                 request_serializer=asr_dot_v1_dot_asr__pb2.WatchLoadRequest.SerializeToString,
@@ -78,6 +83,34 @@ class AsrServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StreamingRecognizeMux(self, request_iterator, context):
+        """Recognizes many sessions over one call: the same sessions, rules and
+        results as StreamingRecognize, each tagged with a session number, so that
+        a gateway holding hundreds of sessions on one worker connection writes
+        one message per flush instead of one per session and frame, and the
+        worker reads one instead of hundreds.
+
+        Each MuxFrame addresses one session: the first frame of a new session
+        number carries its config, later ones carry what a StreamingRecognize
+        call's requests carry, or half-close or cancel it. Each session ends with
+        exactly one MuxEvent.end carrying the status its own StreamingRecognize
+        call would have ended with (OK after a half-close, INVALID_ARGUMENT,
+        RESOURCE_EXHAUSTED, UNAVAILABLE, INTERNAL, with the same messages);
+        other sessions on the call go on. A session cancelled by the client gets
+        no end event. Per-session backpressure is explicit (MuxEvent.flow), since
+        HTTP/2 flow control covers the whole call.
+
+        The call itself ends only when the client half-closes it (OK, after
+        every open session has ended), on a malformed MuxRequest
+        (INVALID_ARGUMENT: every open session is lost), or when the worker stops
+        (UNAVAILABLE, after ending every open session with UNAVAILABLE). A worker
+        that predates this method answers UNIMPLEMENTED; clients then fall back
+        to one StreamingRecognize call per session.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def WatchLoad(self, request, context):
         """Streams this worker's load: one report at once, then one per interval and
         whenever admission changes (for example when draining starts). Gateways
@@ -94,6 +127,11 @@ def add_AsrServicer_to_server(servicer, server):
                     servicer.StreamingRecognize,
                     request_deserializer=asr_dot_v1_dot_asr__pb2.StreamingRecognizeRequest.FromString,
                     response_serializer=asr_dot_v1_dot_asr__pb2.StreamingRecognizeResponse.SerializeToString,
+            ),
+            'StreamingRecognizeMux': grpc.stream_stream_rpc_method_handler(
+                    servicer.StreamingRecognizeMux,
+                    request_deserializer=asr_dot_v1_dot_asr__pb2.MuxRequest.FromString,
+                    response_serializer=asr_dot_v1_dot_asr__pb2.MuxResponse.SerializeToString,
             ),
             'WatchLoad': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchLoad,
@@ -133,6 +171,33 @@ class Asr:
             '/asr.v1.Asr/StreamingRecognize',
             asr_dot_v1_dot_asr__pb2.StreamingRecognizeRequest.SerializeToString,
             asr_dot_v1_dot_asr__pb2.StreamingRecognizeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamingRecognizeMux(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/asr.v1.Asr/StreamingRecognizeMux',
+            asr_dot_v1_dot_asr__pb2.MuxRequest.SerializeToString,
+            asr_dot_v1_dot_asr__pb2.MuxResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -27,8 +27,11 @@ export const protobufFileName = "asr/v1/asr.proto";
 /**
  * The contract between the FunASR-protocol gateway and the ASR workers.
  *
- * A gateway opens one StreamingRecognize call per client session and keeps it
- * open across the session's speaking rounds. The worker owns voice activity
+ * A gateway carries each client session as one session of a
+ * StreamingRecognizeMux call that it shares with its other sessions on the
+ * same worker connection (or, with workers that predate it, as one
+ * StreamingRecognize call per session), kept open across the session's
+ * speaking rounds. The worker owns voice activity
  * detection, segmentation, partial hypotheses and final transcripts; the
  * gateway owns the client protocol and turns these events into FunASR JSON.
  *
@@ -565,6 +568,105 @@ export interface Error {
   retryable: boolean;
   /** The segment concerned, when the error is about one segment. */
   segmentId?: number | undefined;
+}
+
+/**
+ * One message of the client-to-worker stream of StreamingRecognizeMux: the
+ * frames of any number of sessions, in order (a session's frames are
+ * processed in the order they appear, across messages).
+ */
+export interface MuxRequest {
+  /** The frames; an empty list is allowed and ignored. */
+  frames: MuxFrame[];
+}
+
+/** One session's part of a MuxRequest. */
+export interface MuxFrame {
+  /**
+   * The session, numbered by the client: a number greater than every number
+   * used before on this call opens a new session; numbers are never reused
+   * on one call. A frame for a number that is lower and not open (the
+   * session ended, or was cancelled) is ignored: it crossed its end.
+   */
+  session: number;
+  /** What the frame carries. */
+  frame?:
+    | //
+    /**
+     * A request, exactly as on a StreamingRecognize call: a new session's
+     * first frame carries config (else it ends with INVALID_ARGUMENT).
+     */
+    { $case: "request"; value: StreamingRecognizeRequest }
+    | //
+    /**
+     * Ends the session's input, as half-closing a StreamingRecognize call:
+     * pending audio is finalized, the remaining events are sent, then an end
+     * with OK. Must be true when set.
+     */
+    { $case: "halfClose"; value: boolean }
+    | //
+    /**
+     * Frees the session at once, as cancelling a StreamingRecognize call; the
+     * worker sends nothing more for it (not even an end). Must be true when
+     * set.
+     */
+    { $case: "cancel"; value: boolean }
+    | undefined;
+}
+
+/**
+ * One message of the worker-to-client stream of StreamingRecognizeMux: the
+ * events of any number of sessions (a session's events in order).
+ */
+export interface MuxResponse {
+  /** The events. */
+  events: MuxEvent[];
+}
+
+/** One session's part of a MuxResponse. */
+export interface MuxEvent {
+  /** The session, as numbered in MuxFrame.session. */
+  session: number;
+  /** What the event carries. */
+  event?:
+    | //
+    /** A response, exactly as on a StreamingRecognize call. */
+    { $case: "response"; value: StreamingRecognizeResponse }
+    | //
+    /** The session ended; its number is not used again. */
+    { $case: "end"; value: SessionEnd }
+    | //
+    /** The session's input was paused or resumed. */
+    { $case: "flow"; value: FlowControl }
+    | undefined;
+}
+
+/** How a session of a StreamingRecognizeMux call ended. */
+export interface SessionEnd {
+  /**
+   * The gRPC status code (grpc.StatusCode's value: 0 OK, 3 INVALID_ARGUMENT,
+   * 8 RESOURCE_EXHAUSTED, 13 INTERNAL, 14 UNAVAILABLE) that the session's own
+   * StreamingRecognize call would have ended with.
+   */
+  code: number;
+  /** The status message (empty for OK). */
+  message: string;
+}
+
+/**
+ * Per-session backpressure of StreamingRecognizeMux.
+ *
+ * When a session has too much work queued to take more audio (finals waiting
+ * for inference, audio waiting for the VAD), the worker sends `paused: true`
+ * and processes that session's later frames only once it can; it sends
+ * `paused: false` when it reads that session again. A client stops sending
+ * the session audio while it is paused (a config, control, half-close or
+ * cancel may still be sent). Frames sent anyway are held in order; a session
+ * holding more than 16 MiB of them ends with RESOURCE_EXHAUSTED.
+ */
+export interface FlowControl {
+  /** True: stop sending this session's audio; false: send again. */
+  paused: boolean;
 }
 
 /** Options of a WatchLoad call. */
@@ -2224,6 +2326,574 @@ export const Error: MessageFns<Error> = {
   },
 };
 
+function createBaseMuxRequest(): MuxRequest {
+  return { frames: [] };
+}
+
+export const MuxRequest: MessageFns<MuxRequest> = {
+  encode(message: MuxRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.frames) {
+      MuxFrame.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): MuxRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseMuxRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.frames.push(MuxFrame.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): MuxRequest {
+    return {
+      frames: globalThis.Array.isArray(object?.frames) ? object.frames.map((e: any) => MuxFrame.fromJSON(e)) : [],
+    };
+  },
+
+  toJSON(message: MuxRequest): unknown {
+    const obj: any = {};
+    if (message.frames?.length) {
+      obj.frames = message.frames.map((e) => MuxFrame.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<MuxRequest>, I>>(base?: I): MuxRequest {
+    return MuxRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<MuxRequest>, I>>(object: I): MuxRequest {
+    const message = createBaseMuxRequest();
+    message.frames = object.frames?.map((e) => MuxFrame.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseMuxFrame(): MuxFrame {
+  return { session: 0, frame: undefined };
+}
+
+export const MuxFrame: MessageFns<MuxFrame> = {
+  encode(message: MuxFrame, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.session !== 0) {
+      writer.uint32(8).uint32(message.session);
+    }
+    switch (message.frame?.$case) {
+      case "request":
+        StreamingRecognizeRequest.encode(message.frame.value, writer.uint32(18).fork()).join();
+        break;
+      case "halfClose":
+        writer.uint32(24).bool(message.frame.value);
+        break;
+      case "cancel":
+        writer.uint32(32).bool(message.frame.value);
+        break;
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): MuxFrame {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseMuxFrame();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.session = reader.uint32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.frame = { $case: "request", value: StreamingRecognizeRequest.decode(reader, reader.uint32()) };
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.frame = { $case: "halfClose", value: reader.bool() };
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.frame = { $case: "cancel", value: reader.bool() };
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): MuxFrame {
+    return {
+      session: isSet(object.session) ? globalThis.Number(object.session) : 0,
+      frame: isSet(object.request)
+        ? { $case: "request", value: StreamingRecognizeRequest.fromJSON(object.request) }
+        : isSet(object.halfClose)
+        ? { $case: "halfClose", value: globalThis.Boolean(object.halfClose) }
+        : isSet(object.half_close)
+        ? { $case: "halfClose", value: globalThis.Boolean(object.half_close) }
+        : isSet(object.cancel)
+        ? { $case: "cancel", value: globalThis.Boolean(object.cancel) }
+        : undefined,
+    };
+  },
+
+  toJSON(message: MuxFrame): unknown {
+    const obj: any = {};
+    if (message.session !== 0) {
+      obj.session = Math.round(message.session);
+    }
+    if (message.frame?.$case === "request") {
+      obj.request = StreamingRecognizeRequest.toJSON(message.frame.value);
+    } else if (message.frame?.$case === "halfClose") {
+      obj.halfClose = message.frame.value;
+    } else if (message.frame?.$case === "cancel") {
+      obj.cancel = message.frame.value;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<MuxFrame>, I>>(base?: I): MuxFrame {
+    return MuxFrame.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<MuxFrame>, I>>(object: I): MuxFrame {
+    const message = createBaseMuxFrame();
+    message.session = object.session ?? 0;
+    switch (object.frame?.$case) {
+      case "request": {
+        if (object.frame?.value !== undefined && object.frame?.value !== null) {
+          message.frame = { $case: "request", value: StreamingRecognizeRequest.fromPartial(object.frame.value) };
+        }
+        break;
+      }
+      case "halfClose": {
+        if (object.frame?.value !== undefined && object.frame?.value !== null) {
+          message.frame = { $case: "halfClose", value: object.frame.value };
+        }
+        break;
+      }
+      case "cancel": {
+        if (object.frame?.value !== undefined && object.frame?.value !== null) {
+          message.frame = { $case: "cancel", value: object.frame.value };
+        }
+        break;
+      }
+    }
+    return message;
+  },
+};
+
+function createBaseMuxResponse(): MuxResponse {
+  return { events: [] };
+}
+
+export const MuxResponse: MessageFns<MuxResponse> = {
+  encode(message: MuxResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.events) {
+      MuxEvent.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): MuxResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseMuxResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.events.push(MuxEvent.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): MuxResponse {
+    return {
+      events: globalThis.Array.isArray(object?.events) ? object.events.map((e: any) => MuxEvent.fromJSON(e)) : [],
+    };
+  },
+
+  toJSON(message: MuxResponse): unknown {
+    const obj: any = {};
+    if (message.events?.length) {
+      obj.events = message.events.map((e) => MuxEvent.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<MuxResponse>, I>>(base?: I): MuxResponse {
+    return MuxResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<MuxResponse>, I>>(object: I): MuxResponse {
+    const message = createBaseMuxResponse();
+    message.events = object.events?.map((e) => MuxEvent.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseMuxEvent(): MuxEvent {
+  return { session: 0, event: undefined };
+}
+
+export const MuxEvent: MessageFns<MuxEvent> = {
+  encode(message: MuxEvent, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.session !== 0) {
+      writer.uint32(8).uint32(message.session);
+    }
+    switch (message.event?.$case) {
+      case "response":
+        StreamingRecognizeResponse.encode(message.event.value, writer.uint32(18).fork()).join();
+        break;
+      case "end":
+        SessionEnd.encode(message.event.value, writer.uint32(26).fork()).join();
+        break;
+      case "flow":
+        FlowControl.encode(message.event.value, writer.uint32(34).fork()).join();
+        break;
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): MuxEvent {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseMuxEvent();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.session = reader.uint32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.event = { $case: "response", value: StreamingRecognizeResponse.decode(reader, reader.uint32()) };
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.event = { $case: "end", value: SessionEnd.decode(reader, reader.uint32()) };
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.event = { $case: "flow", value: FlowControl.decode(reader, reader.uint32()) };
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): MuxEvent {
+    return {
+      session: isSet(object.session) ? globalThis.Number(object.session) : 0,
+      event: isSet(object.response)
+        ? { $case: "response", value: StreamingRecognizeResponse.fromJSON(object.response) }
+        : isSet(object.end)
+        ? { $case: "end", value: SessionEnd.fromJSON(object.end) }
+        : isSet(object.flow)
+        ? { $case: "flow", value: FlowControl.fromJSON(object.flow) }
+        : undefined,
+    };
+  },
+
+  toJSON(message: MuxEvent): unknown {
+    const obj: any = {};
+    if (message.session !== 0) {
+      obj.session = Math.round(message.session);
+    }
+    if (message.event?.$case === "response") {
+      obj.response = StreamingRecognizeResponse.toJSON(message.event.value);
+    } else if (message.event?.$case === "end") {
+      obj.end = SessionEnd.toJSON(message.event.value);
+    } else if (message.event?.$case === "flow") {
+      obj.flow = FlowControl.toJSON(message.event.value);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<MuxEvent>, I>>(base?: I): MuxEvent {
+    return MuxEvent.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<MuxEvent>, I>>(object: I): MuxEvent {
+    const message = createBaseMuxEvent();
+    message.session = object.session ?? 0;
+    switch (object.event?.$case) {
+      case "response": {
+        if (object.event?.value !== undefined && object.event?.value !== null) {
+          message.event = { $case: "response", value: StreamingRecognizeResponse.fromPartial(object.event.value) };
+        }
+        break;
+      }
+      case "end": {
+        if (object.event?.value !== undefined && object.event?.value !== null) {
+          message.event = { $case: "end", value: SessionEnd.fromPartial(object.event.value) };
+        }
+        break;
+      }
+      case "flow": {
+        if (object.event?.value !== undefined && object.event?.value !== null) {
+          message.event = { $case: "flow", value: FlowControl.fromPartial(object.event.value) };
+        }
+        break;
+      }
+    }
+    return message;
+  },
+};
+
+function createBaseSessionEnd(): SessionEnd {
+  return { code: 0, message: "" };
+}
+
+export const SessionEnd: MessageFns<SessionEnd> = {
+  encode(message: SessionEnd, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.code !== 0) {
+      writer.uint32(8).uint32(message.code);
+    }
+    if (message.message !== "") {
+      writer.uint32(18).string(message.message);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SessionEnd {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSessionEnd();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.code = reader.uint32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.message = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SessionEnd {
+    return {
+      code: isSet(object.code) ? globalThis.Number(object.code) : 0,
+      message: isSet(object.message) ? globalThis.String(object.message) : "",
+    };
+  },
+
+  toJSON(message: SessionEnd): unknown {
+    const obj: any = {};
+    if (message.code !== 0) {
+      obj.code = Math.round(message.code);
+    }
+    if (message.message !== "") {
+      obj.message = message.message;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SessionEnd>, I>>(base?: I): SessionEnd {
+    return SessionEnd.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SessionEnd>, I>>(object: I): SessionEnd {
+    const message = createBaseSessionEnd();
+    message.code = object.code ?? 0;
+    message.message = object.message ?? "";
+    return message;
+  },
+};
+
+function createBaseFlowControl(): FlowControl {
+  return { paused: false };
+}
+
+export const FlowControl: MessageFns<FlowControl> = {
+  encode(message: FlowControl, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.paused !== false) {
+      writer.uint32(8).bool(message.paused);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): FlowControl {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseFlowControl();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.paused = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): FlowControl {
+    return { paused: isSet(object.paused) ? globalThis.Boolean(object.paused) : false };
+  },
+
+  toJSON(message: FlowControl): unknown {
+    const obj: any = {};
+    if (message.paused !== false) {
+      obj.paused = message.paused;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<FlowControl>, I>>(base?: I): FlowControl {
+    return FlowControl.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<FlowControl>, I>>(object: I): FlowControl {
+    const message = createBaseFlowControl();
+    message.paused = object.paused ?? false;
+    return message;
+  },
+};
+
 function createBaseWatchLoadRequest(): WatchLoadRequest {
   return { intervalMs: 0 };
 }
@@ -2603,6 +3273,39 @@ export const AsrService = {
     responseDeserialize: (value: Buffer): StreamingRecognizeResponse => StreamingRecognizeResponse.decode(value),
   },
   /**
+   * Recognizes many sessions over one call: the same sessions, rules and
+   * results as StreamingRecognize, each tagged with a session number, so that
+   * a gateway holding hundreds of sessions on one worker connection writes
+   * one message per flush instead of one per session and frame, and the
+   * worker reads one instead of hundreds.
+   *
+   * Each MuxFrame addresses one session: the first frame of a new session
+   * number carries its config, later ones carry what a StreamingRecognize
+   * call's requests carry, or half-close or cancel it. Each session ends with
+   * exactly one MuxEvent.end carrying the status its own StreamingRecognize
+   * call would have ended with (OK after a half-close, INVALID_ARGUMENT,
+   * RESOURCE_EXHAUSTED, UNAVAILABLE, INTERNAL, with the same messages);
+   * other sessions on the call go on. A session cancelled by the client gets
+   * no end event. Per-session backpressure is explicit (MuxEvent.flow), since
+   * HTTP/2 flow control covers the whole call.
+   *
+   * The call itself ends only when the client half-closes it (OK, after
+   * every open session has ended), on a malformed MuxRequest
+   * (INVALID_ARGUMENT: every open session is lost), or when the worker stops
+   * (UNAVAILABLE, after ending every open session with UNAVAILABLE). A worker
+   * that predates this method answers UNIMPLEMENTED; clients then fall back
+   * to one StreamingRecognize call per session.
+   */
+  streamingRecognizeMux: {
+    path: "/asr.v1.Asr/StreamingRecognizeMux" as const,
+    requestStream: true as const,
+    responseStream: true as const,
+    requestSerialize: (value: MuxRequest): Buffer => Buffer.from(MuxRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): MuxRequest => MuxRequest.decode(value),
+    responseSerialize: (value: MuxResponse): Buffer => Buffer.from(MuxResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): MuxResponse => MuxResponse.decode(value),
+  },
+  /**
    * Streams this worker's load: one report at once, then one per interval and
    * whenever admission changes (for example when draining starts). Gateways
    * use it for least-loaded placement of new sessions.
@@ -2636,6 +3339,31 @@ export interface AsrServer extends UntypedServiceImplementation {
    */
   streamingRecognize: handleBidiStreamingCall<StreamingRecognizeRequest, StreamingRecognizeResponse>;
   /**
+   * Recognizes many sessions over one call: the same sessions, rules and
+   * results as StreamingRecognize, each tagged with a session number, so that
+   * a gateway holding hundreds of sessions on one worker connection writes
+   * one message per flush instead of one per session and frame, and the
+   * worker reads one instead of hundreds.
+   *
+   * Each MuxFrame addresses one session: the first frame of a new session
+   * number carries its config, later ones carry what a StreamingRecognize
+   * call's requests carry, or half-close or cancel it. Each session ends with
+   * exactly one MuxEvent.end carrying the status its own StreamingRecognize
+   * call would have ended with (OK after a half-close, INVALID_ARGUMENT,
+   * RESOURCE_EXHAUSTED, UNAVAILABLE, INTERNAL, with the same messages);
+   * other sessions on the call go on. A session cancelled by the client gets
+   * no end event. Per-session backpressure is explicit (MuxEvent.flow), since
+   * HTTP/2 flow control covers the whole call.
+   *
+   * The call itself ends only when the client half-closes it (OK, after
+   * every open session has ended), on a malformed MuxRequest
+   * (INVALID_ARGUMENT: every open session is lost), or when the worker stops
+   * (UNAVAILABLE, after ending every open session with UNAVAILABLE). A worker
+   * that predates this method answers UNIMPLEMENTED; clients then fall back
+   * to one StreamingRecognize call per session.
+   */
+  streamingRecognizeMux: handleBidiStreamingCall<MuxRequest, MuxResponse>;
+  /**
    * Streams this worker's load: one report at once, then one per interval and
    * whenever admission changes (for example when draining starts). Gateways
    * use it for least-loaded placement of new sessions.
@@ -2667,6 +3395,36 @@ export interface AsrClient extends Client {
     metadata: Metadata,
     options?: Partial<CallOptions>,
   ): ClientDuplexStream<StreamingRecognizeRequest, StreamingRecognizeResponse>;
+  /**
+   * Recognizes many sessions over one call: the same sessions, rules and
+   * results as StreamingRecognize, each tagged with a session number, so that
+   * a gateway holding hundreds of sessions on one worker connection writes
+   * one message per flush instead of one per session and frame, and the
+   * worker reads one instead of hundreds.
+   *
+   * Each MuxFrame addresses one session: the first frame of a new session
+   * number carries its config, later ones carry what a StreamingRecognize
+   * call's requests carry, or half-close or cancel it. Each session ends with
+   * exactly one MuxEvent.end carrying the status its own StreamingRecognize
+   * call would have ended with (OK after a half-close, INVALID_ARGUMENT,
+   * RESOURCE_EXHAUSTED, UNAVAILABLE, INTERNAL, with the same messages);
+   * other sessions on the call go on. A session cancelled by the client gets
+   * no end event. Per-session backpressure is explicit (MuxEvent.flow), since
+   * HTTP/2 flow control covers the whole call.
+   *
+   * The call itself ends only when the client half-closes it (OK, after
+   * every open session has ended), on a malformed MuxRequest
+   * (INVALID_ARGUMENT: every open session is lost), or when the worker stops
+   * (UNAVAILABLE, after ending every open session with UNAVAILABLE). A worker
+   * that predates this method answers UNIMPLEMENTED; clients then fall back
+   * to one StreamingRecognize call per session.
+   */
+  streamingRecognizeMux(): ClientDuplexStream<MuxRequest, MuxResponse>;
+  streamingRecognizeMux(options: Partial<CallOptions>): ClientDuplexStream<MuxRequest, MuxResponse>;
+  streamingRecognizeMux(
+    metadata: Metadata,
+    options?: Partial<CallOptions>,
+  ): ClientDuplexStream<MuxRequest, MuxResponse>;
   /**
    * Streams this worker's load: one report at once, then one per interval and
    * whenever admission changes (for example when draining starts). Gateways
