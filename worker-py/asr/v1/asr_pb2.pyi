@@ -212,7 +212,7 @@ class Error(_message.Message):
     segment_id: int
     def __init__(self, code: _Optional[_Union[ErrorCode, str]] = ..., message: _Optional[str] = ..., retryable: _Optional[bool] = ..., segment_id: _Optional[int] = ...) -> None: ...
 
-class MuxRequest(_message.Message):
+class StreamingRecognizeMuxRequest(_message.Message):
     __slots__ = ("frames",)
     FRAMES_FIELD_NUMBER: _ClassVar[int]
     frames: _containers.RepeatedCompositeFieldContainer[MuxFrame]
@@ -230,7 +230,7 @@ class MuxFrame(_message.Message):
     cancel: bool
     def __init__(self, session: _Optional[int] = ..., request: _Optional[_Union[StreamingRecognizeRequest, _Mapping]] = ..., half_close: _Optional[bool] = ..., cancel: _Optional[bool] = ...) -> None: ...
 
-class MuxResponse(_message.Message):
+class StreamingRecognizeMuxResponse(_message.Message):
     __slots__ = ("events",)
     EVENTS_FIELD_NUMBER: _ClassVar[int]
     events: _containers.RepeatedCompositeFieldContainer[MuxEvent]

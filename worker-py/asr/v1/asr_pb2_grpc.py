@@ -46,8 +46,8 @@ class AsrStub:
                 _registered_method=True)
         self.StreamingRecognizeMux = channel.stream_stream(
                 '/asr.v1.Asr/StreamingRecognizeMux',
-                request_serializer=asr_dot_v1_dot_asr__pb2.MuxRequest.SerializeToString,
-                response_deserializer=asr_dot_v1_dot_asr__pb2.MuxResponse.FromString,
+                request_serializer=asr_dot_v1_dot_asr__pb2.StreamingRecognizeMuxRequest.SerializeToString,
+                response_deserializer=asr_dot_v1_dot_asr__pb2.StreamingRecognizeMuxResponse.FromString,
                 _registered_method=True)
         self.WatchLoad = channel.unary_stream(
                 '/asr.v1.Asr/WatchLoad',
@@ -101,7 +101,7 @@ class AsrServicer:
         HTTP/2 flow control covers the whole call.
 
         The call itself ends only when the client half-closes it (OK, after
-        every open session has ended), on a malformed MuxRequest
+        every open session has ended), on a malformed StreamingRecognizeMuxRequest
         (INVALID_ARGUMENT: every open session is lost), or when the worker stops
         (UNAVAILABLE, after ending every open session with UNAVAILABLE). A worker
         that predates this method answers UNIMPLEMENTED; clients then fall back
@@ -130,8 +130,8 @@ def add_AsrServicer_to_server(servicer, server):
             ),
             'StreamingRecognizeMux': grpc.stream_stream_rpc_method_handler(
                     servicer.StreamingRecognizeMux,
-                    request_deserializer=asr_dot_v1_dot_asr__pb2.MuxRequest.FromString,
-                    response_serializer=asr_dot_v1_dot_asr__pb2.MuxResponse.SerializeToString,
+                    request_deserializer=asr_dot_v1_dot_asr__pb2.StreamingRecognizeMuxRequest.FromString,
+                    response_serializer=asr_dot_v1_dot_asr__pb2.StreamingRecognizeMuxResponse.SerializeToString,
             ),
             'WatchLoad': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchLoad,
@@ -196,8 +196,8 @@ class Asr:
             request_iterator,
             target,
             '/asr.v1.Asr/StreamingRecognizeMux',
-            asr_dot_v1_dot_asr__pb2.MuxRequest.SerializeToString,
-            asr_dot_v1_dot_asr__pb2.MuxResponse.FromString,
+            asr_dot_v1_dot_asr__pb2.StreamingRecognizeMuxRequest.SerializeToString,
+            asr_dot_v1_dot_asr__pb2.StreamingRecognizeMuxResponse.FromString,
             options,
             channel_credentials,
             insecure,

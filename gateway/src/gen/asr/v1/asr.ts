@@ -575,12 +575,12 @@ export interface Error {
  * frames of any number of sessions, in order (a session's frames are
  * processed in the order they appear, across messages).
  */
-export interface MuxRequest {
+export interface StreamingRecognizeMuxRequest {
   /** The frames; an empty list is allowed and ignored. */
   frames: MuxFrame[];
 }
 
-/** One session's part of a MuxRequest. */
+/** One session's part of a StreamingRecognizeMuxRequest. */
 export interface MuxFrame {
   /**
    * The session, numbered by the client: a number greater than every number
@@ -618,12 +618,12 @@ export interface MuxFrame {
  * One message of the worker-to-client stream of StreamingRecognizeMux: the
  * events of any number of sessions (a session's events in order).
  */
-export interface MuxResponse {
+export interface StreamingRecognizeMuxResponse {
   /** The events. */
   events: MuxEvent[];
 }
 
-/** One session's part of a MuxResponse. */
+/** One session's part of a StreamingRecognizeMuxResponse. */
 export interface MuxEvent {
   /** The session, as numbered in MuxFrame.session. */
   session: number;
@@ -2326,19 +2326,19 @@ export const Error: MessageFns<Error> = {
   },
 };
 
-function createBaseMuxRequest(): MuxRequest {
+function createBaseStreamingRecognizeMuxRequest(): StreamingRecognizeMuxRequest {
   return { frames: [] };
 }
 
-export const MuxRequest: MessageFns<MuxRequest> = {
-  encode(message: MuxRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+export const StreamingRecognizeMuxRequest: MessageFns<StreamingRecognizeMuxRequest> = {
+  encode(message: StreamingRecognizeMuxRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     for (const v of message.frames) {
       MuxFrame.encode(v!, writer.uint32(10).fork()).join();
     }
     return writer;
   },
 
-  decode(input: BinaryReader | Uint8Array, length?: number): MuxRequest {
+  decode(input: BinaryReader | Uint8Array, length?: number): StreamingRecognizeMuxRequest {
     const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
     const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
     if (previousRecursionDepth >= 100) {
@@ -2347,7 +2347,7 @@ export const MuxRequest: MessageFns<MuxRequest> = {
     (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
     try {
       const end = length === undefined ? reader.len : reader.pos + length;
-      const message = createBaseMuxRequest();
+      const message = createBaseStreamingRecognizeMuxRequest();
       while (reader.pos < end) {
         const tag = reader.uint32();
         switch (tag >>> 3) {
@@ -2371,13 +2371,13 @@ export const MuxRequest: MessageFns<MuxRequest> = {
     }
   },
 
-  fromJSON(object: any): MuxRequest {
+  fromJSON(object: any): StreamingRecognizeMuxRequest {
     return {
       frames: globalThis.Array.isArray(object?.frames) ? object.frames.map((e: any) => MuxFrame.fromJSON(e)) : [],
     };
   },
 
-  toJSON(message: MuxRequest): unknown {
+  toJSON(message: StreamingRecognizeMuxRequest): unknown {
     const obj: any = {};
     if (message.frames?.length) {
       obj.frames = message.frames.map((e) => MuxFrame.toJSON(e));
@@ -2385,11 +2385,11 @@ export const MuxRequest: MessageFns<MuxRequest> = {
     return obj;
   },
 
-  create<I extends Exact<DeepPartial<MuxRequest>, I>>(base?: I): MuxRequest {
-    return MuxRequest.fromPartial(base ?? ({} as any));
+  create<I extends Exact<DeepPartial<StreamingRecognizeMuxRequest>, I>>(base?: I): StreamingRecognizeMuxRequest {
+    return StreamingRecognizeMuxRequest.fromPartial(base ?? ({} as any));
   },
-  fromPartial<I extends Exact<DeepPartial<MuxRequest>, I>>(object: I): MuxRequest {
-    const message = createBaseMuxRequest();
+  fromPartial<I extends Exact<DeepPartial<StreamingRecognizeMuxRequest>, I>>(object: I): StreamingRecognizeMuxRequest {
+    const message = createBaseStreamingRecognizeMuxRequest();
     message.frames = object.frames?.map((e) => MuxFrame.fromPartial(e)) || [];
     return message;
   },
@@ -2535,19 +2535,19 @@ export const MuxFrame: MessageFns<MuxFrame> = {
   },
 };
 
-function createBaseMuxResponse(): MuxResponse {
+function createBaseStreamingRecognizeMuxResponse(): StreamingRecognizeMuxResponse {
   return { events: [] };
 }
 
-export const MuxResponse: MessageFns<MuxResponse> = {
-  encode(message: MuxResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+export const StreamingRecognizeMuxResponse: MessageFns<StreamingRecognizeMuxResponse> = {
+  encode(message: StreamingRecognizeMuxResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     for (const v of message.events) {
       MuxEvent.encode(v!, writer.uint32(10).fork()).join();
     }
     return writer;
   },
 
-  decode(input: BinaryReader | Uint8Array, length?: number): MuxResponse {
+  decode(input: BinaryReader | Uint8Array, length?: number): StreamingRecognizeMuxResponse {
     const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
     const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
     if (previousRecursionDepth >= 100) {
@@ -2556,7 +2556,7 @@ export const MuxResponse: MessageFns<MuxResponse> = {
     (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
     try {
       const end = length === undefined ? reader.len : reader.pos + length;
-      const message = createBaseMuxResponse();
+      const message = createBaseStreamingRecognizeMuxResponse();
       while (reader.pos < end) {
         const tag = reader.uint32();
         switch (tag >>> 3) {
@@ -2580,13 +2580,13 @@ export const MuxResponse: MessageFns<MuxResponse> = {
     }
   },
 
-  fromJSON(object: any): MuxResponse {
+  fromJSON(object: any): StreamingRecognizeMuxResponse {
     return {
       events: globalThis.Array.isArray(object?.events) ? object.events.map((e: any) => MuxEvent.fromJSON(e)) : [],
     };
   },
 
-  toJSON(message: MuxResponse): unknown {
+  toJSON(message: StreamingRecognizeMuxResponse): unknown {
     const obj: any = {};
     if (message.events?.length) {
       obj.events = message.events.map((e) => MuxEvent.toJSON(e));
@@ -2594,11 +2594,13 @@ export const MuxResponse: MessageFns<MuxResponse> = {
     return obj;
   },
 
-  create<I extends Exact<DeepPartial<MuxResponse>, I>>(base?: I): MuxResponse {
-    return MuxResponse.fromPartial(base ?? ({} as any));
+  create<I extends Exact<DeepPartial<StreamingRecognizeMuxResponse>, I>>(base?: I): StreamingRecognizeMuxResponse {
+    return StreamingRecognizeMuxResponse.fromPartial(base ?? ({} as any));
   },
-  fromPartial<I extends Exact<DeepPartial<MuxResponse>, I>>(object: I): MuxResponse {
-    const message = createBaseMuxResponse();
+  fromPartial<I extends Exact<DeepPartial<StreamingRecognizeMuxResponse>, I>>(
+    object: I,
+  ): StreamingRecognizeMuxResponse {
+    const message = createBaseStreamingRecognizeMuxResponse();
     message.events = object.events?.map((e) => MuxEvent.fromPartial(e)) || [];
     return message;
   },
@@ -3290,7 +3292,7 @@ export const AsrService = {
    * HTTP/2 flow control covers the whole call.
    *
    * The call itself ends only when the client half-closes it (OK, after
-   * every open session has ended), on a malformed MuxRequest
+   * every open session has ended), on a malformed StreamingRecognizeMuxRequest
    * (INVALID_ARGUMENT: every open session is lost), or when the worker stops
    * (UNAVAILABLE, after ending every open session with UNAVAILABLE). A worker
    * that predates this method answers UNIMPLEMENTED; clients then fall back
@@ -3300,10 +3302,12 @@ export const AsrService = {
     path: "/asr.v1.Asr/StreamingRecognizeMux" as const,
     requestStream: true as const,
     responseStream: true as const,
-    requestSerialize: (value: MuxRequest): Buffer => Buffer.from(MuxRequest.encode(value).finish()),
-    requestDeserialize: (value: Buffer): MuxRequest => MuxRequest.decode(value),
-    responseSerialize: (value: MuxResponse): Buffer => Buffer.from(MuxResponse.encode(value).finish()),
-    responseDeserialize: (value: Buffer): MuxResponse => MuxResponse.decode(value),
+    requestSerialize: (value: StreamingRecognizeMuxRequest): Buffer =>
+      Buffer.from(StreamingRecognizeMuxRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): StreamingRecognizeMuxRequest => StreamingRecognizeMuxRequest.decode(value),
+    responseSerialize: (value: StreamingRecognizeMuxResponse): Buffer =>
+      Buffer.from(StreamingRecognizeMuxResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): StreamingRecognizeMuxResponse => StreamingRecognizeMuxResponse.decode(value),
   },
   /**
    * Streams this worker's load: one report at once, then one per interval and
@@ -3356,13 +3360,13 @@ export interface AsrServer extends UntypedServiceImplementation {
    * HTTP/2 flow control covers the whole call.
    *
    * The call itself ends only when the client half-closes it (OK, after
-   * every open session has ended), on a malformed MuxRequest
+   * every open session has ended), on a malformed StreamingRecognizeMuxRequest
    * (INVALID_ARGUMENT: every open session is lost), or when the worker stops
    * (UNAVAILABLE, after ending every open session with UNAVAILABLE). A worker
    * that predates this method answers UNIMPLEMENTED; clients then fall back
    * to one StreamingRecognize call per session.
    */
-  streamingRecognizeMux: handleBidiStreamingCall<MuxRequest, MuxResponse>;
+  streamingRecognizeMux: handleBidiStreamingCall<StreamingRecognizeMuxRequest, StreamingRecognizeMuxResponse>;
   /**
    * Streams this worker's load: one report at once, then one per interval and
    * whenever admission changes (for example when draining starts). Gateways
@@ -3413,18 +3417,20 @@ export interface AsrClient extends Client {
    * HTTP/2 flow control covers the whole call.
    *
    * The call itself ends only when the client half-closes it (OK, after
-   * every open session has ended), on a malformed MuxRequest
+   * every open session has ended), on a malformed StreamingRecognizeMuxRequest
    * (INVALID_ARGUMENT: every open session is lost), or when the worker stops
    * (UNAVAILABLE, after ending every open session with UNAVAILABLE). A worker
    * that predates this method answers UNIMPLEMENTED; clients then fall back
    * to one StreamingRecognize call per session.
    */
-  streamingRecognizeMux(): ClientDuplexStream<MuxRequest, MuxResponse>;
-  streamingRecognizeMux(options: Partial<CallOptions>): ClientDuplexStream<MuxRequest, MuxResponse>;
+  streamingRecognizeMux(): ClientDuplexStream<StreamingRecognizeMuxRequest, StreamingRecognizeMuxResponse>;
+  streamingRecognizeMux(
+    options: Partial<CallOptions>,
+  ): ClientDuplexStream<StreamingRecognizeMuxRequest, StreamingRecognizeMuxResponse>;
   streamingRecognizeMux(
     metadata: Metadata,
     options?: Partial<CallOptions>,
-  ): ClientDuplexStream<MuxRequest, MuxResponse>;
+  ): ClientDuplexStream<StreamingRecognizeMuxRequest, StreamingRecognizeMuxResponse>;
   /**
    * Streams this worker's load: one report at once, then one per interval and
    * whenever admission changes (for example when draining starts). Gateways
