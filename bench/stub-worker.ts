@@ -170,7 +170,7 @@ const health = {
 const watchLoad = (call: ServerWritableStream<WatchLoadRequest, LoadReport>): void => {
   const every = Math.min(60_000, Math.max(100, call.request.intervalMs || 1000));
   const report = (): void => {
-    call.write({ workerId: "stub", activeStreams: active, maxStreams: 100_000, queuedAudioSeconds: 0, accepting: true, engine: "stub", recentRtf: 0, frontId: 0, frontStreams: [], engineStalled: false });
+    call.write({ workerId: "stub", activeStreams: active, maxStreams: 100_000, queuedAudioSeconds: 0, accepting: true, engine: "stub", recentRtf: 0, frontId: 0, frontStreams: [], engineStalled: false, mux: false });
   };
   report();
   const t = setInterval(report, every);

@@ -269,7 +269,7 @@ class WatchLoadRequest(_message.Message):
     def __init__(self, interval_ms: _Optional[int] = ...) -> None: ...
 
 class LoadReport(_message.Message):
-    __slots__ = ("worker_id", "active_streams", "max_streams", "queued_audio_seconds", "accepting", "engine", "recent_rtf", "front_id", "front_streams", "engine_stalled")
+    __slots__ = ("worker_id", "active_streams", "max_streams", "queued_audio_seconds", "accepting", "engine", "recent_rtf", "front_id", "front_streams", "engine_stalled", "mux")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     ACTIVE_STREAMS_FIELD_NUMBER: _ClassVar[int]
     MAX_STREAMS_FIELD_NUMBER: _ClassVar[int]
@@ -280,6 +280,7 @@ class LoadReport(_message.Message):
     FRONT_ID_FIELD_NUMBER: _ClassVar[int]
     FRONT_STREAMS_FIELD_NUMBER: _ClassVar[int]
     ENGINE_STALLED_FIELD_NUMBER: _ClassVar[int]
+    MUX_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     active_streams: int
     max_streams: int
@@ -290,4 +291,5 @@ class LoadReport(_message.Message):
     front_id: int
     front_streams: _containers.RepeatedScalarFieldContainer[int]
     engine_stalled: bool
-    def __init__(self, worker_id: _Optional[str] = ..., active_streams: _Optional[int] = ..., max_streams: _Optional[int] = ..., queued_audio_seconds: _Optional[float] = ..., accepting: _Optional[bool] = ..., engine: _Optional[str] = ..., recent_rtf: _Optional[float] = ..., front_id: _Optional[int] = ..., front_streams: _Optional[_Iterable[int]] = ..., engine_stalled: _Optional[bool] = ...) -> None: ...
+    mux: bool
+    def __init__(self, worker_id: _Optional[str] = ..., active_streams: _Optional[int] = ..., max_streams: _Optional[int] = ..., queued_audio_seconds: _Optional[float] = ..., accepting: _Optional[bool] = ..., engine: _Optional[str] = ..., recent_rtf: _Optional[float] = ..., front_id: _Optional[int] = ..., front_streams: _Optional[_Iterable[int]] = ..., engine_stalled: _Optional[bool] = ..., mux: _Optional[bool] = ...) -> None: ...

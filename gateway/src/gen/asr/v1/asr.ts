@@ -724,6 +724,13 @@ export interface LoadReport {
    * (ENGINE_STALL_S). Always false for a single-process worker.
    */
   engineStalled: boolean;
+  /**
+   * True when the worker serves StreamingRecognizeMux. A gateway carries its
+   * sessions on this worker over mux calls only when a report says so (a
+   * worker that predates the field reports false), and otherwise opens one
+   * StreamingRecognize call per session.
+   */
+  mux: boolean;
 }
 
 function createBaseStreamingRecognizeRequest(): StreamingRecognizeRequest {
@@ -2981,6 +2988,7 @@ function createBaseLoadReport(): LoadReport {
     frontId: 0,
     frontStreams: [],
     engineStalled: false,
+    mux: false,
   };
 }
 
@@ -3019,6 +3027,9 @@ export const LoadReport: MessageFns<LoadReport> = {
     }
     if (message.engineStalled !== false) {
       writer.uint32(80).bool(message.engineStalled);
+    }
+    if (message.mux !== false) {
+      writer.uint32(88).bool(message.mux);
     }
     return writer;
   },
@@ -3126,6 +3137,14 @@ export const LoadReport: MessageFns<LoadReport> = {
             message.engineStalled = reader.bool();
             continue;
           }
+          case 11: {
+            if (tag !== 88) {
+              break;
+            }
+
+            message.mux = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3182,6 +3201,7 @@ export const LoadReport: MessageFns<LoadReport> = {
         : isSet(object.engine_stalled)
         ? globalThis.Boolean(object.engine_stalled)
         : false,
+      mux: isSet(object.mux) ? globalThis.Boolean(object.mux) : false,
     };
   },
 
@@ -3217,6 +3237,9 @@ export const LoadReport: MessageFns<LoadReport> = {
     if (message.engineStalled !== false) {
       obj.engineStalled = message.engineStalled;
     }
+    if (message.mux !== false) {
+      obj.mux = message.mux;
+    }
     return obj;
   },
 
@@ -3235,6 +3258,7 @@ export const LoadReport: MessageFns<LoadReport> = {
     message.frontId = object.frontId ?? 0;
     message.frontStreams = object.frontStreams?.map((e) => e) || [];
     message.engineStalled = object.engineStalled ?? false;
+    message.mux = object.mux ?? false;
     return message;
   },
 };
