@@ -17,9 +17,8 @@ draining) and drains:
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import grpc
@@ -30,8 +29,9 @@ from asr.v1 import asr_pb2, asr_pb2_grpc
 
 from .engine_link import EngineLink
 from .errors import AsrError, Draining, InternalError, InvalidConfig
-from .log import SessionLogger
-from .session import Session, SessionOptions, validate_config
+from .mux import MuxCall
+from .session import Session, SessionOptions
+from .streams import OpenStreams, StreamLease
 from .vad import VadBatcher, VadModel, VadObserver
 
 #: Health service names that follow readiness.
@@ -55,43 +55,6 @@ class ServiceConfig:
     #: How long a stream's VAD windows may wait for other streams' to be scored in one
     #: call (VadBatcher.tick_s), in ms; 0 scores as soon as the loop is free.
     vad_batch_ms: int = 64
-
-
-class _Calls:
-    """The open calls of this front: ids, kill switches, and "none open" for drain."""
-
-    def __init__(self) -> None:
-        self._ids = itertools.count(1)
-        self._kills: dict[int, Callable[[AsrError], None]] = {}
-        self._idle = asyncio.Event()
-        self._idle.set()
-
-    def __len__(self) -> int:
-        return len(self._kills)
-
-    def open(self, kill: Callable[[AsrError], None]) -> int:
-        call_id = next(self._ids)
-        self._kills[call_id] = kill
-        self._idle.clear()
-        return call_id
-
-    def close(self, call_id: int) -> None:
-        del self._kills[call_id]
-        if not self._kills:
-            self._idle.set()
-
-    def kill_all(self, err: AsrError) -> int:
-        kills = list(self._kills.values())
-        for kill in kills:
-            kill(err)
-        return len(kills)
-
-    async def wait_idle(self, within_s: float) -> bool:
-        try:
-            await asyncio.wait_for(self._idle.wait(), within_s)
-            return True
-        except TimeoutError:
-            return not self._kills
 
 
 class AsrService(asr_pb2_grpc.AsrServicer):
@@ -122,7 +85,9 @@ class AsrService(asr_pb2_grpc.AsrServicer):
         self.config = config
         self._log = logger
         self.draining = False
-        self._calls = _Calls()
+        self._calls = OpenStreams()
+        #: Open StreamingRecognizeMux calls (ended explicitly when the worker stops).
+        self._mux_calls: set[MuxCall] = set()
         self._changed = asyncio.Event()
         link.on_change(self._notify)
         #: Scores all streams' VAD windows together, once per tick.
@@ -155,7 +120,10 @@ class AsrService(asr_pb2_grpc.AsrServicer):
     def load_report(self) -> asr_pb2.LoadReport:
         """A snapshot of the whole worker's load (the engine side aggregates every front)."""
         report = asr_pb2.LoadReport(
-            worker_id=self.config.worker_id, front_id=self.config.front_id, **self.link.load()
+            worker_id=self.config.worker_id,
+            front_id=self.config.front_id,
+            mux=True,  # every front serves StreamingRecognizeMux
+            **self.link.load(),
         )
         if self.draining:
             report.accepting = False
@@ -192,6 +160,23 @@ class AsrService(asr_pb2_grpc.AsrServicer):
             except TimeoutError:
                 pass
 
+    async def admit_stream(self) -> StreamLease:
+        """Admit one stream (worker-wide) and register it here; raises the refusal's AsrError.
+
+        Both RPCs open every stream (a call, or one session of a mux call) through this.
+        """
+        if self.draining:
+            raise Draining()
+        await self.link.admit()
+        return StreamLease(
+            streams=self._calls,
+            link=self.link,
+            vad=self._vad,
+            options=self.config.session,
+            logger=self._log,
+            vad_batcher=self.vad_batcher,
+        )
+
     async def StreamingRecognize(  # noqa: N802 - gRPC method name
         self,
         request_iterator: AsyncIterator[asr_pb2.StreamingRecognizeRequest],
@@ -199,83 +184,61 @@ class AsrService(asr_pb2_grpc.AsrServicer):
     ) -> AsyncIterator[asr_pb2.StreamingRecognizeResponse]:
         """One recognition session; see the proto for the rules."""
         try:
-            if self.draining:
-                raise Draining()
-            await self.link.admit()
+            lease = await self.admit_stream()
         except AsrError as err:
             await context.abort(err.status, err.message)
-        killed: asyncio.Future = asyncio.get_running_loop().create_future()
-        session: Session | None = None
-
-        def kill(err: AsrError) -> None:
-            if not killed.done():
-                killed.set_result(err)
-            if session is not None:
-                session.fail(err)
-
-        call_id = self._calls.open(kill)
-        log: logging.Logger | logging.LoggerAdapter = SessionLogger(
-            self._log, {"call_id": call_id}
-        )
         reader: asyncio.Task | None = None
         try:
             it = _decoded(request_iterator)
             first_task = asyncio.ensure_future(anext(it))
-            await asyncio.wait({first_task, killed}, return_when=asyncio.FIRST_COMPLETED)
-            if killed.done():
+            await asyncio.wait({first_task, lease.killed}, return_when=asyncio.FIRST_COMPLETED)
+            if lease.killed.done():
                 first_task.cancel()
-                raise killed.result()
+                raise lease.killed.result()
             try:
                 first = first_task.result()
             except StopAsyncIteration:
                 return  # the client half-closed without sending anything
-            kind = first.WhichOneof("streaming_request")
-            if kind != "config":
-                raise InvalidConfig(
-                    f"the first request must carry config, got {kind or 'an empty request'}"
-                )
-            settings = validate_config(first.config, self.config.session)
-            log = SessionLogger(
-                self._log, {"call_id": call_id, "session_id": settings.session_id}
-            )
-            session = Session(
-                key=call_id,
-                settings=settings,
-                port=self.link.open_stream(call_id),
-                vad=self._vad,
-                options=self.config.session,
-                logger=log,
-                vad_batcher=self.vad_batcher,
-            )
-            log.info(
-                "stream opened",
-                extra={
-                    "mode": asr_pb2.RecognitionMode.Name(settings.mode),
-                    "sample_rate_hz": settings.sample_rate_hz,
-                    "resume_segments": settings.resume_segments,
-                },
-            )
-            reader = asyncio.create_task(self._read(session, it, log))
+            session = lease.open(first)
+            reader = asyncio.create_task(self._read(session, it, lease.log))
             async for response in session.responses():
                 yield response
             await reader
-            log.info("stream finished", extra=session.summary())
+            lease.finished()
         except AsrError as err:
-            log.info(
-                "stream ended with error",
-                extra={"code": asr_pb2.ErrorCode.Name(err.code), "error": err.message},
-            )
+            lease.ended_with(err)
             await context.abort(err.status, err.message)
         except asyncio.CancelledError:
-            log.info("stream cancelled")
+            lease.cancelled()
             raise
         finally:
             if reader is not None and not reader.done():
                 reader.cancel()
-            if session is not None:
-                session.close()
-            self._calls.close(call_id)
-            self.link.release()
+            lease.close()
+
+    async def StreamingRecognizeMux(  # noqa: N802 - gRPC method name
+        self,
+        request_iterator: AsyncIterator[asr_pb2.StreamingRecognizeMuxRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[asr_pb2.StreamingRecognizeMuxResponse]:
+        """Many sessions over one call, each opened through `admit_stream`; see the proto."""
+        call = MuxCall(admit=self.admit_stream, logger=self._log)
+        self._mux_calls.add(call)
+        try:
+            async for response in call.run(request_iterator):
+                yield response
+        except AsrError as err:
+            await context.abort(err.status, err.message)
+        finally:
+            self._mux_calls.discard(call)
+
+    def stop_mux_calls(self, err: AsrError) -> int:
+        """The worker stops: end each mux call with `err` once its sessions have ended
+        (each still-open session ends with `err` first); returns how many calls."""
+        calls = list(self._mux_calls)
+        for call in calls:
+            call.stop(err)
+        return len(calls)
 
     async def _read(
         self,
@@ -392,6 +355,8 @@ class WorkerServer:
             )
             self._log.info("drain grace over; ending streams", extra={"ended": n})
             await self.service.wait_idle(2.0)
+        # Mux calls outlive their sessions; they end now, UNAVAILABLE, within stop's grace.
+        self.service.stop_mux_calls(Draining("worker shutting down; resume elsewhere"))
         await self.stop(grace_s=1.0)
 
     async def stop(self, grace_s: float | None = None) -> None:
