@@ -2,8 +2,11 @@
  * A cheap asr.v1 worker in Node for isolating the gateway in load tests (and
  * for developing the harness without the Python worker): energy VAD on 60 ms
  * windows, partials every `--partial-ms` of segment audio and finals after a
- * fixed `--cost-ms` delay, grpc.health.v1 SERVING and WatchLoad. NOT a
- * product component; the real worker with `--engine fake` is the reference.
+ * fixed `--cost-ms` delay, grpc.health.v1 SERVING and WatchLoad. It serves
+ * StreamingRecognizeMux too (bench/lib/mux-server.ts runs the same per-call
+ * handler per session) and says so in its load reports, unless `--no-mux`.
+ * NOT a product component; the real worker with `--engine fake` is the
+ * reference.
  *
  *   node --import tsx bench/stub-worker.ts --listen 127.0.0.1:0 [--cost-ms 5]
  * prints `LISTENING host:port`.
@@ -27,6 +30,7 @@ import {
   type HealthCheckRequest,
   type HealthCheckResponse,
 } from "../gateway/src/gen/grpc/health/v1/health.js";
+import { perCallCodec, serveMux, withRawMux } from "./lib/mux-server.js";
 
 const { values } = parseArgs({
   options: {
@@ -36,6 +40,7 @@ const { values } = parseArgs({
     "hangover-ms": { type: "string", default: "600" },
     threshold: { type: "string", default: "300" },
     "trace-file": { type: "string" },
+    "no-mux": { type: "boolean", default: false },
   },
 });
 const COST = Number(values["cost-ms"]);
@@ -43,6 +48,7 @@ const PARTIAL = Number(values["partial-ms"]);
 const HANGOVER = Number(values["hangover-ms"]);
 const THRESH = Number(values.threshold);
 const TRACE = values["trace-file"];
+const MUX = !values["no-mux"];
 const WIN = 960; // samples = 60 ms at 16 kHz
 let active = 0;
 
@@ -170,7 +176,7 @@ const health = {
 const watchLoad = (call: ServerWritableStream<WatchLoadRequest, LoadReport>): void => {
   const every = Math.min(60_000, Math.max(100, call.request.intervalMs || 1000));
   const report = (): void => {
-    call.write({ workerId: "stub", activeStreams: active, maxStreams: 100_000, queuedAudioSeconds: 0, accepting: true, engine: "stub", recentRtf: 0, frontId: 0, frontStreams: [], engineStalled: false, mux: false });
+    call.write({ workerId: "stub", activeStreams: active, maxStreams: 100_000, queuedAudioSeconds: 0, accepting: true, engine: "stub", recentRtf: 0, frontId: 0, frontStreams: [], engineStalled: false, mux: MUX });
   };
   report();
   const t = setInterval(report, every);
@@ -179,7 +185,11 @@ const watchLoad = (call: ServerWritableStream<WatchLoadRequest, LoadReport>): vo
 };
 
 const server = new Server({ "grpc.max_concurrent_streams": 100_000 } as Record<string, unknown>);
-server.addService(AsrService, { streamingRecognize: handle, watchLoad });
+server.addService(withRawMux(AsrService), {
+  streamingRecognize: handle,
+  watchLoad,
+  ...(MUX ? { streamingRecognizeMux: serveMux(perCallCodec<StreamingRecognizeRequest, StreamingRecognizeResponse>(AsrService), handle) } : {}),
+});
 server.addService(HealthService, health);
 server.bindAsync(values.listen, ServerCredentials.createInsecure(), (err, port) => {
   if (err) {

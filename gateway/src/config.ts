@@ -77,6 +77,7 @@ const envSchema = z
     REPLAY_BUFFER_SECONDS: intVar(60, 1, 3600),
     WORKER_DIRECT_WRITES: boolVar(true),
     WORKER_DIRECT_READS: boolVar(true),
+    WORKER_MUX: z.enum(["auto", "off"]).default("auto"),
     WORKER_WRITE_COALESCE_MS: z
       .string()
       .optional()
@@ -149,6 +150,11 @@ export interface GatewayConfig {
    * turn (write-coalescer.ts): ms, 0 = every frame at once, "turn" = only frames of the same loop turn.
    */
   readonly workerWriteCoalesceMs: CoalesceDelay;
+  /**
+   * "auto": sessions on a worker that serves StreamingRecognizeMux (its load report says `mux`)
+   * share one mux call per connection (worker-mux.ts); "off": one StreamingRecognize call per session.
+   */
+  readonly workerMux: "auto" | "off";
   /** pino level. */
   readonly logLevel: "fatal" | "error" | "warn" | "info" | "debug" | "trace" | "silent";
   /** Deployment default of the is_final behaviour (see docs/gateway.md). */
@@ -213,6 +219,7 @@ export function loadConfig(env: Record<string, string | undefined>): GatewayConf
     workerDirectWrites: e.WORKER_DIRECT_WRITES,
     workerDirectReads: e.WORKER_DIRECT_READS,
     workerWriteCoalesceMs: e.WORKER_WRITE_COALESCE_MS,
+    workerMux: e.WORKER_MUX,
     logLevel: e.LOG_LEVEL,
     isFinalMode: e.IS_FINAL_MODE,
     onlineMode: e.ONLINE_MODE,

@@ -57,7 +57,7 @@ async function main(): Promise<void> {
     return;
   }
   const ffmpeg = config.ffmpegEnabled ? findFfmpeg() : null;
-  const pool = new WorkerPool([], logger);
+  const pool = new WorkerPool([], logger, { mux: config.workerMux !== "off" });
   pool.start();
   // WORKER_ADDRESSES names may stand for many workers (headless Service, compose --scale): see discovery.ts.
   const discovery = new WorkerDiscovery({

@@ -12,7 +12,7 @@
  * generated decoder), and every other request still goes through ts-proto.
  */
 import { makeGenericClientConstructor, type ChannelCredentials, type ClientOptions } from "@grpc/grpc-js";
-import { AsrService, StreamingRecognizeRequest, type AsrClient } from "./gen/asr/v1/asr.js";
+import { AsrService, StreamingRecognizeMuxRequest, StreamingRecognizeRequest, type AsrClient } from "./gen/asr/v1/asr.js";
 
 /** A StreamingRecognizeRequest already encoded (a Buffer the serializer passes through). */
 export type EncodedRequest = Buffer & { readonly __encodedRequest: true };
@@ -103,13 +103,135 @@ function encodeAudio(pcm: Uint8Array, sampleRateHz: number, headroom: number): B
   return buf;
 }
 
-/** The Asr service with a request serializer that passes EncodedRequest buffers through untouched. */
+// ---------------------------------------------------------------------------
+// StreamingRecognizeMux (worker-mux.ts): one message carries many sessions' frames.
+
+/** A StreamingRecognizeMuxRequest already encoded (a Buffer FAST_ASR_SERVICE's serializer passes through). */
+export type EncodedMuxRequest = Buffer & { readonly __encodedMuxRequest: true };
+
+/** What a MuxFrame carries (the oneof `frame`). */
+export enum MuxFrameKind {
+  /** request { audio { pcm16le, sample_rate_hz } }, encoded here from the PCM (copied once, into the message). */
+  Audio,
+  /** request, already encoded as a StreamingRecognizeRequest (config, control). */
+  Request,
+  /** half_close: true. */
+  HalfClose,
+  /** cancel: true. */
+  Cancel,
+}
+
+/** One MuxFrame waiting to be encoded (made by muxFrame(); `size` is its encoded MuxFrame size). */
+export interface MuxFrameSpec {
+  readonly session: number;
+  readonly kind: MuxFrameKind;
+  /** Audio: the PCM (held, never modified); Request: the encoded StreamingRecognizeRequest; else null. */
+  readonly bytes: Uint8Array | null;
+  /** Audio: sample_rate_hz. */
+  readonly rate: number;
+  /** Bytes of the encoded MuxFrame (without the enclosing field's tag and length). */
+  readonly size: number;
+}
+
+/** MuxFrame: session field 1 (varint), request 2, half_close 3, cancel 4; StreamingRecognizeMuxRequest.frames is field 1. */
+const TAG_MUX_FRAMES = (1 << 3) | 2;
+const TAG_MUX_SESSION = (1 << 3) | 0;
+const TAG_MUX_REQUEST = (2 << 3) | 2;
+const TAG_MUX_HALF_CLOSE = (3 << 3) | 0;
+const TAG_MUX_CANCEL = (4 << 3) | 0;
+
+/** Bytes of AudioChunk { pcm16le, sample_rate_hz } (proto3 leaves out defaults). */
+function audioChunkSize(pcmBytes: number, sampleRateHz: number): number {
+  return (pcmBytes > 0 ? 1 + varintSize(pcmBytes) + pcmBytes : 0) + (sampleRateHz > 0 ? 1 + varintSize(sampleRateHz) : 0);
+}
+
+/** A frame for a mux connection's pending list (see MuxFrameSpec). */
+export function muxFrame(session: number, kind: MuxFrameKind, bytes: Uint8Array | null = null, rate = 0): MuxFrameSpec {
+  let body: number;
+  if (kind === MuxFrameKind.Audio) {
+    const chunk = audioChunkSize(bytes!.length, rate);
+    const req = 1 + varintSize(chunk) + chunk;
+    body = 1 + varintSize(req) + req;
+  } else if (kind === MuxFrameKind.Request) {
+    body = 1 + varintSize(bytes!.length) + bytes!.length;
+  } else {
+    body = 2;
+  }
+  return { session, kind, bytes, rate, size: 1 + varintSize(session) + body };
+}
+
+/** Bytes a frame adds to a StreamingRecognizeMuxRequest (the frame plus its field tag and length). */
+export function muxFrameWireSize(f: MuxFrameSpec): number {
+  return 1 + varintSize(f.size) + f.size;
+}
+
+/**
+ * Encodes StreamingRecognizeMuxRequest { frames: frames[start..end) } into one
+ * Buffer of the exact size (`bytes`: the sum of their muxFrameWireSize): the
+ * standard protobuf encoding, each audio frame's PCM copied once, straight
+ * into the message.
+ */
+export function encodeMuxRequest(frames: readonly MuxFrameSpec[], start: number, end: number, bytes: number): EncodedMuxRequest {
+  const buf = Buffer.allocUnsafe(bytes);
+  let off = 0;
+  for (let i = start; i < end; i++) {
+    const f = frames[i]!;
+    buf[off++] = TAG_MUX_FRAMES;
+    off = writeVarint(buf, off, f.size);
+    buf[off++] = TAG_MUX_SESSION;
+    off = writeVarint(buf, off, f.session);
+    switch (f.kind) {
+      case MuxFrameKind.Audio: {
+        const pcm = f.bytes!;
+        const chunk = audioChunkSize(pcm.length, f.rate);
+        buf[off++] = TAG_MUX_REQUEST;
+        off = writeVarint(buf, off, 1 + varintSize(chunk) + chunk);
+        buf[off++] = TAG_REQUEST_AUDIO;
+        off = writeVarint(buf, off, chunk);
+        if (pcm.length > 0) {
+          buf[off++] = TAG_PCM;
+          off = writeVarint(buf, off, pcm.length);
+          buf.set(pcm, off);
+          off += pcm.length;
+        }
+        if (f.rate > 0) {
+          buf[off++] = TAG_RATE;
+          off = writeVarint(buf, off, f.rate);
+        }
+        break;
+      }
+      case MuxFrameKind.Request:
+        buf[off++] = TAG_MUX_REQUEST;
+        off = writeVarint(buf, off, f.bytes!.length);
+        buf.set(f.bytes!, off);
+        off += f.bytes!.length;
+        break;
+      case MuxFrameKind.HalfClose:
+        buf[off++] = TAG_MUX_HALF_CLOSE;
+        buf[off++] = 1;
+        break;
+      case MuxFrameKind.Cancel:
+        buf[off++] = TAG_MUX_CANCEL;
+        buf[off++] = 1;
+        break;
+    }
+  }
+  if (off !== bytes) throw new Error(`mux request encoded to ${off} bytes, ${bytes} expected`);
+  return buf as EncodedMuxRequest;
+}
+
+/** The Asr service with request serializers that pass EncodedRequest / EncodedMuxRequest buffers through untouched. */
 export const FAST_ASR_SERVICE = {
   ...AsrService,
   streamingRecognize: {
     ...AsrService.streamingRecognize,
     requestSerialize: (value: StreamingRecognizeRequest | EncodedRequest): Buffer =>
       Buffer.isBuffer(value) ? value : Buffer.from(StreamingRecognizeRequest.encode(value).finish()),
+  },
+  streamingRecognizeMux: {
+    ...AsrService.streamingRecognizeMux,
+    requestSerialize: (value: StreamingRecognizeMuxRequest | EncodedMuxRequest): Buffer =>
+      Buffer.isBuffer(value) ? value : Buffer.from(StreamingRecognizeMuxRequest.encode(value).finish()),
   },
 } as const;
 

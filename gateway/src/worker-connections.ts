@@ -19,6 +19,9 @@
 import { status as GrpcStatus, type ClientReadableStream, type StatusObject } from "@grpc/grpc-js";
 import type { Logger } from "pino";
 import type { AsrClient, LoadReport } from "./gen/asr/v1/asr.js";
+import type { SessionHandlers } from "./session-transport.js";
+import { WorkerMux, type MuxCall, type MuxSession, type MuxStats } from "./worker-mux.js";
+import type { WriteCoalescer } from "./write-coalescer.js";
 
 /** Tunables (defaults suit production; tests may shorten them). */
 export interface WorkerConnectionsOptions {
@@ -37,6 +40,8 @@ interface Conn {
   owned: boolean;
   frontId: number | null;
   loadCall: ClientReadableStream<LoadReport> | null;
+  /** The connection's StreamingRecognizeMux call (worker-mux.ts), made when the first mux session is placed on it. */
+  mux: WorkerMux | null;
 }
 
 /** Placement of streams over a worker's front processes (see module comment). */
@@ -62,7 +67,7 @@ export class WorkerConnections {
     options: WorkerConnectionsOptions = {},
   ) {
     this.opts = { loadIntervalMs: options.loadIntervalMs ?? 1000, attemptsPerFront: options.attemptsPerFront ?? 8 };
-    const conn: Conn = { client: primary, owned: false, frontId: null, loadCall: null };
+    const conn: Conn = { client: primary, owned: false, frontId: null, loadCall: null, mux: null };
     this.conns.push(conn);
   }
 
@@ -86,6 +91,24 @@ export class WorkerConnections {
     const conn = this.pick();
     if (conn.frontId !== null) this.placed[conn.frontId] = (this.placed[conn.frontId] ?? 0) + 1;
     return conn.client.streamingRecognize();
+  }
+
+  /**
+   * Places a session on the mux call of the connection to the least-loaded
+   * front (one mux call per connection, worker-mux.ts); `coalescer` is the
+   * process's audio coalescer.
+   */
+  openMuxSession(h: SessionHandlers, coalescer?: WriteCoalescer): MuxSession {
+    const conn = this.pick();
+    if (conn.frontId !== null) this.placed[conn.frontId] = (this.placed[conn.frontId] ?? 0) + 1;
+    const client = conn.client;
+    conn.mux ??= new WorkerMux(() => client.streamingRecognizeMux() as MuxCall);
+    return conn.mux.openSession(h, coalescer);
+  }
+
+  /** Counters of every connection's mux (connections without one left out; tests and diagnostics). */
+  muxStats(): MuxStats[] {
+    return this.conns.flatMap((c) => (c.mux !== null ? [c.mux.stats] : []));
   }
 
   private pick(): Conn {
@@ -148,7 +171,7 @@ export class WorkerConnections {
     if (this.conns.some((c) => c.owned && c.frontId === null)) return; // one attempt at a time
     if (this.attempts >= this.opts.attemptsPerFront * fronts) return;
     this.attempts++;
-    const conn: Conn = { client: this.makeClient(), owned: true, frontId: null, loadCall: null };
+    const conn: Conn = { client: this.makeClient(), owned: true, frontId: null, loadCall: null, mux: null };
     this.conns.push(conn);
     this.watch(conn);
     if (this.attempts === this.opts.attemptsPerFront * fronts) {
@@ -162,6 +185,8 @@ export class WorkerConnections {
     const call = conn.loadCall;
     conn.loadCall = null;
     call?.cancel();
+    // Its mux sessions go on; the mux call is cancelled once they have ended.
+    conn.mux?.close();
     // Open streams on it keep running: closing a grpc-js channel lets its calls finish.
     if (conn.owned) conn.client.close();
   }

@@ -1,6 +1,8 @@
 /**
- * The worker link: one session's StreamingRecognize call, kept alive across
- * worker failures.
+ * The worker link: one session on a worker — its own StreamingRecognize call
+ * or a session of the connection's StreamingRecognizeMux call, whichever the
+ * pool's lease gives (session-transport.ts, worker-mux.ts) — kept alive
+ * across worker failures.
  *
  * It owns everything about the call that the client never sees: placement
  * (the lease), writing with backpressure (the client's reads pause while the
@@ -18,7 +20,6 @@
  * happened.
  */
 import { EventEmitter } from "node:events";
-import type { StatusObject } from "@grpc/grpc-js";
 import type { Logger } from "pino";
 import { GatewayError, classifyCallEnd, clientCodeForWorkerError, type ErrorCode } from "./errors.js";
 import {
@@ -28,13 +29,13 @@ import {
   type StreamingRecognizeRequest,
   type StreamingRecognizeResponse,
 } from "./gen/asr/v1/asr.js";
-import { CallReader, type ReaderPath } from "./call-reader.js";
-import { CallWriter, type WriterPath } from "./call-writer.js";
-import { StreamLocator } from "./call-stream.js";
+import type { ReaderPath } from "./call-reader.js";
+import type { WriterPath } from "./call-writer.js";
 import { ReplayBuffer } from "./replay.js";
-import { framedAudioRequest, framedRequest, type FramedRequest } from "./wire.js";
+import type { SessionStatus, SessionTransport } from "./session-transport.js";
+import { framedRequest, type FramedRequest } from "./wire.js";
 import type { WriteCoalescer } from "./write-coalescer.js";
-import type { RecognizeCall, WorkerLease, WorkerSource } from "./workers.js";
+import type { WorkerLease, WorkerSource } from "./workers.js";
 
 /** Largest AudioChunk sent to a worker (the contract allows 4 MiB). */
 const MAX_CHUNK_BYTES = 1024 * 1024;
@@ -131,11 +132,8 @@ export class WorkerLink extends EventEmitter<WorkerLinkEvents> {
   private readonly d: WorkerLinkDeps;
   private readonly replay: ReplayBuffer;
   private lease: WorkerLease | null;
-  private call: RecognizeCall | null = null;
-  /** Writes the current call's requests (straight onto its HTTP/2 stream, see call-writer.ts). */
-  private writer: CallWriter | null = null;
-  /** Reads the current call's responses (straight off its HTTP/2 stream, see call-reader.ts). */
-  private reader: CallReader | null = null;
+  /** The current session on the worker: its own call, or a session of a mux call (session-transport.ts). */
+  private transport: SessionTransport | null = null;
   private closed = false;
   private paused = false;
   private failovers = 0;
@@ -176,14 +174,14 @@ export class WorkerLink extends EventEmitter<WorkerLinkEvents> {
     return this.replay.audioMs;
   }
 
-  /** How the current call's requests are written (null before open()); diagnostics and tests. */
-  get writerPath(): WriterPath | null {
-    return this.writer?.path ?? null;
+  /** How the current session's requests are written (null before open()); diagnostics and tests. */
+  get writerPath(): WriterPath | "mux" | null {
+    return this.transport?.writerPath ?? null;
   }
 
-  /** How the current call's responses are read (null before open()); diagnostics and tests. */
-  get readerPath(): ReaderPath | null {
-    return this.reader?.path ?? null;
+  /** How the current session's responses are read (null before open()); diagnostics and tests. */
+  get readerPath(): ReaderPath | "mux" | null {
+    return this.transport?.readerPath ?? null;
   }
 
   /** Failovers so far. */
@@ -204,7 +202,7 @@ export class WorkerLink extends EventEmitter<WorkerLinkEvents> {
     for (let off = 0; off < pcm.length; off += MAX_CHUNK_BYTES) {
       const chunk = off === 0 && pcm.length <= MAX_CHUNK_BYTES ? pcm : pcm.subarray(off, Math.min(pcm.length, off + MAX_CHUNK_BYTES));
       this.replay.push(chunk, sampleRateHz);
-      this.write(framedAudioRequest(chunk, sampleRateHz), true);
+      this.writeAudio(chunk, sampleRateHz);
     }
   }
 
@@ -220,13 +218,9 @@ export class WorkerLink extends EventEmitter<WorkerLinkEvents> {
   close(): void {
     if (this.closed) return;
     this.closed = true;
-    const call = this.call;
-    this.call = null;
-    this.writer?.close();
-    this.writer = null;
-    this.reader?.close();
-    this.reader = null;
-    call?.cancel();
+    const t = this.transport;
+    this.transport = null;
+    t?.close();
     this.lease?.release();
     this.removeAllListeners();
   }
@@ -234,35 +228,32 @@ export class WorkerLink extends EventEmitter<WorkerLinkEvents> {
   // -------------------------------------------------------------------------
 
   private attach(lease: WorkerLease): void {
-    const call = lease.open();
-    this.call = call;
-    this.writer?.close();
-    // A finder that finds no stream puts the whole call on grpc-js's call.write().
-    // One look for the call's stream serves writer and reader (call-stream.ts says why).
-    const locator = new StreamLocator(call);
-    const writer = new CallWriter(call, () => this.resumeInput(), this.d.directWrites === false ? () => null : locator, this.d.coalescer);
-    this.writer = writer;
-    // A paused read belongs to the old call, whose drain will never come.
-    this.resumeInput();
-    this.reader?.close();
-    const reader = new CallReader(
-      call,
-      (r) => {
-        if (this.call === call) this.onResponse(r);
+    this.transport?.close();
+    // Handlers answer only while their session is the current one.
+    let t: SessionTransport | null = null;
+    t = lease.openSession(
+      {
+        onResponse: (r) => {
+          if (this.transport === t) this.onResponse(r);
+        },
+        onEnd: (s) => {
+          if (this.transport !== t) return;
+          this.transport = null;
+          this.onCallEnded(s);
+        },
+        onDrain: () => {
+          if (this.transport === t) this.resumeInput();
+        },
       },
-      this.d.directReads === false ? () => null : locator,
+      {
+        ...(this.d.directWrites !== undefined ? { directWrites: this.d.directWrites } : {}),
+        ...(this.d.directReads !== undefined ? { directReads: this.d.directReads } : {}),
+        ...(this.d.coalescer !== undefined ? { coalescer: this.d.coalescer } : {}),
+      },
     );
-    this.reader = reader;
-    call.on("error", () => {
-      // The status event handles every ending; this keeps grpc-js from throwing.
-    });
-    call.on("status", (s: StatusObject) => {
-      writer.close();
-      reader.close();
-      if (this.call !== call) return;
-      this.call = null;
-      this.onCallEnded(s);
-    });
+    this.transport = t;
+    // A paused read belongs to the old session, whose drain will never come.
+    this.resumeInput();
     this.emit("attached", lease.address);
   }
 
@@ -275,11 +266,22 @@ export class WorkerLink extends EventEmitter<WorkerLinkEvents> {
     this.write(framedRequest({ streamingRequest: { $case: "config", value } }));
   }
 
-  /** Writes one request (`audio`: plain audio, which the writer's coalescer may hold). */
-  private write(req: FramedRequest, audio = false): void {
-    const writer = this.writer;
-    if (this.call === null || writer === null || this.closed) return;
-    if (!writer.write(req, audio) && !this.paused) {
+  /** Writes one non-audio request (after the session's held audio). */
+  private write(req: FramedRequest): void {
+    const t = this.transport;
+    if (t === null || this.closed) return;
+    this.wrote(t.request(req));
+  }
+
+  /** Writes audio (which the transport may hold for the process's coalesce delay). */
+  private writeAudio(pcm: Buffer, sampleRateHz: number): void {
+    const t = this.transport;
+    if (t === null || this.closed) return;
+    this.wrote(t.audio(pcm, sampleRateHz));
+  }
+
+  private wrote(ok: boolean): void {
+    if (!ok && !this.paused) {
       // The worker (or the network to it) is slower than the client sends, e.g. a
       // C++ client streaming a file at full speed: stop reading the WebSocket
       // until the call drains (the writer's onDrain) instead of buffering without bound.
@@ -341,7 +343,7 @@ export class WorkerLink extends EventEmitter<WorkerLinkEvents> {
     this.emit("partial", { segmentId, text, delta: fresh });
   }
 
-  private onCallEnded(s: StatusObject): void {
+  private onCallEnded(s: SessionStatus): void {
     if (this.closed) return;
     const end = classifyCallEnd(s);
     const from = this.lease?.address ?? "";
@@ -388,7 +390,7 @@ export class WorkerLink extends EventEmitter<WorkerLinkEvents> {
       this.writeConfig(r.config);
       for (const c of chunks) {
         if (c.startMs < r.startMs || (r.eoiAtMs !== null && c.startMs >= r.eoiAtMs)) continue;
-        this.write(framedAudioRequest(c.pcm, c.sampleRateHz), true);
+        this.writeAudio(c.pcm, c.sampleRateHz);
       }
       if (r.eoiAtMs !== null) this.write(END_OF_INPUT);
     }

@@ -28,8 +28,10 @@ import {
   type StreamingRecognizeResponse,
 } from "./gen/asr/v1/asr.js";
 import { HealthCheckResponse_ServingStatus, HealthClient, type HealthCheckResponse } from "./gen/grpc/health/v1/health.js";
+import { CallTransport, type SessionHandlers, type SessionTransport, type SessionTransportOptions } from "./session-transport.js";
 import { FastAsrClient, type EncodedRequest } from "./wire.js";
 import { WorkerConnections } from "./worker-connections.js";
+import type { MuxStats } from "./worker-mux.js";
 
 /** Largest message a worker may send the gateway (grpc-js's limit, and call-reader.ts's on the direct path). */
 export const MAX_RECEIVE_MESSAGE_BYTES = 8 * 1024 * 1024;
@@ -41,8 +43,15 @@ export type RecognizeCall = ClientDuplexStream<StreamingRecognizeRequest | Encod
 export interface WorkerLease {
   /** The worker's address (for logs and for excluding it on failover). */
   readonly address: string;
-  /** Opens a StreamingRecognize call on the worker. */
+  /** Opens a StreamingRecognize call on the worker (one request/response exchange of its own, e.g. a file transcription). */
   open(): RecognizeCall;
+  /**
+   * Opens a streaming session on the worker: a session of the connection's
+   * StreamingRecognizeMux call when the worker serves it (its newest load
+   * report says `mux`) and the pool may use it, else its own
+   * StreamingRecognize call (session-transport.ts).
+   */
+  openSession(h: SessionHandlers, opts?: SessionTransportOptions): SessionTransport;
   /** Gives the placement back (idempotent). */
   release(): void;
 }
@@ -74,6 +83,12 @@ export interface WorkerPoolOptions {
    * that says `engine_stalled` is acted on the same way at once.)
    */
   stallTimeoutMs?: number;
+  /**
+   * Carry sessions over StreamingRecognizeMux calls on workers whose load
+   * report says they serve it (WORKER_MUX=auto, the default); false: one
+   * StreamingRecognize call per session everywhere (WORKER_MUX=off).
+   */
+  mux?: boolean;
 }
 
 /** A worker's state as the pool sees it. */
@@ -102,8 +117,8 @@ interface Entry {
   healthBackoff: number;
   loadBackoff: number;
   timers: Set<NodeJS.Timeout>;
-  /** Open recognition calls (cancelled when the address vanishes). */
-  calls: Set<RecognizeCall>;
+  /** Open recognition calls and mux sessions (cancelled when the address vanishes or the worker hangs). */
+  calls: Set<{ cancel(): void }>;
   /** The address vanished from discovery: never placed on again. */
   retired: boolean;
   /** Spreads this worker's streams over its front processes (extra connections). */
@@ -133,6 +148,7 @@ export class WorkerPool implements WorkerSource {
       minBackoffMs: options.minBackoffMs ?? 200,
       maxBackoffMs: options.maxBackoffMs ?? 5000,
       stallTimeoutMs: options.stallTimeoutMs ?? 3000,
+      mux: options.mux ?? true,
     };
     this.entries = addresses.map((address) => this.createEntry(address));
   }
@@ -323,6 +339,40 @@ export class WorkerPool implements WorkerSource {
         call.on("status", () => e.calls.delete(call));
         return call;
       },
+      openSession: (h, opts = {}) => {
+        // The transport exists only once opened; its end (any kind) takes it off the worker's list.
+        let t: SessionTransport | null = null;
+        const handlers: SessionHandlers = {
+          onResponse: (r) => h.onResponse(r),
+          onDrain: () => h.onDrain(),
+          onEnd: (s) => {
+            if (t !== null) e.calls.delete(t);
+            h.onEnd(s);
+          },
+        };
+        if (this.opts.mux && e.load?.mux === true) {
+          const s = e.spread.openMuxSession(handlers, opts.coalescer);
+          t = {
+            writerPath: "mux",
+            readerPath: "mux",
+            audio: (pcm, rate) => s.audio(pcm, rate),
+            request: (req) => s.request(req),
+            cancel: () => s.cancel(),
+            close: () => {
+              e.calls.delete(t!);
+              s.close();
+            },
+          };
+        } else {
+          const call = e.spread.streamingRecognize() as RecognizeCall;
+          const transport = new CallTransport(call, handlers, opts);
+          t = transport;
+          // Also after the link closed it (no onEnd then): the cancelled call's status.
+          call.on("status", () => e.calls.delete(transport));
+        }
+        e.calls.add(t);
+        return t;
+      },
       release: () => {
         if (released) return;
         released = true;
@@ -410,6 +460,11 @@ export class WorkerPool implements WorkerSource {
       e.loadBackoff = Math.min(this.opts.maxBackoffMs, e.loadBackoff * 2);
       this.later(e, delay, () => this.watchLoad(e));
     });
+  }
+
+  /** Counters of the mux calls on `address`'s connections (tests and diagnostics). */
+  muxStats(address: string): MuxStats[] {
+    return this.entries.find((e) => e.address === address)?.spread.muxStats() ?? [];
   }
 
   /** Stops watching and closes every channel (open recognition calls are cancelled by their sessions). */

@@ -42,11 +42,23 @@ export interface WriteCoalescerOptions {
   maxHeldBytes?: number;
 }
 
+/**
+ * Anything the coalescer flushes in its one loop turn: a call's HeldQueue, or
+ * a mux connection's pending frames (worker-mux.ts), which share the process's
+ * delay so that per-call and mux writes of one process go out together.
+ */
+export interface Flushable {
+  /** Listed in the coalescer's pending set (maintained by the coalescer). */
+  listed: boolean;
+  /** Writes what is held now. */
+  flush(): void;
+}
+
 /** Writes a call's held requests, concatenated, as one buffer (the call writer's raw write). */
 export type HeldSink = (bytes: Buffer) => void;
 
 /** One call's held requests (see WriteCoalescer.queue). */
-export class HeldQueue {
+export class HeldQueue implements Flushable {
   private held: FramedRequest[] = [];
   private heldBytes = 0;
   /** Listed in the coalescer's pending set. */
@@ -93,7 +105,7 @@ export class WriteCoalescer {
   /** Held bytes per call that flush it early. */
   readonly maxHeldBytes: number;
   private readonly delay: CoalesceDelay;
-  private pendingQueues: HeldQueue[] = [];
+  private pendingQueues: Flushable[] = [];
   private armed = false;
   private readonly flushAll = (): void => this.flushPending();
 
@@ -130,8 +142,8 @@ export class WriteCoalescer {
     return new HeldQueue(this, sink);
   }
 
-  /** @internal A queue holds something: make sure it is flushed within the delay. */
-  pending(q: HeldQueue): void {
+  /** A queue (or a mux connection) holds something: make sure it is flushed within the delay. */
+  pending(q: Flushable): void {
     if (!q.listed) {
       q.listed = true;
       this.pendingQueues.push(q);

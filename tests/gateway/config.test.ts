@@ -55,7 +55,10 @@ describe("loadConfig", () => {
       GATEWAY_PROCESSES: "4",
       WORKER_DIRECT_WRITES: "false",
       WORKER_DIRECT_READS: "false",
+      WORKER_MUX: "off",
     });
+    assert.equal(c.workerMux, "off");
+    assert.equal(loadConfig({}).workerMux, "auto");
     assert.equal(c.workerDirectWrites, false);
     assert.equal(c.workerDirectReads, false);
     assert.equal(c.workerDnsRefreshSeconds, 0);
@@ -87,6 +90,7 @@ describe("loadConfig", () => {
     [{ FFMPEG_ENABLED: "perhaps" }, /FFMPEG_ENABLED/],
     [{ WORKER_DIRECT_WRITES: "sometimes" }, /WORKER_DIRECT_WRITES/],
     [{ WORKER_DIRECT_READS: "maybe" }, /WORKER_DIRECT_READS/],
+    [{ WORKER_MUX: "on" }, /WORKER_MUX/],
     [{ GATEWAY_PROCESSES: "0" }, /GATEWAY_PROCESSES/],
     [{ GATEWAY_PROCESSES: "many" }, /GATEWAY_PROCESSES/],
     [{ WORKER_DNS_REFRESH_SECONDS: "-1" }, /WORKER_DNS_REFRESH_SECONDS/],

@@ -25,7 +25,8 @@ async function pool(addresses: string[], serving = 1): Promise<WorkerPool> {
   const p = new WorkerPool(addresses, logger, { minBackoffMs: 50, maxBackoffMs: 300, loadIntervalMs: 200 });
   p.start();
   const deadline = Date.now() + 5000;
-  while (p.servingCount() < serving && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+  // Load reports too: they say whether a worker serves the mux, which decides each session's path.
+  while ((p.servingCount() < serving || p.status().some((s) => s.load === null)) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
   return p;
 }
 
@@ -76,9 +77,15 @@ function send(link: WorkerLink, audio: Buffer, frame = 1920): void {
 }
 
 describe("worker link", () => {
-  for (const direct of [true, false]) {
-  test(`emits each segment's partials and final, then the round's acknowledgement, in order (${direct ? "requests and responses straight on the HTTP/2 stream" : "direct writes and reads off: through grpc-js"})`, async () => {
-    const w = await new ScriptedWorker().start();
+  for (const path of ["mux", "direct", "grpc-js"] as const) {
+  const direct = path !== "grpc-js";
+  const label = {
+    mux: "a session of the worker's mux call",
+    direct: "a call of its own, requests and responses straight on the HTTP/2 stream",
+    "grpc-js": "a call of its own, direct writes and reads off: through grpc-js",
+  }[path];
+  test(`emits each segment's partials and final, then the round's acknowledgement, in order (${label})`, async () => {
+    const w = await new ScriptedWorker({ mux: path === "mux" }).start();
     const workers = await pool([w.address]);
     const r = recordedLink(workers, direct ? undefined : false, direct ? undefined : false);
     try {
@@ -87,8 +94,9 @@ describe("worker link", () => {
       send(r.link, THREE);
       r.link.endRound();
       await r.until(() => r.acks() === 1);
-      assert.equal(r.link.writerPath, direct ? "direct" : "grpc-js");
-      assert.equal(r.link.readerPath, direct ? "direct" : "grpc-js");
+      assert.equal(r.link.writerPath, path);
+      assert.equal(r.link.readerPath, path);
+      assert.equal(w.muxCalls.length, path === "mux" ? 1 : 0);
       assert.deepEqual(r.events, [`attached ${w.address}`, "final S0wwww", "final S1wwwwww", "final S2ww", "ack"]);
       const seg1 = r.partials.filter((p) => p.segmentId === 1).map((p) => p.delta).join("");
       assert.equal(seg1, "S1wwwwww");
@@ -175,12 +183,16 @@ describe("worker link", () => {
     }
   });
 
-  for (const [label, direct, coalesceMs, frameBytes] of [
-    ["60 ms frames straight on the HTTP/2 stream, held 4 ms by the coalescer", true, 4, 1920],
-    ["60 ms frames straight on the HTTP/2 stream, not held", true, 0, 1920],
-    ["60 ms frames through grpc-js", false, 0, 1920],
-    ["0.5 s frames, above the slabs' size limit", true, 4, 16_000],
+  for (const [label, path, coalesceMs, frameBytes] of [
+    ["60 ms frames on the worker's mux call, held 4 ms by the coalescer", "mux", 4, 1920],
+    ["60 ms frames on the worker's mux call, not held", "mux", 0, 1920],
+    ["0.5 s frames on the worker's mux call, above the slabs' size limit", "mux", 4, 16_000],
+    ["60 ms frames on a call of their own, straight on the HTTP/2 stream, held 4 ms by the coalescer", "direct", 4, 1920],
+    ["60 ms frames on a call of their own, straight on the HTTP/2 stream, not held", "direct", 0, 1920],
+    ["60 ms frames on a call of their own, through grpc-js", "grpc-js", 0, 1920],
+    ["0.5 s frames on a call of their own, above the slabs' size limit", "direct", 4, 16_000],
   ] as const) {
+    const direct = path !== "grpc-js";
     test(`every byte reaches the workers as sent across slab reuse, trims by finals and a failover's replay (${label})`, async () => {
       // Six 1.1 s segments, each sent after the previous one's final: finals trim the replay buffer
       // mid-frame and free its slabs, which the next segments' audio reuses.
@@ -190,8 +202,9 @@ describe("worker link", () => {
       for (let i = 0; i < audio.length / 2; i++) audio.writeInt16LE(Math.max(-32768, Math.min(32767, audio.readInt16LE(i * 2) + ((i * 7919) % 201) - 100)), i * 2);
       const perSegment = audio.length / SEGMENTS;
       // Fails at the end of segment 4's speech, before its final: segment 4 is replayed from its start.
-      const bad = await new ScriptedWorker({ failAfterAudioMs: { ms: 4 * 1100 + 600, code: GrpcStatus.UNAVAILABLE, details: "killed" } }).start();
-      const good = await new ScriptedWorker({ serving: false }).start();
+      const mux = path === "mux";
+      const bad = await new ScriptedWorker({ mux, failAfterAudioMs: { ms: 4 * 1100 + 600, code: GrpcStatus.UNAVAILABLE, details: "killed" } }).start();
+      const good = await new ScriptedWorker({ mux, serving: false }).start();
       const workers = await pool([bad.address, good.address]);
       const r = recordedLink(workers, direct ? undefined : false, direct ? undefined : false, new WriteCoalescer({ delay: coalesceMs }));
       try {
@@ -205,7 +218,7 @@ describe("worker link", () => {
         }
         r.link.endRound();
         await r.until(() => r.acks() === 1);
-        assert.equal(r.link.writerPath, direct ? "direct" : "grpc-js");
+        assert.equal(r.link.writerPath, path);
         assert.deepEqual(r.failovers.map((f) => [f.from, f.to]), [[bad.address, good.address]]);
         assert.deepEqual(r.finals.map((f) => f.segmentId), [0, 1, 2, 3, 4, 5]);
         // The failed worker got an exact prefix of the audio...

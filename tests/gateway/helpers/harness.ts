@@ -44,7 +44,7 @@ export async function startGateway(
     ...env,
   });
   const logger = createLogger(config.logLevel, process.stderr);
-  const pool = new WorkerPool(config.workerAddresses, logger, { minBackoffMs: 50, maxBackoffMs: 300, loadIntervalMs: 200 });
+  const pool = new WorkerPool(config.workerAddresses, logger, { minBackoffMs: 50, maxBackoffMs: 300, loadIntervalMs: 200, mux: config.workerMux !== "off" });
   pool.start();
   const server = new GatewayServer({
     config,

@@ -9,11 +9,17 @@
  * (or at END_OF_INPUT); segment N's text is "S{N}" followed by one "w" per
  * 200 ms of segment audio; partials come every 200 ms of segment audio with
  * `delta` = the new characters. Tests steer health, load and failures.
+ *
+ * It serves StreamingRecognizeMux as well (bench/lib/mux-server.ts: each mux
+ * session runs the same per-call logic and gets its own CallRecord) and says
+ * `mux: true` in its load reports, unless `mux: false` (then it answers the
+ * mux RPC with UNIMPLEMENTED, like a worker that predates it).
  */
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import * as grpc from "@grpc/grpc-js";
 import * as protoLoader from "@grpc/proto-loader";
+import { perCallCodec, serveMux, withRawMux, type MuxServerCall, type VirtualCall } from "../../../bench/lib/mux-server.js";
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..", "..");
 
@@ -35,6 +41,8 @@ export interface CallRecord {
   order: string[];
   /** The calling channel's address (one per gateway process). */
   peer: string;
+  /** The mux call carrying it (index into ScriptedWorker.muxCalls), or null for its own StreamingRecognize call. */
+  mux: number | null;
 }
 
 /** Options of the scripted worker. */
@@ -51,6 +59,8 @@ export interface ScriptedWorkerOptions {
   tokens?: boolean;
   /** End the call with this status when an END_OF_INPUT arrives (before finalizing). */
   failOnEndOfInput?: grpc.status;
+  /** Serve StreamingRecognizeMux and report `mux: true` (default true). */
+  mux?: boolean;
 }
 
 type Json = Record<string, any>;
@@ -59,13 +69,18 @@ type Json = Record<string, any>;
 export class ScriptedWorker {
   /** host:port it listens on. */
   address = "";
-  /** One record per StreamingRecognize call. */
+  /** One record per StreamingRecognize call or mux session. */
   readonly calls: CallRecord[] = [];
+  /** Every StreamingRecognizeMux call served (counters of messages, frames, sessions). */
+  readonly muxCalls: Array<MuxServerCall<Json, Json>> = [];
+  /** The virtual call of each mux session, by CallRecord index (flow control in tests). */
+  private readonly virtual = new Map<number, VirtualCall<Json, Json>>();
   private readonly server = new grpc.Server();
   private serving: boolean;
   private readonly healthWatchers = new Set<grpc.ServerWritableStream<Json, Json>>();
   private readonly loadWatchers = new Set<grpc.ServerWritableStream<Json, Json>>();
   private active = 0;
+  private engineStalled = false;
   private readonly opts: ScriptedWorkerOptions;
 
   /** Creates the worker; call start(). */
@@ -77,9 +92,22 @@ export class ScriptedWorker {
     const healthDef = protoLoader.loadSync(path.join(ROOT, "proto/grpc/health/v1/health.proto"), loaderOpts);
     const asr = (grpc.loadPackageDefinition(asrDef) as any).asr.v1.Asr;
     const health = (grpc.loadPackageDefinition(healthDef) as any).grpc.health.v1.Health;
-    this.server.addService(asr.service, {
-      streamingRecognize: (call: grpc.ServerDuplexStream<Json, Json>) => this.recognize(call),
+    const mux = opts.mux !== false;
+    this.server.addService(mux ? withRawMux(asr.service) : asr.service, {
+      streamingRecognize: (call: grpc.ServerDuplexStream<Json, Json>) => this.recognize(call, null),
       watchLoad: (call: grpc.ServerWritableStream<Json, Json>) => this.watchLoad(call),
+      ...(mux
+        ? {
+            streamingRecognizeMux: serveMux<Json, Json>(
+              perCallCodec(asr.service),
+              (call) => {
+                this.virtual.set(this.calls.length, call as unknown as VirtualCall<Json, Json>);
+                this.recognize(call, this.muxCalls.length - 1);
+              },
+              (m) => this.muxCalls.push(m),
+            ),
+          }
+        : {}),
     });
     this.server.addService(health.service, {
       check: (_call: unknown, cb: grpc.sendUnaryData<Json>) => cb(null, { status: this.serving ? 1 : 2 }),
@@ -107,6 +135,24 @@ export class ScriptedWorker {
     this.pushLoad();
   }
 
+  /** Says `engine_stalled` in load reports from now on (true) or no longer (false); reports go out at once. */
+  setEngineStalled(stalled: boolean): void {
+    this.engineStalled = stalled;
+    this.pushLoad();
+  }
+
+  /** Ends every mux call now with `code`, as a worker that stops (its sessions are lost with it). */
+  endMuxCalls(code: grpc.status, details: string): void {
+    for (const m of this.muxCalls) m.abort(code, details);
+  }
+
+  /** Pauses (true) or resumes (false) the input of the mux session recorded as calls[index] (MuxEvent.flow). */
+  setFlow(index: number, paused: boolean): void {
+    const vc = this.virtual.get(index);
+    if (vc === undefined) throw new Error(`calls[${index}] is not a mux session`);
+    vc.flow(paused);
+  }
+
   /** Stops the server at once (open calls fail with UNAVAILABLE/CANCELLED). */
   async stop(): Promise<void> {
     for (const w of [...this.healthWatchers, ...this.loadWatchers]) w.end();
@@ -122,6 +168,8 @@ export class ScriptedWorker {
       accepting: this.serving,
       engine: "scripted",
       recentRtf: 0,
+      mux: this.opts.mux !== false,
+      engineStalled: this.engineStalled,
     };
   }
 
@@ -139,8 +187,8 @@ export class ScriptedWorker {
     });
   }
 
-  private recognize(call: grpc.ServerDuplexStream<Json, Json>): void {
-    const rec: CallRecord = { configs: [], audioBytes: 0, pcm: [], eois: 0, cancelled: false, ended: false, order: [], peer: call.getPeer() };
+  private recognize(call: grpc.ServerDuplexStream<Json, Json>, mux: number | null): void {
+    const rec: CallRecord = { configs: [], audioBytes: 0, pcm: [], eois: 0, cancelled: false, ended: false, order: [], peer: call.getPeer(), mux };
     this.calls.push(rec);
     this.active++;
     this.pushLoad();
