@@ -2,7 +2,8 @@
 
 A worker started through its CLI (`python -m asr_worker serve --engine fake`, one
 front process beside the engine process, port 0) gets request sequences a
-misbehaving gateway could send: configs, audio and controls in any order and any
+misbehaving gateway could send (on StreamingRecognize calls, and as the frames of
+StreamingRecognizeMux calls): configs, audio and controls in any order and any
 number, odd byte counts, absurd sample rates and intervals, unknown enum values,
 hotwords of any shape, empty requests, half-closes and cancellations at any point,
 raw bytes that are not protobuf at all, and floods. Whatever arrives, the worker must
@@ -198,19 +199,21 @@ def _materialize(items, speech: bytes) -> list[asr_pb2.StreamingRecognizeRequest
 
 def _check_invariants(responses) -> None:
     finals: set[int] = set()
-    acked = False
+    # Segments counted by the last end-of-input acknowledgement: a later final (of a later
+    # round) has a higher id; "no final after an ack" held only for one-round sessions.
+    acked = 0
     for r in responses:
         kind = r.WhichOneof("streaming_response")
         assert kind is not None, "a response without content"
         if kind == "final":
-            assert not acked, "final after the end-of-input acknowledgement"
+            assert r.final.segment_id >= acked, "final of a segment the acknowledgement counted"
             assert r.final.segment_id not in finals, f"two finals for segment {r.final.segment_id}"
             finals.add(r.final.segment_id)
         elif kind == "partial":
             seg = r.partial.segment_id
             assert seg not in finals, f"partial of segment {seg} after its final"
         elif kind == "end_of_input":
-            acked = True
+            acked = r.end_of_input.finalized_segments
         elif kind == "error":
             assert r.error.code != asr_pb2.ERROR_CODE_UNSPECIFIED, "an error without a code"
 
@@ -324,3 +327,93 @@ def test_flood_of_tiny_chunks_and_streams_beyond_the_limit(channel, speech):
     assert all(c in ALLOWED_STATUSES for c in codes), codes
     _assert_healthy(channel)
     _well_formed_session(channel, speech)
+
+
+# ------------------------------------------------------------------ StreamingRecognizeMux
+
+#: Numeric gRPC codes a mux session may end with (SessionEnd.code).
+ALLOWED_END_CODES = {s.value[0] for s in ALLOWED_STATUSES} - {grpc.StatusCode.CANCELLED.value[0]}
+
+#: One frame: (session number, what it carries); small numbers so that frames reuse, skip
+#: and go back to numbers.
+mux_frames = st.tuples(
+    st.integers(0, 6),
+    st.one_of(
+        requests,
+        plausible_configs.map(lambda c: ("config", c)),
+        st.sampled_from([("half_close", True), ("half_close", False), ("cancel", True),
+                         ("cancel", False), ("nothing", None)]),
+    ),
+)
+
+mux_sequences = st.lists(st.lists(mux_frames, max_size=8), max_size=8)
+
+
+def _mux_frame(n: int, item, speech: bytes) -> asr_pb2.MuxFrame:
+    kind, value = item
+    if kind == "half_close":
+        return asr_pb2.MuxFrame(session=n, half_close=value)
+    if kind == "cancel":
+        return asr_pb2.MuxFrame(session=n, cancel=value)
+    if kind == "nothing":
+        return asr_pb2.MuxFrame(session=n)
+    return asr_pb2.MuxFrame(session=n, request=_materialize([item], speech)[0])
+
+
+@FUZZ_SETTINGS
+@given(messages=mux_sequences)
+def test_any_mux_frame_sequence_ends_every_session_once_and_the_call_ok(channel, speech, messages):
+    reqs = [asr_pb2.StreamingRecognizeMuxRequest(
+        frames=[_mux_frame(n, item, speech) for n, item in frames])
+        for frames in messages]
+    # Every number half-closed at the end, so that the call can end (frames for sessions that
+    # ended or were cancelled, or for numbers below the highest, are ignored).
+    reqs.append(asr_pb2.StreamingRecognizeMuxRequest(
+        frames=[asr_pb2.MuxFrame(session=n, half_close=True) for n in range(7)]))
+    call = asr_pb2_grpc.AsrStub(channel).StreamingRecognizeMux(iter(reqs), timeout=CALL_DEADLINE_S)
+    events: dict[int, list] = {}
+    try:
+        for msg in call:
+            assert msg.events, "a response message without events"
+            for ev in msg.events:
+                events.setdefault(ev.session, []).append(ev)
+    except grpc.RpcError:
+        pass
+    assert call.code() == grpc.StatusCode.OK, (call.code(), call.details())
+    cancelled = {n for frames in messages for n, (k, v) in frames if k == "cancel" and v}
+    for n, evs in events.items():
+        kinds = [e.WhichOneof("event") for e in evs]
+        assert None not in kinds, "an event without content"
+        if n not in cancelled:
+            assert kinds.count("end") == 1 and kinds[-1] == "end", (n, kinds)
+            assert evs[-1].end.code in ALLOWED_END_CODES, evs[-1].end
+        else:
+            assert kinds.count("end") <= 1 and ("end" not in kinds or kinds[-1] == "end")
+        _check_invariants([e.response for e in evs if e.HasField("response")])
+    # Which numbers opened a session (a number above every earlier one, unless its first frame
+    # cancels it): each of them not cancelled later ended exactly once, as checked above.
+    opened, highest = set(), -1
+    for n, (kind, value) in [f for frames in messages for f in frames] + [
+            (n, ("half_close", True)) for n in range(7)]:
+        if n > highest:
+            highest = n
+            if not (kind == "cancel" and value):
+                opened.add(n)
+    for n in opened - cancelled:
+        assert n in events, f"session {n} got no end"
+    assert set(events) <= opened
+
+
+@FUZZ_SETTINGS
+@given(chunks=st.lists(st.binary(max_size=4096), min_size=1, max_size=8))
+def test_bytes_that_are_not_a_mux_request_are_refused_without_harm(channel, chunks):
+    raw = channel.stream_stream("/asr.v1.Asr/StreamingRecognizeMux",
+                                request_serializer=lambda b: b, response_deserializer=lambda b: b)
+    call = raw(iter(chunks), timeout=CALL_DEADLINE_S)
+    try:
+        for _ in call:
+            pass
+    except grpc.RpcError:
+        pass
+    assert call.code() in {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT}, (
+        call.code(), call.details())
