@@ -91,6 +91,18 @@ describe("e2e: gateway + real worker (fake engine)", { skip: SKIP_REASON }, () =
     c.close();
   });
 
+  test("the worker says it serves the mux, and the gateway carries the session over one StreamingRecognizeMux call", async () => {
+    assert.equal(gw.pool.status()[0]!.load?.mux, true);
+    const c = await TestClient.connect(gw.url, ["binary"]);
+    c.json({ mode: "offline", wav_name: "mux", is_speaking: true });
+    await c.audio(three.subarray(0, 32_000 * 2));
+    c.json({ is_speaking: false });
+    await c.until((m) => finals(m).length === 1, 30_000);
+    c.close();
+    const [stats] = gw.pool.muxStats(worker.address);
+    assert.ok(stats !== undefined && stats.calls === 1 && stats.frames > 2, JSON.stringify(gw.pool.muxStats(worker.address)));
+  });
+
   test("offline mode gives one offline final", async () => {
     const c = await TestClient.connect(gw.url);
     c.json({ mode: "offline", wav_name: "off", wav_format: "pcm", audio_fs: 16000, is_speaking: true });
@@ -269,6 +281,9 @@ describe("e2e: failover when a real worker is killed", { skip: SKIP_REASON }, ()
       // (The fake engine's partial and final texts use different windows, so deltas are not checked
       // against finals here; the scripted-worker test checks that replayed deltas are not repeated.)
       assert.equal(msgs[msgs.length - 1]!.is_final, true);
+      // Both workers serve the mux: the session lived on the victim's mux call, then on the survivor's.
+      const survivor = workers.find((w) => w !== victim)!;
+      assert.equal(gw.pool.muxStats(survivor.address)[0]?.calls, 1, JSON.stringify(gw.pool.muxStats(survivor.address)));
       c.close();
     } finally {
       await gw.stop();

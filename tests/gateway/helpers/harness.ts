@@ -55,7 +55,12 @@ export async function startGateway(
     ...(opts.metrics === true ? { metrics: new GatewayMetrics({ registry: new Registry(), servingWorkers: () => pool.servingCount() }) } : {}),
   });
   const addr: AddressInfo = await server.listen();
-  if (opts.waitServing !== false) await pool.waitForServing(10_000);
+  if (opts.waitServing !== false) {
+    await pool.waitForServing(10_000);
+    // And their first load reports, which say whether a worker serves the mux: the path of every session is then known.
+    const deadline = Date.now() + 2000;
+    while (pool.status().some((w) => w.serving && w.load === null) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+  }
   const scheme = config.tlsCert !== undefined ? "s" : "";
   return {
     url: `ws${scheme}://127.0.0.1:${addr.port}`,
