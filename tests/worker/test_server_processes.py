@@ -396,3 +396,32 @@ def test_an_operators_grpc_experiments_setting_is_kept(monkeypatch):
                 assert _environ(int(pid)).get("GRPC_EXPERIMENTS") == "-event_engine_callback_cq"
     finally:
         w.stop()
+
+
+def test_sessions_cancelled_while_being_admitted_give_their_admission_back(two_fronts):
+    """A front asks the engine process to admit a stream; a mux session cancelled (or a call
+    ended) before the answer came must still release what the engine admitted, or the worker
+    fills up with streams nobody has."""
+    cfg = asr_pb2.StreamingRecognizeRequest(config=asr_pb2.StreamingConfig(sample_rate_hz=16000))
+    eoi = asr_pb2.StreamingRecognizeRequest(
+        control=asr_pb2.Control(type=asr_pb2.CONTROL_TYPE_END_OF_INPUT))
+
+    def cancelled_at_once():
+        for n in range(1, 31):
+            yield asr_pb2.StreamingRecognizeMuxRequest(frames=[asr_pb2.MuxFrame(session=n, request=cfg)])
+            yield asr_pb2.StreamingRecognizeMuxRequest(frames=[asr_pb2.MuxFrame(session=n, cancel=True)])
+
+    with two_fronts.channel() as ch:
+        _wait_idle(ch)
+        stub = asr_pb2_grpc.AsrStub(ch)
+        ends = [ev for msg in stub.StreamingRecognizeMux(cancelled_at_once(), timeout=30)
+                for ev in msg.events if ev.HasField("end")]
+        assert all(e.end.code in (0, 8) for e in ends)  # refused while earlier admissions were out
+        _wait_idle(ch)
+        assert _report(ch).active_streams == 0
+        # max-streams is 2: a leaked admission or two would refuse both of these.
+        session = [asr_pb2.MuxFrame(session=n, request=r) for n in (1, 2) for r in (cfg, eoi)]
+        session += [asr_pb2.MuxFrame(session=n, half_close=True) for n in (1, 2)]
+        events = [ev for msg in stub.StreamingRecognizeMux(
+            iter([asr_pb2.StreamingRecognizeMuxRequest(frames=session)]), timeout=30) for ev in msg.events]
+        assert sorted((e.session, e.end.code) for e in events if e.HasField("end")) == [(1, 0), (2, 0)]

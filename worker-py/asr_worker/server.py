@@ -167,7 +167,14 @@ class AsrService(asr_pb2_grpc.AsrServicer):
         """
         if self.draining:
             raise Draining()
-        await self.link.admit()
+        # With an engine process the answer takes a round trip; a stream cancelled meanwhile
+        # (a mux session's cancel, a call's end) must still give back what the engine admits.
+        admission = asyncio.ensure_future(self.link.admit())
+        try:
+            await asyncio.shield(admission)
+        except asyncio.CancelledError:
+            admission.add_done_callback(self._release_if_admitted)
+            raise
         return StreamLease(
             streams=self._calls,
             link=self.link,
@@ -176,6 +183,10 @@ class AsrService(asr_pb2_grpc.AsrServicer):
             logger=self._log,
             vad_batcher=self.vad_batcher,
         )
+
+    def _release_if_admitted(self, admission: asyncio.Future) -> None:
+        if not admission.cancelled() and admission.exception() is None:
+            self.link.release()
 
     async def StreamingRecognize(  # noqa: N802 - gRPC method name
         self,
