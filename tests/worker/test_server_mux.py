@@ -449,3 +449,16 @@ async def test_client_half_closing_the_call_leaves_open_sessions_running_until_t
     # Session 2 can take no more input; cancelling the call frees it.
     mux.call.cancel()
     await _wait(lambda: worker.service.active_streams == 0)
+
+
+async def test_a_mux_call_opened_after_the_worker_began_to_stop_ends_unavailable(worker, stub):
+    from asr_worker.errors import Draining
+
+    worker.service.start_draining()
+    worker.service.stop_mux_calls(Draining("worker shutting down; resume elsewhere"))
+    mux = MuxClient(stub)
+    await mux.send(_req(1, _config()))
+    await mux.reader
+    assert await mux.call.code() == grpc.StatusCode.UNAVAILABLE
+    assert [e.end.code for e in mux.events[1]] in ([], [UNAVAILABLE])
+    assert worker.service.active_streams == 0

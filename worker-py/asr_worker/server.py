@@ -88,6 +88,8 @@ class AsrService(asr_pb2_grpc.AsrServicer):
         self._calls = OpenStreams()
         #: Open StreamingRecognizeMux calls (ended explicitly when the worker stops).
         self._mux_calls: set[MuxCall] = set()
+        #: Set once the worker stops: mux calls opened from then on end with it at once.
+        self._mux_stopped: AsrError | None = None
         self._changed = asyncio.Event()
         link.on_change(self._notify)
         #: Scores all streams' VAD windows together, once per tick.
@@ -235,6 +237,8 @@ class AsrService(asr_pb2_grpc.AsrServicer):
         """Many sessions over one call, each opened through `admit_stream`; see the proto."""
         call = MuxCall(admit=self.admit_stream, logger=self._log)
         self._mux_calls.add(call)
+        if self._mux_stopped is not None:
+            call.stop(self._mux_stopped)  # opened after the worker began to stop
         try:
             async for response in call.run(request_iterator):
                 yield response
@@ -246,6 +250,7 @@ class AsrService(asr_pb2_grpc.AsrServicer):
     def stop_mux_calls(self, err: AsrError) -> int:
         """The worker stops: end each mux call with `err` once its sessions have ended
         (each still-open session ends with `err` first); returns how many calls."""
+        self._mux_stopped = err
         calls = list(self._mux_calls)
         for call in calls:
             call.stop(err)
