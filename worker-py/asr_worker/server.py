@@ -1,17 +1,20 @@
 """The grpc.aio server: asr.v1.Asr, grpc.health.v1, admission and drain.
 
 `AsrService` implements the contract (proto/asr/v1/asr.proto) in one front: one
-Session per StreamingRecognize call, worker-wide load reports for WatchLoad.
+Session per StreamingRecognize call or per session of a StreamingRecognizeMux call
+(mux.py), both opened through `admit_stream` (streams.py), and worker-wide load
+reports for WatchLoad.
 `WorkerServer` binds the port (shared with the other fronts through
 SO_REUSEPORT when the worker runs several), serves health ("" and "asr.v1.Asr":
 NOT_SERVING until the engine side reports it is warm, NOT_SERVING again while
 draining) and drains:
 
 1. `drain()` sets accepting=false and NOT_SERVING, tells WatchLoad watchers,
-   and refuses new calls with UNAVAILABLE;
+   and refuses new streams (calls, mux sessions) with UNAVAILABLE;
 2. open streams may finish for up to `drain_grace_s`;
 3. the rest end with UNAVAILABLE (retryable: the gateway replays them with
-   StreamingConfig.resume elsewhere), then the server stops.
+   StreamingConfig.resume elsewhere), then the mux calls end UNAVAILABLE and the
+   server stops.
 """
 
 from __future__ import annotations
