@@ -462,3 +462,19 @@ async def test_a_mux_call_opened_after_the_worker_began_to_stop_ends_unavailable
     assert await mux.call.code() == grpc.StatusCode.UNAVAILABLE
     assert [e.end.code for e in mux.events[1]] in ([], [UNAVAILABLE])
     assert worker.service.active_streams == 0
+
+
+def test_a_batch_past_one_mib_is_split_in_order_into_messages_under_the_limit():
+    from asr_worker.mux import MAX_RESPONSE_BYTES, _messages
+
+    final = asr_pb2.StreamingRecognizeResponse(final=asr_pb2.FinalResult(text="今" * 300))
+    batch = [(n % 50, final) for n in range(3000)]  # ~2.7 MiB of events
+    batch.insert(1500, asr_pb2.MuxEvent(session=7, end=asr_pb2.SessionEnd(code=OK)))
+    messages = _messages(batch)
+    assert len(messages) >= 3
+    assert all(m.ByteSize() <= MAX_RESPONSE_BYTES for m in messages)
+    events = [e for m in messages for e in m.events]
+    assert len(events) == 3001
+    assert events[1500].HasField("end") and events[1500].session == 7
+    assert [e.session for e in events if e.HasField("response")] == [n % 50 for n in range(3000)]
+    assert len(_messages(batch[:10])) == 1
