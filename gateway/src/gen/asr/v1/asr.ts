@@ -682,7 +682,10 @@ export interface WatchLoadRequest {
 export interface LoadReport {
   /** Stable id of the worker process (host:port or pod name). */
   workerId: string;
-  /** Open StreamingRecognize calls. */
+  /**
+   * Open streams: StreamingRecognize calls plus open StreamingRecognizeMux
+   * sessions (a mux call itself is not a stream).
+   */
   activeStreams: number;
   /**
    * Streams this worker admits at most; further calls get
