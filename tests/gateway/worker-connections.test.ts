@@ -8,7 +8,7 @@ import { after, before, describe, test } from "node:test";
 import { credentials } from "@grpc/grpc-js";
 import { createLogger } from "../../gateway/src/log.js";
 import { StreamingRecognizeRequest, type AsrClient, type LoadReport } from "../../gateway/src/gen/asr/v1/asr.js";
-import { FastAsrClient } from "../../gateway/src/wire.js";
+import { FastAsrClient, framedRequest } from "../../gateway/src/wire.js";
 import { WorkerConnections } from "../../gateway/src/worker-connections.js";
 import { WorkerPool } from "../../gateway/src/workers.js";
 import { SKIP_REASON, startRealWorker, type RealWorker } from "../e2e/helpers/real-worker.js";
@@ -79,7 +79,8 @@ describe("worker connections", { skip: SKIP_REASON }, () => {
     }
   });
 
-  test("a gateway's worker pool places the sessions it sends to one worker evenly on its fronts", { timeout: 120_000 }, async () => {
+  for (const mux of [false, true]) {
+  test(`a gateway's worker pool places the sessions it sends to one worker evenly on its fronts (${mux ? "sessions of one mux call per connection" : "a call per session"})`, { timeout: 120_000 }, async () => {
     const pool = new WorkerPool([worker.address], logger, { loadIntervalMs: 100, minBackoffMs: 50, maxBackoffMs: 300 });
     const probe = new FastAsrClient(worker.address, credentials.createInsecure(), { "grpc.use_local_subchannel_pool": 1 });
     pool.start();
@@ -87,14 +88,22 @@ describe("worker connections", { skip: SKIP_REASON }, () => {
       await until(() => pool.servingCount() === 1, 60_000, "the worker to be serving");
       // Give the pool time to reach both fronts (it opens extra connections as reports come in).
       await new Promise((r) => setTimeout(r, 1500));
-      const calls = [];
+      const calls: Array<{ end(): void }> = [];
+      const config = StreamingRecognizeRequest.fromPartial({ streamingRequest: { $case: "config", value: { sampleRateHz: 16000 } } });
       for (let i = 0; i < 30; i++) {
         const lease = pool.acquire();
         assert.ok(lease !== null, "a lease");
-        const call = lease.open();
-        call.on("error", () => {});
-        call.write(StreamingRecognizeRequest.fromPartial({ streamingRequest: { $case: "config", value: { sampleRateHz: 16000 } } }));
-        calls.push(call);
+        if (mux) {
+          const t = lease.openSession({ onResponse: () => {}, onEnd: () => {}, onDrain: () => {} });
+          assert.equal(t.writerPath, "mux");
+          t.request(framedRequest(config));
+          calls.push({ end: () => t.close() });
+        } else {
+          const call = lease.open();
+          call.on("error", () => {});
+          call.write(config);
+          calls.push(call);
+        }
       }
       let last: LoadReport | null = null;
       await until(async () => {
@@ -103,10 +112,13 @@ describe("worker connections", { skip: SKIP_REASON }, () => {
       }, 20_000, "30 open streams");
       const perFront = [...last!.frontStreams];
       assert.ok(Math.abs(perFront[0]! - perFront[1]!) <= 3, `even spread: ${JSON.stringify(perFront)}`);
+      // One mux call on each of the two connections, none for the per-call sessions.
+      assert.deepEqual(pool.muxStats(worker.address).map((m) => m.calls), mux ? [1, 1] : []);
       for (const c of calls) c.end();
     } finally {
       pool.close();
       probe.close();
     }
   });
+  }
 });
