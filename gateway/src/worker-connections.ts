@@ -54,6 +54,8 @@ export class WorkerConnections {
   private placed: number[] = [];
   private attempts = 0;
   private closed = false;
+  /** A mux call ended UNIMPLEMENTED: sessions get a call each (see openMuxSession). */
+  private muxUnimplemented = false;
 
   /**
    * @param primary the pool's own channel to the worker (used until fronts are known).
@@ -96,13 +98,22 @@ export class WorkerConnections {
   /**
    * Places a session on the mux call of the connection to the least-loaded
    * front (one mux call per connection, worker-mux.ts); `coalescer` is the
-   * process's audio coalescer.
+   * process's audio coalescer. Null once a mux call of this worker ended
+   * UNIMPLEMENTED: its report said mux, but the method is not served (the
+   * contract's fallback is a call per session).
    */
-  openMuxSession(h: SessionHandlers, coalescer?: WriteCoalescer): MuxSession {
+  openMuxSession(h: SessionHandlers, coalescer?: WriteCoalescer): MuxSession | null {
+    if (this.muxUnimplemented) return null;
     const conn = this.pick();
     if (conn.frontId !== null) this.placed[conn.frontId] = (this.placed[conn.frontId] ?? 0) + 1;
     const client = conn.client;
-    conn.mux ??= new WorkerMux(() => client.streamingRecognizeMux() as MuxCall);
+    conn.mux ??= new WorkerMux(
+      () => client.streamingRecognizeMux() as MuxCall,
+      () => {
+        if (!this.muxUnimplemented) this.log.warn("worker reports mux but answers UNIMPLEMENTED; one call per session from now on");
+        this.muxUnimplemented = true;
+      },
+    );
     return conn.mux.openSession(h, coalescer);
   }
 

@@ -84,8 +84,15 @@ export class WorkerMux implements Flushable {
   private closing = false;
   private readonly counters: MuxStats = { calls: 0, messages: 0, frames: 0 };
 
-  /** `open` opens a StreamingRecognizeMux call on this connection. */
-  constructor(private readonly open: () => MuxCall) {}
+  /**
+   * `open` opens a StreamingRecognizeMux call on this connection;
+   * `onUnimplemented` hears of a call that ended UNIMPLEMENTED (a worker, or
+   * something in front of it, that does not serve the mux after all).
+   */
+  constructor(
+    private readonly open: () => MuxCall,
+    private readonly onUnimplemented: () => void = () => {},
+  ) {}
 
   /** Counters so far (a copy). */
   get stats(): MuxStats {
@@ -190,6 +197,7 @@ export class WorkerMux implements Flushable {
     call.on("status", (st: StatusObject) => {
       if (this.call !== call) return;
       this.call = null;
+      if (st.code === GrpcStatus.UNIMPLEMENTED) this.onUnimplemented();
       // Frames still pending belonged to sessions of this call, which end now.
       this.pending = [];
       this.pendingBytes = 0;

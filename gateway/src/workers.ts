@@ -350,8 +350,8 @@ export class WorkerPool implements WorkerSource {
             h.onEnd(s);
           },
         };
-        if (this.opts.mux && e.load?.mux === true) {
-          const s = e.spread.openMuxSession(handlers, opts.coalescer);
+        const s = this.opts.mux && e.load?.mux === true ? e.spread.openMuxSession(handlers, opts.coalescer) : null;
+        if (s !== null) {
           t = {
             writerPath: "mux",
             readerPath: "mux",

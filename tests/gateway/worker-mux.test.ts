@@ -228,7 +228,7 @@ describe("worker mux", () => {
     const links = Array.from({ length: 2 }, () => link(workers));
     try {
       for (const r of links) r.link.open();
-      // Placement alternates by load; put both on `a` by taking `b` out for a moment.
+      // Least-loaded placement spreads them: the ones on `a` are the ones at stake.
       const onA = links.filter((r) => r.link.worker === a.address);
       assert.ok(onA.length >= 1);
       for (const r of onA) {
@@ -321,6 +321,33 @@ describe("worker mux", () => {
       }
     });
   }
+
+  test("a worker that reports mux but answers UNIMPLEMENTED gets a call per session from then on", async () => {
+    const w = await new ScriptedWorker({ mux: false, reportMux: true }).start();
+    const workers = await pool([w.address]);
+    const first = link(workers);
+    const second = link(workers);
+    try {
+      first.link.open();
+      assert.equal(first.link.writerPath, "mux");
+      first.link.beginRound(CONFIG);
+      // Nowhere else to go: the session on the mux that never was fails (retryably).
+      await until(() => first.failures.length === 1, "the first session's failure");
+      assert.equal(first.failures[0]![0], "WORKER_FAILED");
+      second.link.open();
+      second.link.beginRound(CONFIG);
+      send(second.link, SPEECH);
+      second.link.endRound();
+      await until(() => second.acks === 1, "the second session's acknowledgement");
+      assert.equal(second.link.writerPath, "direct");
+      assert.deepEqual(w.calls.map((c) => c.mux), [null]);
+    } finally {
+      first.link.close();
+      second.link.close();
+      workers.close();
+      await w.stop();
+    }
+  });
 
   test("after its mux call ended, the next session opens a new one, numbered from 1 again", async () => {
     const w = await new ScriptedWorker().start();

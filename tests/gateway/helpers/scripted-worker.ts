@@ -61,6 +61,8 @@ export interface ScriptedWorkerOptions {
   failOnEndOfInput?: grpc.status;
   /** Serve StreamingRecognizeMux and report `mux: true` (default true). */
   mux?: boolean;
+  /** What load reports say about the mux (default: whether it is served); true with `mux: false` = a worker that lies. */
+  reportMux?: boolean;
 }
 
 type Json = Record<string, any>;
@@ -168,7 +170,7 @@ export class ScriptedWorker {
       accepting: this.serving,
       engine: "scripted",
       recentRtf: 0,
-      mux: this.opts.mux !== false,
+      mux: this.opts.reportMux ?? this.opts.mux !== false,
       engineStalled: this.engineStalled,
     };
   }
