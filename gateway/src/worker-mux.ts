@@ -16,7 +16,9 @@
  * Holding: plain audio waits up to the process's coalesce delay
  * (WORKER_WRITE_COALESCE_MS, the same WriteCoalescer timer as the per-call
  * writers); anything else (config, control, half-close, cancel) flushes the
- * whole list at once, so no session's order ever changes. A list reaching
+ * whole list as soon as the current turn's synchronous work is done (a
+ * microtask: a burst of them is one message), so no session's order ever
+ * changes. A list reaching
  * MAX_MUX_MESSAGE_BYTES is flushed at once, and a flush is split so that one
  * message stays within it (a single larger frame goes alone).
  *
@@ -83,6 +85,12 @@ export class WorkerMux implements Flushable {
   /** The connection is going away: no new sessions; the call is cancelled once the last one ends. */
   private closing = false;
   private readonly counters: MuxStats = { calls: 0, messages: 0, frames: 0 };
+  /** A flush is queued for the end of this turn's synchronous work (see push()). */
+  private flushQueued = false;
+  private readonly flushQueuedNow = (): void => {
+    this.flushQueued = false;
+    this.flush();
+  };
 
   /**
    * `open` opens a StreamingRecognizeMux call on this connection;
@@ -151,14 +159,22 @@ export class WorkerMux implements Flushable {
 
   // -------------------------------------------------------------------------
 
-  /** @internal A session's frame: queued in the one list; flushed now unless it is audio the coalescer may hold. */
+  /** @internal A session's frame: queued in the one list; audio the coalescer may hold waits for its timer, anything else for the end of this turn's synchronous work. */
   push(s: MuxSession, f: MuxFrameSpec, hold: WriteCoalescer | undefined): boolean {
     // A session of a call that ended has nothing left to say (its number means nothing on a new call).
     if (s.call !== this.call) return true;
     this.pending.push(f);
     this.pendingBytes += muxFrameWireSize(f);
-    if (hold === undefined || this.pendingBytes >= MAX_MUX_MESSAGE_BYTES) this.flush();
-    else hold.pending(this);
+    if (this.pendingBytes >= MAX_MUX_MESSAGE_BYTES) this.flush();
+    else if (hold !== undefined) hold.pending(this);
+    else if (!this.flushQueued) {
+      // Not held, but written when this turn's synchronous work is done: the configs and
+      // controls of many sessions in one turn (a burst of connections) go out as one message,
+      // instead of one write each, which past grpc-js's 16 buffered writes would report the
+      // call congested and pause every session on it for a moment.
+      this.flushQueued = true;
+      queueMicrotask(this.flushQueuedNow);
+    }
     return !this.congested && !s.flowPaused;
   }
 

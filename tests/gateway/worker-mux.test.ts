@@ -93,7 +93,7 @@ describe("worker mux", () => {
     }
   });
 
-  test("held audio of many sessions leaves as one message; a config flushes at once", async () => {
+  test("held audio of many sessions leaves as one message; configs are not held, and a burst of them is one message", async () => {
     const w = await new ScriptedWorker().start();
     const workers = await pool([w.address]);
     const coalescer = new WriteCoalescer({ delay: 4 });
@@ -103,15 +103,25 @@ describe("worker mux", () => {
         r.link.open();
         r.link.beginRound(CONFIG);
       }
-      // Configs are never held: each went out at once, one message each.
+      // Configs are never held: the ten written in one turn went out together when it ended.
       await until(() => w.calls.length === 10 && w.calls.every((c) => c.configs.length === 1), "every config");
       const mux = w.muxCalls[0]!;
-      assert.equal(mux.stats.messages, 10);
+      assert.equal(mux.stats.messages, 1, "ten sessions' configs in one message");
       // One 60 ms frame per session in one loop turn: held, then one flush, one message.
       for (const r of links) r.link.audio(SPEECH.subarray(0, FRAME), 16000);
       await until(() => w.calls.every((c) => c.audioBytes === FRAME), "every session's frame");
-      assert.equal(mux.stats.messages, 11, "ten sessions' frames in one message");
+      assert.equal(mux.stats.messages, 2, "ten sessions' frames in one message");
       assert.equal(mux.stats.frames, 20);
+      // A config written in a later turn does not wait for the coalescer's timer.
+      const extra = link(workers, coalescer);
+      links.push(extra);
+      extra.link.open();
+      extra.link.beginRound(CONFIG);
+      const sent = (): number => workers.muxStats(w.address).reduce((n, m) => n + m.messages, 0);
+      assert.equal(sent(), 2);
+      await Promise.resolve(); // the end of this turn's synchronous work, long before the 4 ms hold
+      assert.equal(sent(), 3, "the config was written at the end of its turn, not held");
+      await until(() => mux.stats.messages === 3, "the config at the worker");
     } finally {
       for (const r of links) r.link.close();
       workers.close();
