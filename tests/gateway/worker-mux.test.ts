@@ -289,7 +289,7 @@ describe("worker mux", () => {
       send(other.link, SPEECH);
       other.link.endRound();
       await until(() => other.acks === 1, "the other session's acknowledgement");
-      // (It may have paused and resumed for the call's own buffer: 17 frames written in one turn.)
+      // (Not by the call's own buffer: the frames of one turn are one message.)
       assert.equal(other.flow.resumes, other.flow.pauses);
       assert.equal(w.calls[0]!.audioBytes, 0, "held at the worker while paused");
       w.setFlow(0, false);
@@ -300,6 +300,37 @@ describe("worker mux", () => {
     } finally {
       r.link.close();
       other.link.close();
+      workers.close();
+      await w.stop();
+    }
+  });
+
+  test("a mux call grpc-js reports full pauses every session's client input, and the drain resumes them all", async () => {
+    const w = await new ScriptedWorker().start();
+    const workers = await pool([w.address]);
+    const a = link(workers);
+    const b = link(workers);
+    try {
+      a.link.open();
+      b.link.open();
+      a.link.beginRound(CONFIG);
+      b.link.beginRound(CONFIG);
+      await until(() => w.calls.length === 2, "both sessions at the worker");
+      // A client streaming a file far faster than real time: 20 MiB in one turn is 20 messages of
+      // 1 MiB, past grpc-js's 16 buffered writes.
+      a.link.audio(pcm([{ speech: 700_000 }]), 16000);
+      assert.equal(a.flow.pauses, 1, "the writer's client paused");
+      // Another session writing while the call is full is told to pause as well: it shares the call.
+      b.link.audio(SPEECH.subarray(0, FRAME), 16000);
+      assert.equal(b.flow.pauses, 1, "the other client paused");
+      await until(() => a.flow.resumes === 1 && b.flow.resumes === 1, "both clients resumed by the drain", 20_000);
+      a.link.endRound();
+      b.link.endRound();
+      await until(() => a.acks === 1 && b.acks === 1, "both acknowledgements", 20_000);
+      assert.equal(w.calls[1]!.audioBytes, FRAME);
+    } finally {
+      a.link.close();
+      b.link.close();
       workers.close();
       await w.stop();
     }
