@@ -84,12 +84,26 @@ function writeGrpcHeader(buf: Buffer): void {
 
 /** The audio request's protobuf bytes after `headroom` unwritten bytes. */
 function encodeAudio(pcm: Uint8Array, sampleRateHz: number, headroom: number): Buffer {
-  // proto3 leaves out fields holding their default (empty bytes, rate 0).
-  const inner = (pcm.length > 0 ? 1 + varintSize(pcm.length) + pcm.length : 0) + (sampleRateHz > 0 ? 1 + varintSize(sampleRateHz) : 0);
-  const buf = Buffer.allocUnsafe(headroom + 1 + varintSize(inner) + inner);
-  let off = headroom;
+  const buf = Buffer.allocUnsafe(headroom + audioRequestSize(pcm.length, sampleRateHz));
+  writeAudioRequest(buf, headroom, pcm, sampleRateHz);
+  return buf;
+}
+
+/** Bytes of AudioChunk { pcm16le, sample_rate_hz } (proto3 leaves out fields holding their default: empty bytes, rate 0). */
+function audioChunkSize(pcmBytes: number, sampleRateHz: number): number {
+  return (pcmBytes > 0 ? 1 + varintSize(pcmBytes) + pcmBytes : 0) + (sampleRateHz > 0 ? 1 + varintSize(sampleRateHz) : 0);
+}
+
+/** Bytes of StreamingRecognizeRequest { audio { pcm16le, sample_rate_hz } }. */
+function audioRequestSize(pcmBytes: number, sampleRateHz: number): number {
+  const chunk = audioChunkSize(pcmBytes, sampleRateHz);
+  return 1 + varintSize(chunk) + chunk;
+}
+
+/** Writes StreamingRecognizeRequest { audio { pcm16le: pcm, sample_rate_hz } } at `off` (the PCM's one copy); returns the end. */
+function writeAudioRequest(buf: Buffer, off: number, pcm: Uint8Array, sampleRateHz: number): number {
   buf[off++] = TAG_REQUEST_AUDIO;
-  off = writeVarint(buf, off, inner);
+  off = writeVarint(buf, off, audioChunkSize(pcm.length, sampleRateHz));
   if (pcm.length > 0) {
     buf[off++] = TAG_PCM;
     off = writeVarint(buf, off, pcm.length);
@@ -98,9 +112,9 @@ function encodeAudio(pcm: Uint8Array, sampleRateHz: number, headroom: number): B
   }
   if (sampleRateHz > 0) {
     buf[off++] = TAG_RATE;
-    writeVarint(buf, off, sampleRateHz);
+    off = writeVarint(buf, off, sampleRateHz);
   }
-  return buf;
+  return off;
 }
 
 // ---------------------------------------------------------------------------
@@ -140,17 +154,11 @@ const TAG_MUX_REQUEST = (2 << 3) | 2;
 const TAG_MUX_HALF_CLOSE = (3 << 3) | 0;
 const TAG_MUX_CANCEL = (4 << 3) | 0;
 
-/** Bytes of AudioChunk { pcm16le, sample_rate_hz } (proto3 leaves out defaults). */
-function audioChunkSize(pcmBytes: number, sampleRateHz: number): number {
-  return (pcmBytes > 0 ? 1 + varintSize(pcmBytes) + pcmBytes : 0) + (sampleRateHz > 0 ? 1 + varintSize(sampleRateHz) : 0);
-}
-
 /** A frame for a mux connection's pending list (see MuxFrameSpec). */
 export function muxFrame(session: number, kind: MuxFrameKind, bytes: Uint8Array | null = null, rate = 0): MuxFrameSpec {
   let body: number;
   if (kind === MuxFrameKind.Audio) {
-    const chunk = audioChunkSize(bytes!.length, rate);
-    const req = 1 + varintSize(chunk) + chunk;
+    const req = audioRequestSize(bytes!.length, rate);
     body = 1 + varintSize(req) + req;
   } else if (kind === MuxFrameKind.Request) {
     body = 1 + varintSize(bytes!.length) + bytes!.length;
@@ -181,25 +189,11 @@ export function encodeMuxRequest(frames: readonly MuxFrameSpec[], start: number,
     buf[off++] = TAG_MUX_SESSION;
     off = writeVarint(buf, off, f.session);
     switch (f.kind) {
-      case MuxFrameKind.Audio: {
-        const pcm = f.bytes!;
-        const chunk = audioChunkSize(pcm.length, f.rate);
+      case MuxFrameKind.Audio:
         buf[off++] = TAG_MUX_REQUEST;
-        off = writeVarint(buf, off, 1 + varintSize(chunk) + chunk);
-        buf[off++] = TAG_REQUEST_AUDIO;
-        off = writeVarint(buf, off, chunk);
-        if (pcm.length > 0) {
-          buf[off++] = TAG_PCM;
-          off = writeVarint(buf, off, pcm.length);
-          buf.set(pcm, off);
-          off += pcm.length;
-        }
-        if (f.rate > 0) {
-          buf[off++] = TAG_RATE;
-          off = writeVarint(buf, off, f.rate);
-        }
+        off = writeVarint(buf, off, audioRequestSize(f.bytes!.length, f.rate));
+        off = writeAudioRequest(buf, off, f.bytes!, f.rate);
         break;
-      }
       case MuxFrameKind.Request:
         buf[off++] = TAG_MUX_REQUEST;
         off = writeVarint(buf, off, f.bytes!.length);

@@ -57,6 +57,20 @@ function link(workers: WorkerPool, coalescer?: WriteCoalescer) {
   return r;
 }
 
+/** A link and what the tests record of it. */
+type Recorded = ReturnType<typeof link>;
+
+/** `n` links on `workers`, each opened with a round begun, once worker `w` has every session. */
+async function begun(w: ScriptedWorker, workers: WorkerPool, n: number): Promise<Recorded[]> {
+  const rs = Array.from({ length: n }, () => link(workers));
+  for (const r of rs) {
+    r.link.open();
+    r.link.beginRound(CONFIG);
+  }
+  await until(() => w.calls.length === n, "every session at the worker");
+  return rs;
+}
+
 function send(l: WorkerLink, audio: Buffer): void {
   for (let off = 0; off < audio.length; off += FRAME) l.audio(audio.subarray(off, off + FRAME), 16000);
 }
@@ -266,14 +280,8 @@ describe("worker mux", () => {
   test("a paused session pauses its client's input until the worker resumes it", async () => {
     const w = await new ScriptedWorker().start();
     const workers = await pool([w.address]);
-    const r = link(workers);
-    const other = link(workers);
+    const [r, other] = (await begun(w, workers, 2)) as [Recorded, Recorded];
     try {
-      r.link.open();
-      other.link.open();
-      r.link.beginRound(CONFIG);
-      other.link.beginRound(CONFIG);
-      await until(() => w.calls.length === 2, "both sessions at the worker");
       w.setFlow(0, true);
       // Frames until a write reports the pause (the flow event is on its way).
       const frames = pcm([{ speech: 3000 }]);
@@ -308,14 +316,8 @@ describe("worker mux", () => {
   test("a mux call grpc-js reports full pauses every session's client input, and the drain resumes them all", async () => {
     const w = await new ScriptedWorker().start();
     const workers = await pool([w.address]);
-    const a = link(workers);
-    const b = link(workers);
+    const [a, b] = (await begun(w, workers, 2)) as [Recorded, Recorded];
     try {
-      a.link.open();
-      b.link.open();
-      a.link.beginRound(CONFIG);
-      b.link.beginRound(CONFIG);
-      await until(() => w.calls.length === 2, "both sessions at the worker");
       // A client streaming a file far faster than real time: 20 MiB in one turn is 20 messages of
       // 1 MiB, past grpc-js's 16 buffered writes.
       a.link.audio(pcm([{ speech: 700_000 }]), 16000);
