@@ -236,10 +236,8 @@ export class WorkerMux implements Flushable {
           s.response(e.value);
           break;
         case "end":
-          this.sessions.delete(s);
-          this.numbered.delete(s.id);
+          this.forget(s);
           s.ended({ code: e.value.code, details: e.value.message });
-          if (this.closing && this.sessions.size === 0) this.cancelCall();
           break;
         case "flow":
           s.flow(e.value.paused, this.congested);
