@@ -14,6 +14,14 @@ node --import tsx bench/gateway-overhead.ts --worker stub --ns "${NS:-100,300,50
   --pin "${PIN:-gateway=0,worker=1,load=1}" \
   --out "$out/gateway-overhead-stub-$stamp.json" | tee "$out/gateway-overhead-stub-$stamp.md"
 
+echo "== where the gateway's CPU goes (perf of the pinned 500-stream run)"
+if command -v perf >/dev/null && perf record -o /dev/null -- true >/dev/null 2>&1; then
+  python3 bench/gateway_perf.py --seconds 10 -- --worker stub --ns 500 --pin "${PIN:-gateway=0,worker=1,load=1}" \
+    --worker-node-arg=--import=./bench/lib/h2-window.ts | tee "$out/gateway-perf-$stamp.md"
+else
+  echo "skipped: perf missing or not permitted (linux-perf; root or kernel.perf_event_paranoid <= 1)"
+fi
+
 echo "== gateway overhead, real worker with the fake engine"
 node --import tsx bench/gateway-overhead.ts --worker python --ns "${NS_PY:-50,100}" \
   --out "$out/gateway-overhead-python-$stamp.json" | tee "$out/gateway-overhead-python-$stamp.md"
