@@ -71,7 +71,12 @@ async function main(): Promise<void> {
   // In a GATEWAY_PROCESSES group the primary hands connections to a process as soon as it
   // listens, whatever its /readyz says: give it a few seconds to see a SERVING worker first.
   if (isClusterChild()) await pool.waitForServing(CHILD_READY_WAIT_MS);
-  const metrics = new GatewayMetrics({ registry: new Registry(), servingWorkers: () => pool.servingCount(), clusterChild: processes > 1 });
+  const metrics = new GatewayMetrics({
+    registry: new Registry(),
+    servingWorkers: () => pool.servingCount(),
+    workerTransport: () => pool.transportStats(),
+    clusterChild: processes > 1,
+  });
   const server = new GatewayServer({ config, workers: pool, decoder: createFileDecoder(ffmpeg), logger, ui: new UiSite(DEFAULT_UI_DIR), metrics });
   let addr;
   try {

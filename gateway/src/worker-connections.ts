@@ -20,7 +20,7 @@ import { status as GrpcStatus, type ClientReadableStream, type StatusObject } fr
 import type { Logger } from "pino";
 import type { AsrClient, LoadReport } from "./gen/asr/v1/asr.js";
 import type { SessionHandlers } from "./session-transport.js";
-import { WorkerMux, type MuxCall, type MuxSession, type MuxStats } from "./worker-mux.js";
+import { emptyMuxTotals, WorkerMux, type MuxCall, type MuxSession, type MuxStats, type MuxTotals } from "./worker-mux.js";
 import type { WriteCoalescer } from "./write-coalescer.js";
 
 /** Tunables (defaults suit production; tests may shorten them). */
@@ -29,6 +29,8 @@ export interface WorkerConnectionsOptions {
   loadIntervalMs?: number;
   /** Connection attempts per front before giving up on covering every front. */
   attemptsPerFront?: number;
+  /** Where this worker's mux calls also count (the pool's totals, for /metrics); default: their own. */
+  muxTotals?: MuxTotals;
 }
 
 /** The one call this module opens on behalf of sessions. */
@@ -47,7 +49,8 @@ interface Conn {
 /** Placement of streams over a worker's front processes (see module comment). */
 export class WorkerConnections {
   private readonly conns: Conn[] = [];
-  private readonly opts: Required<WorkerConnectionsOptions>;
+  private readonly opts: Required<Omit<WorkerConnectionsOptions, "muxTotals">>;
+  private readonly muxTotals: MuxTotals;
   /** Newest per-front stream counts any connection reported. */
   private frontStreams: number[] = [];
   /** Streams placed per front since frontStreams was reported. */
@@ -69,6 +72,7 @@ export class WorkerConnections {
     options: WorkerConnectionsOptions = {},
   ) {
     this.opts = { loadIntervalMs: options.loadIntervalMs ?? 1000, attemptsPerFront: options.attemptsPerFront ?? 8 };
+    this.muxTotals = options.muxTotals ?? emptyMuxTotals();
     const conn: Conn = { client: primary, owned: false, frontId: null, loadCall: null, mux: null };
     this.conns.push(conn);
   }
@@ -110,9 +114,13 @@ export class WorkerConnections {
     conn.mux ??= new WorkerMux(
       () => client.streamingRecognizeMux() as MuxCall,
       () => {
-        if (!this.muxUnimplemented) this.log.warn("worker reports mux but answers UNIMPLEMENTED; one call per session from now on");
+        if (!this.muxUnimplemented) {
+          this.log.warn("worker reports mux but answers UNIMPLEMENTED; one call per session from now on");
+          this.muxTotals.fallbacks++;
+        }
         this.muxUnimplemented = true;
       },
+      this.muxTotals,
     );
     return conn.mux.openSession(h, coalescer);
   }

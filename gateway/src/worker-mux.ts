@@ -68,6 +68,24 @@ export interface MuxStats {
   frames: number;
 }
 
+/**
+ * Totals over every mux call of a gateway process (the worker pool's; read by
+ * /metrics at scrape time, so counting costs an increment per flush, not per frame).
+ */
+export interface MuxTotals extends MuxStats {
+  /** Times a call became congested (call.write() returned false): every session on it paused until 'drain'. */
+  congestions: number;
+  /** MuxEvent.flow pauses: a worker asked one session to stop sending. */
+  flowPauses: number;
+  /** Workers whose mux call answered UNIMPLEMENTED (their sessions get a call each from then on). */
+  fallbacks: number;
+}
+
+/** A MuxTotals with every count at 0. */
+export function emptyMuxTotals(): MuxTotals {
+  return { calls: 0, messages: 0, frames: 0, congestions: 0, flowPauses: 0, fallbacks: 0 };
+}
+
 /** The mux call of one worker connection (see module comment). */
 export class WorkerMux implements Flushable {
   /** Listed in the coalescer's pending set (maintained by the coalescer). */
@@ -95,11 +113,14 @@ export class WorkerMux implements Flushable {
   /**
    * `open` opens a StreamingRecognizeMux call on this connection;
    * `onUnimplemented` hears of a call that ended UNIMPLEMENTED (a worker, or
-   * something in front of it, that does not serve the mux after all).
+   * something in front of it, that does not serve the mux after all);
+   * `totals` also counts this connection's calls, messages, frames,
+   * congestions and flow pauses (the pool's, for /metrics).
    */
   constructor(
     private readonly open: () => MuxCall,
     private readonly onUnimplemented: () => void = () => {},
+    private readonly totals: MuxTotals = emptyMuxTotals(),
   ) {}
 
   /** Counters so far (a copy). */
@@ -149,8 +170,11 @@ export class WorkerMux implements Flushable {
       }
       this.counters.messages++;
       this.counters.frames += end - start;
+      this.totals.messages++;
+      this.totals.frames += end - start;
       if (!call.write(encodeMuxRequest(frames, start, end, bytes)) && !this.congested) {
         this.congested = true;
+        this.totals.congestions++;
         call.once("drain", () => this.drained(call));
       }
       start = end;
@@ -202,6 +226,7 @@ export class WorkerMux implements Flushable {
     const call = this.open();
     this.call = call;
     this.counters.calls++;
+    this.totals.calls++;
     this.nextSession = 1;
     this.congested = false;
     call.on("data", (m: StreamingRecognizeMuxResponse) => {
@@ -240,6 +265,7 @@ export class WorkerMux implements Flushable {
           s.ended({ code: e.value.code, details: e.value.message });
           break;
         case "flow":
+          if (e.value.paused && !s.flowPaused) this.totals.flowPauses++;
           s.flow(e.value.paused, this.congested);
           break;
       }

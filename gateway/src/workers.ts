@@ -31,7 +31,7 @@ import { HealthCheckResponse_ServingStatus, HealthClient, type HealthCheckRespon
 import { CallTransport, type SessionHandlers, type SessionTransport, type SessionTransportOptions } from "./session-transport.js";
 import { FastAsrClient, type EncodedRequest } from "./wire.js";
 import { WorkerConnections } from "./worker-connections.js";
-import type { MuxStats } from "./worker-mux.js";
+import { emptyMuxTotals, type MuxStats, type MuxTotals } from "./worker-mux.js";
 
 /** Largest message a worker may send the gateway (grpc-js's limit, and call-reader.ts's on the direct path). */
 export const MAX_RECEIVE_MESSAGE_BYTES = 8 * 1024 * 1024;
@@ -62,6 +62,14 @@ export interface WorkerSource {
   acquire(exclude?: ReadonlySet<string>): WorkerLease | null;
   /** Number of workers currently SERVING (readiness). */
   servingCount(): number;
+}
+
+/** How the pool's sessions reach their workers now, and the mux traffic so far (read by /metrics). */
+export interface WorkerTransportStats extends MuxTotals {
+  /** Sessions carried by a StreamingRecognizeMux call. */
+  muxStreams: number;
+  /** Sessions (and transcription requests) with a StreamingRecognize call of their own. */
+  callStreams: number;
 }
 
 /** Tunables of the pool (defaults suit production; tests shorten them). */
@@ -138,6 +146,8 @@ export class WorkerPool implements WorkerSource {
   private closed = false;
   private stallTimer: NodeJS.Timeout | undefined;
   private lastStallCheck = 0;
+  /** Every worker's mux traffic (entries come and go with discovery; the totals stay). */
+  private readonly muxTotals: MuxTotals = emptyMuxTotals();
 
   /** Creates channels for `addresses`; nothing is watched before start(). */
   constructor(addresses: readonly string[], logger: Logger, options: WorkerPoolOptions = {}) {
@@ -172,7 +182,10 @@ export class WorkerPool implements WorkerSource {
     // Extra connections (own subchannel pool each) reach the worker's other front processes.
     const extra = (): AsrClient =>
       new FastAsrClient(address, credentials.createInsecure(), { ...channelOptions, "grpc.use_local_subchannel_pool": 1 });
-    const spread = new WorkerConnections(asr, extra, this.log.child({ worker: address }), { loadIntervalMs: this.opts.loadIntervalMs });
+    const spread = new WorkerConnections(asr, extra, this.log.child({ worker: address }), {
+      loadIntervalMs: this.opts.loadIntervalMs,
+      muxTotals: this.muxTotals,
+    });
     // Share the one channel: health, load and recognition use the same connection.
     const health = new HealthClient(address, credentials.createInsecure(), { channelOverride: asr.getChannel() });
     return {
@@ -306,6 +319,19 @@ export class WorkerPool implements WorkerSource {
   /** {@inheritDoc WorkerSource.servingCount} */
   servingCount(): number {
     return this.entries.filter((e) => e.serving && !e.stalled).length;
+  }
+
+  /** How sessions reach their workers now (mux or a call each), and the mux traffic so far. */
+  transportStats(): WorkerTransportStats {
+    let muxStreams = 0;
+    let callStreams = 0;
+    for (const e of this.entries) {
+      for (const t of e.calls) {
+        if ((t as Partial<SessionTransport>).writerPath === "mux") muxStreams++;
+        else callStreams++;
+      }
+    }
+    return { ...this.muxTotals, muxStreams, callStreams };
   }
 
   /** A snapshot of every worker (for logs and tests). */

@@ -18,6 +18,42 @@ const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", ".
 /** Three utterances for the scripted worker (speech = a loud sine). */
 const THREE = pcm([{ silence: 300 }, { speech: 600 }, { silence: 500 }, { speech: 1000 }, { silence: 500 }, { speech: 400 }, { silence: 100 }]);
 const isAck = (m: { is_end?: boolean }): boolean => m.is_end === true;
+/** The worker-transport families (the pool's transportStats). */
+const TRANSPORT_METRICS = [
+  "asr_gateway_worker_streams", "asr_gateway_worker_mux_calls_total", "asr_gateway_worker_mux_messages_total",
+  "asr_gateway_worker_mux_frames_total", "asr_gateway_worker_mux_congestions_total", "asr_gateway_worker_mux_flow_pauses_total",
+  "asr_gateway_worker_mux_fallbacks_total",
+];
+
+/** Frame size the sessions here send (60 ms of 16 kHz PCM16). */
+const FRAME = 1920;
+
+/** A 2pass session that has sent THREE and had its end of input acknowledged (still open). */
+async function twoPassRound(url: string, name: string): Promise<TestClient> {
+  const c = await TestClient.connect(url);
+  c.json({ mode: "2pass", wav_name: name, is_speaking: true });
+  await c.audio(THREE, FRAME);
+  c.json({ is_speaking: false, is_end: true });
+  await c.until((m) => m.some(isAck));
+  return c;
+}
+
+/** Waits (3 s at most) until the gateway has forgotten every session. */
+async function untilNoSessions(gw: TestGateway): Promise<void> {
+  const deadline = Date.now() + 3000;
+  while (gw.server.sessions.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+}
+
+/** Scrapes until counter `name` reads `want` (3 s at most). */
+async function untilMetric(http: string, name: string, want: number): Promise<void> {
+  const deadline = Date.now() + 3000;
+  for (;;) {
+    const got = value(await scrape(http), name);
+    if (got === want) return;
+    if (Date.now() > deadline) assert.fail(`${name} is ${got}, not ${want}`);
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
 
 /** Opens a connection and returns the HTTP status its upgrade was refused with (or 101). */
 async function upgradeStatus(url: string): Promise<number> {
@@ -46,16 +82,11 @@ describe("gateway /metrics", { skip: PARSER_SKIP_REASON }, () => {
       assert.equal(value(before, "asr_gateway_workers_serving"), 1);
 
       // A 2pass session, still open at the first scrape.
-      const live = await TestClient.connect(gw.url);
-      live.json({ mode: "2pass", wav_name: "live", is_speaking: true });
-      const frame = 1920;
-      await live.audio(THREE, frame);
-      live.json({ is_speaking: false, is_end: true });
-      await live.until((m) => m.some(isAck));
+      const live = await twoPassRound(gw.url, "live");
       const during = await scrape(gw.http);
       assert.equal(value(during, "asr_gateway_sessions_open", { mode: "2pass" }), 1);
       assert.equal(value(during, "asr_gateway_sessions_total", { mode: "2pass" }), 1);
-      assert.equal(value(during, "asr_gateway_frames_received_total"), Math.ceil(THREE.length / frame));
+      assert.equal(value(during, "asr_gateway_frames_received_total"), Math.ceil(THREE.length / FRAME));
       assert.equal(value(during, "asr_gateway_bytes_received_total"), THREE.length);
       assert.equal(value(during, "asr_gateway_messages_sent_total"), live.messages.length);
       assert.equal(finals(live.messages).length, 3);
@@ -72,8 +103,7 @@ describe("gateway /metrics", { skip: PARSER_SKIP_REASON }, () => {
       off.close();
       await live.closed();
       await off.closed();
-      const deadline = Date.now() + 3000;
-      while (gw.server.sessions.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+      await untilNoSessions(gw);
       const after = await scrape(gw.http);
       assert.equal(value(after, "asr_gateway_sessions_open"), 0, "every open-session gauge is back to 0");
       assert.equal(value(after, "asr_gateway_sessions_total", { mode: "offline" }), 1);
@@ -127,7 +157,7 @@ describe("gateway /metrics", { skip: PARSER_SKIP_REASON }, () => {
       const deadline = Date.now() + 3000;
       while (gw.pool.servingCount() < 2 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
       c.json({ mode: "2pass", wav_name: "fo", is_speaking: true });
-      await c.audio(THREE, 1920, 1);
+      await c.audio(THREE, FRAME, 1);
       c.json({ is_speaking: false, is_end: true });
       await c.until((m) => m.some(isAck));
       assert.equal(good.calls.length, 1, "the session resumed on the second worker");
@@ -139,6 +169,67 @@ describe("gateway /metrics", { skip: PARSER_SKIP_REASON }, () => {
       await gw?.stop();
       await bad.stop();
       await good.stop();
+    }
+  });
+
+  test("counts the sessions on workers by transport, the mux traffic and a worker's flow pause", async () => {
+    const worker = await new ScriptedWorker().start();
+    let gw: TestGateway | undefined;
+    try {
+      gw = await startGateway([worker.address], {}, { metrics: true });
+      const before = await scrape(gw.http);
+      for (const name of TRANSPORT_METRICS) assert.ok(hasFamily(before, name), `missing ${name}`);
+      assert.equal(value(before, "asr_gateway_worker_streams", { transport: "mux" }), 0);
+      assert.equal(value(before, "asr_gateway_worker_mux_calls_total"), 0);
+
+      const c = await twoPassRound(gw.url, "mux");
+      const during = await scrape(gw.http);
+      assert.equal(value(during, "asr_gateway_worker_streams", { transport: "mux" }), 1);
+      assert.equal(value(during, "asr_gateway_worker_streams", { transport: "call" }), 0);
+      assert.equal(value(during, "asr_gateway_worker_mux_calls_total"), 1);
+      // The config, every audio frame and the end of input, in fewer messages than frames.
+      const frames = value(during, "asr_gateway_worker_mux_frames_total");
+      assert.ok(frames >= Math.ceil(THREE.length / FRAME) + 2, `mux frames ${frames}`);
+      const messages = value(during, "asr_gateway_worker_mux_messages_total");
+      assert.ok(messages >= 1 && messages < frames, `mux messages ${messages} for ${frames} frames`);
+      assert.equal(value(during, "asr_gateway_worker_mux_flow_pauses_total"), 0);
+
+      worker.setFlow(0, true);
+      await untilMetric(gw.http, "asr_gateway_worker_mux_flow_pauses_total", 1);
+      worker.setFlow(0, false);
+      c.close();
+      await c.closed();
+      await untilNoSessions(gw);
+      const after = await scrape(gw.http);
+      assert.equal(value(after, "asr_gateway_worker_streams", { transport: "mux" }), 0);
+      assert.equal(value(after, "asr_gateway_worker_mux_congestions_total"), 0);
+      assert.equal(value(after, "asr_gateway_worker_mux_fallbacks_total"), 0);
+    } finally {
+      await gw?.stop();
+      await worker.stop();
+    }
+  });
+
+  test("counts a fallback when a worker reports the mux but does not serve it, and its later sessions as calls", async () => {
+    const worker = await new ScriptedWorker({ mux: false, reportMux: true }).start();
+    let gw: TestGateway | undefined;
+    try {
+      gw = await startGateway([worker.address], {}, { metrics: true });
+      // The first session goes to the mux call that answers UNIMPLEMENTED (and has nowhere else to go).
+      const first = await TestClient.connect(gw.url);
+      first.json({ mode: "2pass", wav_name: "first", is_speaking: true });
+      await first.audio(THREE.subarray(0, 10 * FRAME), FRAME);
+      await untilMetric(gw.http, "asr_gateway_worker_mux_fallbacks_total", 1);
+      first.close();
+      const second = await twoPassRound(gw.url, "second");
+      const m = await scrape(gw.http);
+      assert.equal(value(m, "asr_gateway_worker_streams", { transport: "call" }), 1);
+      assert.equal(value(m, "asr_gateway_worker_streams", { transport: "mux" }), 0);
+      assert.equal(value(m, "asr_gateway_worker_mux_fallbacks_total"), 1);
+      second.close();
+    } finally {
+      await gw?.stop();
+      await worker.stop();
     }
   });
 

@@ -52,7 +52,9 @@ export async function startGateway(
     decoder: createFileDecoder(opts.ffmpeg ?? null),
     logger,
     ...(opts.ui === true ? { ui: new UiSite(DEFAULT_UI_DIR) } : {}),
-    ...(opts.metrics === true ? { metrics: new GatewayMetrics({ registry: new Registry(), servingWorkers: () => pool.servingCount() }) } : {}),
+    ...(opts.metrics === true
+      ? { metrics: new GatewayMetrics({ registry: new Registry(), servingWorkers: () => pool.servingCount(), workerTransport: () => pool.transportStats() }) }
+      : {}),
   });
   const addr: AddressInfo = await server.listen();
   if (opts.waitServing !== false) {

@@ -17,14 +17,18 @@ const PYTHON = path.join(ROOT, "worker-py", ".venv", "bin", "python");
 /** Why metrics tests skip (no worker venv with prometheus_client), or false. */
 export const PARSER_SKIP_REASON: string | false = existsSync(PYTHON) ? false : "worker-py/.venv is absent (run scripts/setup.sh): no Prometheus text parser";
 
+// NaN and ±Inf are valid sample values (prom-client's event-loop lag mean is NaN when a scrape
+// follows the last one before any lag was sampled); JSON has no such numbers, so they travel as text.
 const PARSE = `
-import json, sys
+import json, math, sys
 from prometheus_client.parser import text_string_to_metric_families
 out = [{"name": f.name, "type": f.type,
-         "samples": [{"name": s.name, "labels": s.labels, "value": s.value} for s in f.samples]}
+         "samples": [{"name": s.name, "labels": s.labels,
+                      "value": s.value if math.isfinite(s.value) else repr(s.value)} for s in f.samples]}
        for f in text_string_to_metric_families(sys.stdin.read())]
 print(json.dumps(out))
 `;
+const NON_FINITE: Record<string, number> = { nan: NaN, inf: Infinity, "-inf": -Infinity };
 
 /** One parsed sample. */
 export interface Sample {
@@ -48,8 +52,9 @@ export interface Scrape {
 export function parseMetrics(text: string): Scrape {
   const r = spawnSync(PYTHON, ["-c", PARSE], { input: text, encoding: "utf8", timeout: 30_000 });
   assert.equal(r.status, 0, `prometheus_client could not parse the scrape: ${r.stderr}`);
-  const families = JSON.parse(r.stdout) as Array<{ name: string; type: string; samples: Sample[] }>;
-  return { types: new Map(families.map((f) => [f.name, f.type])), samples: families.flatMap((f) => f.samples) };
+  const families = JSON.parse(r.stdout) as Array<{ name: string; type: string; samples: Array<Omit<Sample, "value"> & { value: number | string }> }>;
+  const samples = families.flatMap((f) => f.samples.map((x) => ({ ...x, value: typeof x.value === "number" ? x.value : NON_FINITE[x.value]! })));
+  return { types: new Map(families.map((f) => [f.name, f.type])), samples };
 }
 
 /** GET `${base}/metrics`; asserts 200 and the text format's content type; returns the parsed scrape. */
