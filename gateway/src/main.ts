@@ -74,7 +74,7 @@ async function main(): Promise<void> {
   const metrics = new GatewayMetrics({
     registry: new Registry(),
     servingWorkers: () => pool.servingCount(),
-    workerTransport: () => pool.transportStats(),
+    workerTransport: pool,
     clusterChild: processes > 1,
   });
   const server = new GatewayServer({ config, workers: pool, decoder: createFileDecoder(ffmpeg), logger, ui: new UiSite(DEFAULT_UI_DIR), metrics });

@@ -19,7 +19,8 @@
 import cluster from "node:cluster";
 import { AggregatorRegistry, collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from "prom-client";
 import type { ClientSocket, Session } from "./session.js";
-import type { WorkerTransportStats } from "./workers.js";
+import type { MuxTotals } from "./worker-mux.js";
+import type { WorkerTransportSource } from "./workers.js";
 
 /** Why an upgrade was refused (label `reason` of asr_gateway_refusals_total). */
 export type RefusalReason = "unauthorized" | "draining" | "max_sessions" | "no_worker";
@@ -38,8 +39,8 @@ export interface GatewayMetricsDeps {
   registry: Registry;
   /** Workers currently SERVING (read at scrape time). */
   servingWorkers?: () => number;
-  /** How sessions reach their workers and the mux traffic so far (the pool's transportStats, read at scrape time). */
-  workerTransport?: () => WorkerTransportStats;
+  /** How sessions reach their workers and the mux traffic so far (the worker pool; read at scrape time). */
+  workerTransport?: WorkerTransportSource;
   /** Also export Node's process metrics (CPU, memory, event-loop lag); default true. */
   processMetrics?: boolean;
   /** This process is one of GATEWAY_PROCESSES children: scrapes are answered by the primary's aggregate. */
@@ -252,28 +253,24 @@ export class GatewayMetrics {
 }
 
 /**
- * A counter whose total lives in a plain number (`read`) and is brought up to
- * date only when the registry is collected (see the constructor's comment).
- */
-/**
  * The worker-side transport: streams by transport (gauge) and the mux traffic
  * (counters of totals the pool keeps). Frames per message show how much the
  * write hold batches; congestions and flow pauses show backpressure from the
  * workers; a fallback means a worker said it serves the mux and did not.
  */
-function registerTransportMetrics(read: () => WorkerTransportStats, registers: Registry[]): void {
+function registerTransportMetrics(source: WorkerTransportSource, registers: Registry[]): void {
   new Gauge({
     name: "asr_gateway_worker_streams",
     help: "Sessions on workers now, by transport (mux: carried by a StreamingRecognizeMux call; call: a StreamingRecognize call each)",
     labelNames: ["transport"],
     registers,
     collect() {
-      const t = read();
-      this.set({ transport: "mux" }, t.muxStreams);
-      this.set({ transport: "call" }, t.callStreams);
+      const n = source.streamsByTransport();
+      this.set({ transport: "mux" }, n.mux);
+      this.set({ transport: "call" }, n.call);
     },
   });
-  const totals: Array<[string, string, (t: WorkerTransportStats) => number]> = [
+  const totals: Array<[string, string, (t: Readonly<MuxTotals>) => number]> = [
     ["asr_gateway_worker_mux_calls_total", "StreamingRecognizeMux calls opened (one per worker connection, again after one ended)", (t) => t.calls],
     ["asr_gateway_worker_mux_messages_total", "StreamingRecognizeMux messages written to workers", (t) => t.messages],
     ["asr_gateway_worker_mux_frames_total", "Session frames (audio, requests, cancels) carried in those messages", (t) => t.frames],
@@ -281,9 +278,15 @@ function registerTransportMetrics(read: () => WorkerTransportStats, registers: R
     ["asr_gateway_worker_mux_flow_pauses_total", "Times a worker paused one session's input (flow control)", (t) => t.flowPauses],
     ["asr_gateway_worker_mux_fallbacks_total", "Workers that reported the mux but answered UNIMPLEMENTED (their sessions then get a call each)", (t) => t.fallbacks],
   ];
-  for (const [name, help, pick] of totals) lazyCounter(name, help, () => pick(read()), registers);
+  // The pool's live totals: each counter reads its number, without walking any session.
+  const mux = source.muxTotals();
+  for (const [name, help, pick] of totals) lazyCounter(name, help, () => pick(mux), registers);
 }
 
+/**
+ * A counter whose total lives in a plain number (`read`) and is brought up to
+ * date only when the registry is collected (see the constructor's comment).
+ */
 function lazyCounter(name: string, help: string, read: () => number, registers: Registry[]): Counter {
   let reported = 0;
   return new Counter({

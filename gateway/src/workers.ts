@@ -65,11 +65,11 @@ export interface WorkerSource {
 }
 
 /** How the pool's sessions reach their workers now, and the mux traffic so far (read by /metrics). */
-export interface WorkerTransportStats extends MuxTotals {
-  /** Sessions carried by a StreamingRecognizeMux call. */
-  muxStreams: number;
-  /** Sessions (and transcription requests) with a StreamingRecognize call of their own. */
-  callStreams: number;
+export interface WorkerTransportSource {
+  /** Sessions carried by a StreamingRecognizeMux call (`mux`), and sessions and transcription requests with a StreamingRecognize call of their own (`call`). */
+  streamsByTransport(): { mux: number; call: number };
+  /** Every mux call's traffic since start (the live totals: read, never written). */
+  muxTotals(): Readonly<MuxTotals>;
 }
 
 /** Tunables of the pool (defaults suit production; tests shorten them). */
@@ -138,7 +138,7 @@ interface Entry {
 }
 
 /** The worker pool (see module comment). Call start() once, close() at shutdown. */
-export class WorkerPool implements WorkerSource {
+export class WorkerPool implements WorkerSource, WorkerTransportSource {
   private entries: Entry[];
   private readonly log: Logger;
   private readonly opts: Required<WorkerPoolOptions>;
@@ -147,7 +147,7 @@ export class WorkerPool implements WorkerSource {
   private stallTimer: NodeJS.Timeout | undefined;
   private lastStallCheck = 0;
   /** Every worker's mux traffic (entries come and go with discovery; the totals stay). */
-  private readonly muxTotals: MuxTotals = emptyMuxTotals();
+  private readonly muxTraffic: MuxTotals = emptyMuxTotals();
 
   /** Creates channels for `addresses`; nothing is watched before start(). */
   constructor(addresses: readonly string[], logger: Logger, options: WorkerPoolOptions = {}) {
@@ -184,7 +184,7 @@ export class WorkerPool implements WorkerSource {
       new FastAsrClient(address, credentials.createInsecure(), { ...channelOptions, "grpc.use_local_subchannel_pool": 1 });
     const spread = new WorkerConnections(asr, extra, this.log.child({ worker: address }), {
       loadIntervalMs: this.opts.loadIntervalMs,
-      muxTotals: this.muxTotals,
+      muxTotals: this.muxTraffic,
     });
     // Share the one channel: health, load and recognition use the same connection.
     const health = new HealthClient(address, credentials.createInsecure(), { channelOverride: asr.getChannel() });
@@ -321,17 +321,22 @@ export class WorkerPool implements WorkerSource {
     return this.entries.filter((e) => e.serving && !e.stalled).length;
   }
 
-  /** How sessions reach their workers now (mux or a call each), and the mux traffic so far. */
-  transportStats(): WorkerTransportStats {
-    let muxStreams = 0;
-    let callStreams = 0;
+  /** {@inheritDoc WorkerTransportSource.streamsByTransport} */
+  streamsByTransport(): { mux: number; call: number } {
+    let mux = 0;
+    let call = 0;
     for (const e of this.entries) {
       for (const t of e.calls) {
-        if ((t as Partial<SessionTransport>).writerPath === "mux") muxStreams++;
-        else callStreams++;
+        if ((t as Partial<SessionTransport>).writerPath === "mux") mux++;
+        else call++;
       }
     }
-    return { ...this.muxTotals, muxStreams, callStreams };
+    return { mux, call };
+  }
+
+  /** {@inheritDoc WorkerTransportSource.muxTotals} */
+  muxTotals(): Readonly<MuxTotals> {
+    return this.muxTraffic;
   }
 
   /** A snapshot of every worker (for logs and tests). */

@@ -18,7 +18,7 @@ const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", ".
 /** Three utterances for the scripted worker (speech = a loud sine). */
 const THREE = pcm([{ silence: 300 }, { speech: 600 }, { silence: 500 }, { speech: 1000 }, { silence: 500 }, { speech: 400 }, { silence: 100 }]);
 const isAck = (m: { is_end?: boolean }): boolean => m.is_end === true;
-/** The worker-transport families (the pool's transportStats). */
+/** The worker-transport families (the pool's WorkerTransportSource). */
 const TRANSPORT_METRICS = [
   "asr_gateway_worker_streams", "asr_gateway_worker_mux_calls_total", "asr_gateway_worker_mux_messages_total",
   "asr_gateway_worker_mux_frames_total", "asr_gateway_worker_mux_congestions_total", "asr_gateway_worker_mux_flow_pauses_total",

@@ -53,7 +53,7 @@ export async function startGateway(
     logger,
     ...(opts.ui === true ? { ui: new UiSite(DEFAULT_UI_DIR) } : {}),
     ...(opts.metrics === true
-      ? { metrics: new GatewayMetrics({ registry: new Registry(), servingWorkers: () => pool.servingCount(), workerTransport: () => pool.transportStats() }) }
+      ? { metrics: new GatewayMetrics({ registry: new Registry(), servingWorkers: () => pool.servingCount(), workerTransport: pool }) }
       : {}),
   });
   const addr: AddressInfo = await server.listen();
