@@ -182,7 +182,7 @@ def main() -> int:
     ap.add_argument("--keep", help="also keep the perf.data here")
     ap.add_argument("bench_args", nargs=argparse.REMAINDER, help="-- then bench:gateway's arguments")
     a = ap.parse_args()
-    bench_args = [x for x in a.bench_args if x != "--"] if a.bench_args[:1] == ["--"] else a.bench_args
+    bench_args = a.bench_args[1:] if a.bench_args[:1] == ["--"] else list(a.bench_args)
     if shutil.which("perf") is None:
         print("gateway_perf: perf not found (Debian: apt-get install linux-perf)", file=sys.stderr)
         return 2
@@ -190,8 +190,13 @@ def main() -> int:
         print("gateway_perf: a gateway is already running; run this alone (flock /tmp/bench.lock)",
               file=sys.stderr)
         return 2
+    # perf.data (megabytes) and the bench's own result live here, gone however the run ends.
+    with tempfile.TemporaryDirectory(prefix="gateway-perf-") as tmp:
+        return profile(a, bench_args, Path(tmp))
 
-    tmp = Path(tempfile.mkdtemp(prefix="gateway-perf-"))
+
+def profile(a: argparse.Namespace, bench_args: list[str], tmp: Path) -> int:
+    """Runs the bench with the gateway under perf (working files in `tmp`); prints the breakdown."""
     out_json = tmp / "bench.json"
     if not any(x == "--out" or x.startswith("--out=") for x in bench_args):
         bench_args += ["--out", str(out_json)]
@@ -250,7 +255,6 @@ def main() -> int:
     print(report(n, by_dso, by_path, us))
     if a.keep:
         shutil.copy(perf_data, a.keep)
-    shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 
